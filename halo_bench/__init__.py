@@ -1,0 +1,19 @@
+"""halo-bench: compare cross-entropy and the HALO loss on calibration and OOD detection.
+
+The heads are imported lazily so that `halo-bench --help` does not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["HALOHead", "LinearHead", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("HALOHead", "LinearHead"):
+        from . import heads
+
+        return getattr(heads, name)
+    raise AttributeError(f"module 'halo_bench' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+from halo_bench.cli import main
+
+main()

@@ -1,0 +1,232 @@
+"""The `halo-bench` command line: parses arguments and calls into the library.
+
+torch and timm are imported inside the commands, so `halo-bench --help` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from .errors import HaloBenchError
+
+app = typer.Typer(
+    name="halo-bench",
+    help="Train timm classifiers with cross-entropy (CCE) or the HALO loss, and compare "
+    "their calibration and OOD detection against the classic post-hoc detectors.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+RegistryOpt = Annotated[Optional[Path], typer.Option(
+    "--registry", help="Dataset registry YAML (default: $HALO_BENCH_DATASETS, else the packaged datasets.yaml).",
+    show_default=False)]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+
+
+def _user_errors(func: F) -> F:
+    """Print a HaloBenchError as one line and exit 2; no traceback for mistakes a user can fix."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .console import console
+
+        try:
+            return func(*args, **kwargs)
+        except HaloBenchError as exc:
+            console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            console.print("interrupted. A training run resumes from its last checkpoint when you run "
+                          "the same command again.")
+            raise typer.Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items or None
+
+
+def _seeds(value: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise HaloBenchError(f"--seeds takes comma-separated integers, got {value!r}.") from None
+
+
+@app.command()
+@_user_errors
+def train(
+    model: Annotated[str, typer.Argument(help="timm model name, e.g. resnet18 (randomly initialised).")],
+    loss: Annotated[str, typer.Option("--loss", help="Training loss: cce or halo.")] = "halo",
+    suite: Annotated[str, typer.Option("--suite", help="Suite from the registry; its ID set is trained on.")] = "digits",
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (default: the suite's recipe).", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate of the cosine schedule (default: recipe).", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Batch size (default: recipe).", show_default=False)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="SGD weight decay, not applied to biases, norms and scalars (default: recipe).", show_default=False)] = None,
+    grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", help="Clip the gradient norm at this value; 0 turns clipping off (default: recipe).", show_default=False)] = None,
+    warmup_epochs: Annotated[Optional[int], typer.Option("--warmup-epochs", help="Linear warm-up epochs before the cosine decay (default: recipe).", show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for initialisation and data order; CCE and HALO of one seed share both.")] = 0,
+    embed_dim: Annotated[Optional[int], typer.Option("--embed-dim", help="Embedding size D fed to the head (default: number of classes K).", show_default=False)] = None,
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="HALO: label smoothing ls (sets the target mass and the abstain bias).")] = 0.1,
+    distill: Annotated[bool, typer.Option("--distill/--no-distill", help="HALO: self-distilled negative targets, or plain label smoothing.")] = True,
+    learn_gamma: Annotated[bool, typer.Option("--learn-gamma/--freeze-gamma", help="HALO: learn the temperature, or keep its closed-form initial value.")] = True,
+    out: Annotated[Path, typer.Option("--out", help="Parent folder of the run directory <suite>-<model>-<loss>-s<seed>.")] = Path("runs"),
+    device: DeviceOpt = "auto",
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (bf16 where supported); ignored on the CPU.")] = True,
+    channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="channels-last memory format on CUDA.")] = True,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone.")] = False,
+    num_workers: Annotated[int, typer.Option("--num-workers", help="DataLoader worker processes.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Retrain from scratch even if the run directory holds a checkpoint.")] = False,
+    registry: RegistryOpt = None,
+) -> None:
+    """Train MODEL on a suite's ID set; resumes an interrupted run of the same config."""
+    from .registry import load_registry
+    from .train import TrainConfig
+    from .train import train as run_train
+
+    cfg = TrainConfig(model=model, loss=loss, suite=suite, seed=seed, epochs=epochs, batch_size=batch_size,
+                      lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, warmup_epochs=warmup_epochs,
+                      embed_dim=embed_dim, label_smoothing=label_smoothing, distill=distill,
+                      learn_gamma=learn_gamma, device=device, amp=amp, channels_last=channels_last,
+                      compile=compile, num_workers=num_workers, out=str(out))
+    result = run_train(cfg, load_registry(registry), force=force)
+    typer.echo(str(result.checkpoint))
+
+
+@app.command("eval")
+@_user_errors
+def eval_(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file (ckpt.pt) or its run directory.")],
+    ood: Annotated[Optional[str], typer.Option("--ood", help="Comma-separated OOD sets, by name or group (near, far) (default: the whole suite).", show_default=False)] = None,
+    detectors: Annotated[Optional[str], typer.Option("--detectors", help="Comma-separated detectors (default: all that apply); see `halo-bench detectors`.", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for results.json and scores.csv.gz (default: the checkpoint's folder).", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Evaluation batch size.")] = 256,
+    device: DeviceOpt = "auto",
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA for the forward passes.")] = True,
+    registry: RegistryOpt = None,
+) -> None:
+    """Evaluate a checkpoint: ID accuracy and calibration, and OOD detection per detector."""
+    from .evaluate import EvalConfig, evaluate, summarize
+    from .registry import load_registry
+
+    cfg = EvalConfig(checkpoint=str(checkpoint), ood=_split(ood), detectors=_split(detectors),
+                     out=str(out) if out else None, device=device, batch_size=batch_size, amp=amp)
+    results, path = evaluate(cfg, load_registry(registry))
+    typer.echo(summarize(results))
+    typer.echo(str(path))
+
+
+@app.command()
+@_user_errors
+def report(
+    results: Annotated[Optional[list[Path]], typer.Argument(help="results.json files or folders to search (default: every results.json under --runs).", show_default=False)] = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="markdown, csv, json or latex.")] = "markdown",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to this file instead of standard output.", show_default=False)] = None,
+    runs: Annotated[Path, typer.Option("--runs", help="Folder searched when no RESULTS are given.")] = Path("runs"),
+) -> None:
+    """CCE vs HALO side by side per detector: near/far means, deltas, mean ± std over seeds."""
+    from .io import atomic_write_text
+    from .report import find_results, load_results, render
+
+    text = render(load_results(find_results(results or [], runs)), format)
+    if output:
+        atomic_write_text(output, text)
+        typer.echo(str(output))
+    else:
+        typer.echo(text, nl=False)
+
+
+@app.command()
+@_user_errors
+def bench(
+    model: Annotated[str, typer.Option("--model", help="timm model name.")] = "resnet18",
+    suite: Annotated[str, typer.Option("--suite", help="Suite to train and evaluate on.")] = "digits",
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds; each trains one CCE and one HALO run.")] = "0,1,2",
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs per run (default: the suite's recipe).", show_default=False)] = None,
+    detectors: Annotated[Optional[str], typer.Option("--detectors", help="Comma-separated detectors (default: all).", show_default=False)] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the runs and the report.")] = Path("runs"),
+    device: DeviceOpt = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Retrain runs that are already complete.")] = False,
+    registry: RegistryOpt = None,
+) -> None:
+    """The main job: train CCE and HALO for each seed, evaluate all, print the report."""
+    from .bench import BenchConfig, run_bench
+
+    cfg = BenchConfig(model=model, suite=suite, seeds=_seeds(seeds), epochs=epochs,
+                      detectors=_split(detectors), out=str(out), device=device, force=force,
+                      registry=str(registry) if registry else None)
+    text, path = run_bench(cfg)
+    typer.echo(text)
+    typer.echo(f"report written to {path}")
+
+
+@app.command()
+@_user_errors
+def datasets(registry: RegistryOpt = None) -> None:
+    """List the registry's datasets and suites."""
+    from rich.table import Table
+
+    from .console import console
+    from .registry import load_registry
+
+    reg = load_registry(registry)
+    table = Table(title=f"datasets ({reg.path})")
+    for col in ("name", "source", "splits", "description"):
+        table.add_column(col)
+    for spec in reg.datasets.values():
+        table.add_row(spec.name, spec.source, ", ".join(spec.splits), spec.description)
+    suites = Table(title="suites")
+    for col in ("name", "ID", "near", "far", "description"):
+        suites.add_column(col)
+    for s in reg.suites.values():
+        suites.add_row(s.name, s.id, ", ".join(s.near), ", ".join(s.far), s.description)
+    console.print(table, suites, soft_wrap=False)
+
+
+@app.command()
+def detectors() -> None:
+    """List the OOD detectors, their defaults and what they need."""
+    from rich.table import Table
+
+    from .console import console
+    from .detectors import DETECTORS
+
+    table = Table(title="detectors (score: higher = more in-distribution)")
+    for col in ("name", "score", "defaults", "needs"):
+        table.add_column(col)
+    for cls in DETECTORS.values():
+        needs = [n for n, on in (("HALO model", cls.halo_only), ("ID-train pass", cls.needs_train),
+                                 ("gradient passes", cls.needs_inputs)) if on]
+        defaults = ", ".join(f"{k}={v:g}" for k, v in cls.defaults.items())
+        table.add_row(cls.name, cls.summary, defaults or "-", ", ".join(needs) or "logits/features")
+    console.print(table, soft_wrap=False)
+
+
+@app.command()
+def version() -> None:
+    """Print the halo-bench version."""
+    from . import __version__
+
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app(prog_name="halo-bench")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""Data: source adapters that turn registry entries into datasets of model inputs.
+
+Add a source by decorating a loader with `register_source` in a module imported here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import sources as _sources  # noqa: F401  (fills SOURCES)
+from .base import SOURCES, Source, register_source
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from ..registry import DatasetSpec
+
+__all__ = ["SOURCES", "Source", "load_split", "register_source"]
+
+
+def load_split(spec: DatasetSpec, split: str, data_config: dict[str, Any]) -> Dataset:
+    """Build `split` of `spec` as (input tensor, label) pairs for the given data config."""
+    return SOURCES[spec.source].load(spec, split, data_config)

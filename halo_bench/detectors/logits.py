@@ -1,0 +1,39 @@
+"""Logit-based baselines: MSP, max logit, energy."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..features import SplitOutputs
+from .base import Detector, DetectorContext, class_logits, register_detector, softmax_probs
+
+
+@register_detector
+class MSP(Detector):
+    name = "msp"
+    summary = "max softmax probability over the K classes (HALO: of the K+1 softmax)"
+
+    def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
+        return softmax_probs(outputs.logits)[:, : ctx.num_classes].max(dim=1).values.numpy()
+
+
+@register_detector
+class MaxLogit(Detector):
+    name = "maxlogit"
+    summary = "max logit over the K classes"
+
+    def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
+        return class_logits(outputs.logits, ctx.num_classes).max(dim=1).values.numpy()
+
+
+@register_detector
+class Energy(Detector):
+    name = "energy"
+    summary = "T * logsumexp(logits / T) over the K classes"
+    defaults = {"temperature": 1.0}
+
+    def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
+        t = self.params["temperature"]
+        logits = class_logits(outputs.logits, ctx.num_classes)
+        return (t * torch.logsumexp(logits / t, dim=1)).numpy()

@@ -1,0 +1,38 @@
+"""ODIN (Liang et al. 2018): temperature scaling plus a signed-gradient input perturbation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from ..features import SplitOutputs
+from .base import Detector, DetectorContext, register_detector
+
+
+@register_detector
+class ODIN(Detector):
+    name = "odin"
+    summary = "max softmax(f(x')/T), x' = x - eps * sign(grad_x CE(f(x)/T, argmax)) / std"
+    defaults = {"temperature": 1000.0, "eps": 0.0014}
+    needs_inputs = True
+
+    def score(self, ctx: DetectorContext, outputs: SplitOutputs, dataset: Dataset) -> np.ndarray:
+        t, eps = self.params["temperature"], self.params["eps"]
+        k = ctx.num_classes
+        # eps is in [0, 1] pixel units; inputs are normalised per channel, so scale by 1/std.
+        std = torch.tensor(ctx.data_config["std"], device=ctx.device).view(1, -1, 1, 1)
+        model = ctx.model.eval()
+        scores = []
+        for x, _ in DataLoader(dataset, batch_size=ctx.batch_size):
+            x = x.to(ctx.device).requires_grad_(True)
+            with torch.enable_grad():
+                logits = model(x).float() / t
+                loss = F.cross_entropy(logits, logits[:, :k].argmax(dim=1))
+                (grad,) = torch.autograd.grad(loss, x)
+            x_hat = x.detach() - eps * grad.sign() / std
+            with torch.no_grad():
+                probs = (model(x_hat).double() / t).softmax(dim=1)
+            scores.append(probs[:, :k].max(dim=1).values.cpu())
+        return torch.cat(scores).numpy()

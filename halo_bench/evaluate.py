@@ -1,0 +1,191 @@
+"""Suite -> results: one forward pass per split, every detector, every metric.
+
+Writes `results.json` (numbers plus what produced them: checkpoint hash, suite,
+datasets, detector settings, versions) and `scores.csv.gz` (one row per sample,
+one column per detector) so every number can be recomputed from the scores.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .data import load_split
+from .detectors import DetectorContext, detectors_for
+from .errors import HaloBenchError
+from .features import SplitOutputs, forward_pass
+from .io import atomic_write_json, atomic_write_with, package_versions, sha256_file, utc_now
+from .models import load_checkpoint
+from .registry import Registry, load_registry
+from .train import amp_dtype, resolve_device
+
+RESULTS_SCHEMA = "halo-bench/results"
+RESULTS_VERSION = 1
+SCORES_FILE = "scores.csv.gz"
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str
+    ood: list[str] | None = None
+    detectors: list[str] | None = None
+    out: str | None = None  # default: the checkpoint's run directory
+    device: str = "auto"
+    batch_size: int = 256
+    amp: bool = True
+
+
+def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[str, Any], Path]:
+    """Evaluate a checkpoint on its suite; returns the results and the results.json path."""
+    ckpt_path = Path(cfg.checkpoint)
+    if ckpt_path.is_dir():
+        ckpt_path = ckpt_path / "ckpt.pt"
+    model, meta = load_checkpoint(ckpt_path)
+    registry = registry or load_registry()
+    suite = registry.suite(meta["suite"]["name"])
+    id_spec = registry.dataset(suite.id)
+    if list(id_spec.classes or ()) != meta["classes"]:
+        raise HaloBenchError(
+            f"the registry's {suite.id!r} classes {list(id_spec.classes or ())} differ from the "
+            f"checkpoint's {meta['classes']}; evaluate with the registry it was trained with "
+            f"({meta['registry']['path']})."
+        )
+    ood_sets = registry.resolve_ood(suite, cfg.ood)
+    detectors = detectors_for(cfg.detectors, model.abstain)
+    data_config = meta["data_config"]  # the transform the model was trained with
+    device = resolve_device(cfg.device)
+    dtype = amp_dtype(device, cfg.amp)
+    model.to(device)
+
+    # Every split the detectors read: the ID test set first, then each OOD set.
+    splits: dict[str, tuple[str, Any]] = {suite.id: ("id", load_split(id_spec, "test", data_config))}
+    for display, (group, key) in ood_sets.items():
+        splits[display] = (group, load_split(registry.dataset(key), "test", data_config))
+
+    timing: dict[str, float] = {}
+    outputs: dict[str, SplitOutputs] = {}
+    started = time.perf_counter()
+    for name, (_, dataset) in splits.items():
+        outputs[name] = forward_pass(model, dataset, device, cfg.batch_size, dtype, f"forward {name}")
+    train_outputs = None
+    if any(d.needs_train for d in detectors):
+        train_outputs = forward_pass(model, load_split(id_spec, "train", data_config), device,
+                                     cfg.batch_size, dtype, f"forward {suite.id} (train)")
+    timing["forward_passes"] = time.perf_counter() - started
+
+    ctx = DetectorContext(model=model, device=device, data_config=data_config,
+                          batch_size=cfg.batch_size, amp_dtype=dtype, train=train_outputs)
+    scores: dict[str, dict[str, np.ndarray]] = {name: {} for name in splits}
+    for det in detectors:
+        started = time.perf_counter()
+        if det.needs_train:
+            det.fit(ctx)
+        for name, (_, dataset) in splits.items():
+            scores[name][det.name] = det.score(ctx, outputs[name], dataset)
+        timing[f"detector_{det.name}"] = time.perf_counter() - started
+
+    k = model.num_classes
+    id_out = outputs[suite.id]
+    probs = id_out.logits.double().softmax(dim=1).numpy()
+    id_metrics = metrics.id_metrics(probs, id_out.labels.numpy(), k)
+    ood_results: dict[str, Any] = {}
+    for det in detectors:
+        per_set = {}
+        for display, (group, _) in ood_sets.items():
+            values = metrics.ood_metrics(scores[suite.id][det.name], scores[display][det.name])
+            per_set[display] = {"group": group, **values}
+        ood_results[det.name] = {"sets": per_set, **_group_means(per_set)}
+
+    out_dir = Path(cfg.out) if cfg.out else ckpt_path.parent
+    results = {
+        "schema": RESULTS_SCHEMA,
+        "schema_version": RESULTS_VERSION,
+        "created": utc_now(),
+        "run": meta["run"],
+        "checkpoint": {"path": str(ckpt_path), "sha256": sha256_file(ckpt_path),
+                       "epochs": meta.get("epochs_done"), "complete": meta.get("complete")},
+        "model": {"name": meta["model"]["name"], "loss": meta["model"]["loss"],
+                  "embed_dim": meta["model"]["embed_dim"], "head": meta["model"]["head"]},
+        "seed": meta["train_config"]["seed"],
+        "train_config": meta["train_config"],
+        "suite": suite.name,
+        "id_dataset": suite.id,
+        "data_config": data_config,
+        "registry": {"path": str(registry.path), "sha256": registry.sha256},
+        "datasets": {
+            name: {"group": group, "dataset": _dataset_key(name, suite.id, ood_sets), "n": len(outputs[name])}
+            for name, (group, _) in splits.items()
+        },
+        "detectors": {det.name: det.settings() for det in detectors},
+        "metrics_conventions": {
+            "score": "higher = more in-distribution",
+            "fpr95": "ID positive: fraction of OOD with score >= the threshold keeping 95% of ID",
+            "fpr95_openood": "OOD positive: roc_curve(is_ood, -score, drop_intermediate=False), first tpr >= 0.95",
+            "ood_units": "percent",
+            "ece_bins": 15,
+        },
+        "id_metrics": id_metrics,
+        "ood": ood_results,
+        "device": str(device),
+        "timing_seconds": {key: round(value, 3) for key, value in timing.items()},
+        "versions": package_versions(),
+        "scores_file": SCORES_FILE,
+    }
+    _write_scores(out_dir / SCORES_FILE, splits, outputs, scores, k)
+    results_path = out_dir / "results.json"
+    atomic_write_json(results_path, results)
+    return results, results_path
+
+
+def _dataset_key(name: str, id_name: str, ood_sets: dict[str, tuple[str, str]]) -> str:
+    return id_name if name == id_name else ood_sets[name][1]
+
+
+def _group_means(per_set: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Unweighted means of each metric over the near and far sets (PROTOCOL.md section 2)."""
+    out = {}
+    for group in ("near", "far"):
+        rows = [v for v in per_set.values() if v["group"] == group]
+        if rows:
+            out[group] = {m: float(np.mean([r[m] for r in rows])) for m in metrics.OOD_METRICS}
+    return out
+
+
+def _write_scores(path: Path, splits: dict[str, tuple[str, Any]], outputs: dict[str, SplitOutputs],
+                  scores: dict[str, dict[str, np.ndarray]], num_classes: int) -> None:
+    frames = []
+    for name, (group, _) in splits.items():
+        out = outputs[name]
+        frame = pd.DataFrame({
+            "dataset": name,
+            "group": group,
+            "index": np.arange(len(out)),
+            "label": out.labels.numpy(),
+            "pred": out.logits[:, :num_classes].argmax(dim=1).numpy(),
+        })
+        for det_name, values in scores[name].items():
+            frame[det_name] = values
+        frames.append(frame)
+    text = pd.concat(frames, ignore_index=True).to_csv(index=False, float_format="%.17g")
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz:  # mtime=0: same scores, same bytes
+        gz.write(text.encode())
+    atomic_write_with(path, lambda handle: handle.write(buffer.getvalue()))
+
+
+def summarize(results: dict[str, Any]) -> str:
+    """A few lines for the terminal: accuracy, ECE and near/far AUROC per detector."""
+    idm = results["id_metrics"]
+    lines = [f"{results['run']}: acc {idm['acc']:.2f}%  ECE {idm['ece']:.4f}  NLL {idm['nll']:.4f}"]
+    for name, res in results["ood"].items():
+        parts = [f"{g} AUROC {res[g]['auroc']:.2f} FPR95 {res[g]['fpr95']:.2f}" for g in ("near", "far") if g in res]
+        lines.append(f"  {name:<14} " + "  ".join(parts))
+    return "\n".join(lines)

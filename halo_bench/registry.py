@@ -1,0 +1,303 @@
+"""`datasets.yaml` -> typed, validated dataset and suite specs.
+
+The file is data, not code: it is read with `yaml.safe_load`, and every entry is
+checked here so that a typo fails at load time with a message naming the entry,
+never later as a `None` deep inside training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import HaloBenchError, unknown_name
+
+DEFAULT_REGISTRY = Path(__file__).with_name("datasets.yaml")
+REGISTRY_ENV = "HALO_BENCH_DATASETS"
+GROUPS = ("near", "far")
+
+_DATASET_KEYS = {"source", "description", "params", "splits", "classes", "generator"}
+_SUITE_KEYS = {"description", "id", "near", "far", "data_config", "recipe"}
+_DATA_CONFIG_KEYS = {"input_size", "mean", "std", "interpolation", "crop_pct"}
+# name -> (accepted types, check, what the check means)
+_RECIPE_FIELDS: dict[str, tuple[tuple[type, ...], Any, str]] = {
+    "epochs": ((int,), lambda v: v > 0, "a positive integer"),
+    "batch_size": ((int,), lambda v: v > 0, "a positive integer"),
+    "lr": ((int, float), lambda v: v > 0, "a positive number"),
+    "momentum": ((int, float), lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "nesterov": ((bool,), lambda v: True, "true or false"),
+    "weight_decay": ((int, float), lambda v: v >= 0, "a non-negative number"),
+    "grad_clip": ((int, float, type(None)), lambda v: v is None or v > 0, "a positive number or null"),
+    "warmup_epochs": ((int,), lambda v: v >= 0, "a non-negative integer"),
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset: which source builds it, with what parameters, per split."""
+
+    name: str
+    source: str
+    description: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    classes: tuple[str, ...] | None = None
+    generator: str | None = None
+
+    def split_params(self, split: str) -> dict[str, Any]:
+        """Source parameters for `split`: the shared ones, overridden by the split's own."""
+        if split not in self.splits:
+            raise HaloBenchError(
+                f"dataset {self.name!r} has no {split!r} split (it has: {', '.join(self.splits)})."
+            )
+        return {**self.params, **self.splits[split]}
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "name": self.name,
+            "source": self.source,
+            "description": self.description,
+            "params": self.params,
+            "splits": self.splits,
+        }
+        if self.classes is not None:
+            out["classes"] = list(self.classes)
+        if self.generator is not None:
+            out["generator"] = self.generator
+        return out
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """An ID dataset, its near/far OOD sets (display name -> dataset) and defaults."""
+
+    name: str
+    id: str
+    near: dict[str, str]
+    far: dict[str, str]
+    data_config: dict[str, Any]
+    recipe: dict[str, Any]
+    description: str = ""
+
+    def ood_sets(self) -> dict[str, tuple[str, str]]:
+        """Display name -> (group, dataset name), near sets first."""
+        out = {name: ("near", key) for name, key in self.near.items()}
+        out.update({name: ("far", key) for name, key in self.far.items()})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "id": self.id,
+            "near": self.near,
+            "far": self.far,
+            "data_config": self.data_config,
+            "recipe": self.recipe,
+        }
+
+
+@dataclass(frozen=True)
+class Registry:
+    datasets: dict[str, DatasetSpec]
+    suites: dict[str, SuiteSpec]
+    path: Path
+    sha256: str
+
+    def dataset(self, name: str) -> DatasetSpec:
+        if name not in self.datasets:
+            raise unknown_name("dataset", name, self.datasets)
+        return self.datasets[name]
+
+    def suite(self, name: str) -> SuiteSpec:
+        if name not in self.suites:
+            raise unknown_name("suite", name, self.suites)
+        return self.suites[name]
+
+    def resolve_ood(self, suite: SuiteSpec, names: list[str] | None) -> dict[str, tuple[str, str]]:
+        """Pick OOD sets by display name, dataset name or group (`near`, `far`).
+
+        With no names, the whole suite. A dataset outside the suite is allowed (any
+        OOD set can be used with any ID set); it is grouped as `far`.
+        """
+        members = suite.ood_sets()
+        if not names:
+            return members
+        chosen: dict[str, tuple[str, str]] = {}
+        by_key = {key: (display, group) for display, (group, key) in members.items()}
+        for name in names:
+            if name in GROUPS:
+                chosen.update({d: gk for d, gk in members.items() if gk[0] == name})
+            elif name in members:
+                chosen[name] = members[name]
+            elif name in by_key:
+                display, group = by_key[name]
+                chosen[display] = (group, name)
+            elif name in self.datasets and name != suite.id:
+                chosen[name] = ("far", name)
+            else:
+                known = set(members) | set(self.datasets) | set(GROUPS)
+                raise unknown_name("OOD set", name, known - {suite.id})
+        return chosen
+
+
+def registry_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The registry to read: `path`, else $HALO_BENCH_DATASETS, else the packaged file."""
+    if path is not None:
+        return Path(path)
+    env = os.environ.get(REGISTRY_ENV)
+    return Path(env) if env else DEFAULT_REGISTRY
+
+
+def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
+    """Read and validate a dataset registry."""
+    path = registry_path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise HaloBenchError(f"dataset registry {path} does not exist.") from None
+    except OSError as exc:
+        raise HaloBenchError(f"cannot read dataset registry {path}: {exc.strerror}.") from None
+    try:
+        doc = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise HaloBenchError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}.") from None
+    datasets, suites = _validate(doc, str(path))
+    return Registry(datasets, suites, path, hashlib.sha256(raw).hexdigest())
+
+
+def _fail(where: str, message: str) -> HaloBenchError:
+    return HaloBenchError(f"{where}: {message}")
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(where, f"expected a mapping, got {type(value).__name__}.")
+    return value
+
+
+def _check_keys(entry: dict[str, Any], allowed: set[str], required: set[str], where: str) -> None:
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise _fail(where, f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}.")
+    missing = sorted(required - set(entry))
+    if missing:
+        raise _fail(where, f"missing required key(s) {', '.join(missing)}.")
+
+
+def _validate(doc: Any, where: str) -> tuple[dict[str, DatasetSpec], dict[str, SuiteSpec]]:
+    from .data import SOURCES  # the sources define which datasets can be built
+
+    doc = _mapping(doc, where)
+    _check_keys(doc, {"version", "datasets", "suites"}, {"version", "datasets", "suites"}, where)
+    if doc["version"] != 1:
+        raise _fail(where, f"unsupported registry version {doc['version']!r} (this halo-bench reads 1).")
+    datasets = {
+        str(name): _dataset(str(name), entry, f"{where}: datasets.{name}", SOURCES)
+        for name, entry in _mapping(doc["datasets"], f"{where}: datasets").items()
+    }
+    suites = {
+        str(name): _suite(str(name), entry, f"{where}: suites.{name}", datasets)
+        for name, entry in _mapping(doc["suites"], f"{where}: suites").items()
+    }
+    return datasets, suites
+
+
+def _dataset(name: str, entry: Any, where: str, sources: dict[str, Any]) -> DatasetSpec:
+    entry = _mapping(entry, where)
+    _check_keys(entry, _DATASET_KEYS, {"source", "splits"}, where)
+    source = entry["source"]
+    if source not in sources:
+        raise _fail(where, str(unknown_name("source", str(source), sources)))
+    params = _mapping(entry.get("params") or {}, f"{where}.params")
+    splits = _mapping(entry["splits"], f"{where}.splits")
+    if not splits:
+        raise _fail(f"{where}.splits", "needs at least one split (e.g. test).")
+    splits = {str(k): _mapping(v or {}, f"{where}.splits.{k}") for k, v in splits.items()}
+    classes = entry.get("classes")
+    if classes is not None:
+        if not isinstance(classes, list) or len(classes) < 2:
+            raise _fail(f"{where}.classes", "expected a list of at least two class names.")
+        classes = tuple(str(c) for c in classes)
+    spec = DatasetSpec(
+        name=name,
+        source=source,
+        description=str(entry.get("description", "")),
+        params=params,
+        splits=splits,
+        classes=classes,
+        generator=entry.get("generator"),
+    )
+    sources[source].validate(spec, where)
+    return spec
+
+
+def _suite(name: str, entry: Any, where: str, datasets: dict[str, DatasetSpec]) -> SuiteSpec:
+    entry = _mapping(entry, where)
+    _check_keys(entry, _SUITE_KEYS, {"id", "far", "data_config", "recipe"}, where)
+    id_name = entry["id"]
+    if id_name not in datasets:
+        raise _fail(f"{where}.id", str(unknown_name("dataset", str(id_name), datasets)))
+    id_spec = datasets[id_name]
+    if id_spec.classes is None or not {"train", "test"} <= set(id_spec.splits):
+        raise _fail(f"{where}.id", f"ID dataset {id_name!r} needs 'classes' and train and test splits.")
+    groups = {}
+    for group in GROUPS:
+        members = _mapping(entry.get(group) or {}, f"{where}.{group}")
+        for display, key in members.items():
+            if key not in datasets:
+                raise _fail(f"{where}.{group}.{display}", str(unknown_name("dataset", str(key), datasets)))
+            if "test" not in datasets[key].splits:
+                raise _fail(f"{where}.{group}.{display}", f"dataset {key!r} has no test split.")
+        groups[group] = {str(k): str(v) for k, v in members.items()}
+    clash = set(groups["near"]) & set(groups["far"])
+    if clash:
+        raise _fail(where, f"{', '.join(sorted(clash))} listed as both near and far.")
+    return SuiteSpec(
+        name=name,
+        id=id_name,
+        near=groups["near"],
+        far=groups["far"],
+        data_config=_data_config(entry["data_config"], f"{where}.data_config"),
+        recipe=_recipe(entry["recipe"], f"{where}.recipe"),
+        description=str(entry.get("description", "")),
+    )
+
+
+def _data_config(entry: Any, where: str) -> dict[str, Any]:
+    entry = _mapping(entry, where)
+    _check_keys(entry, _DATA_CONFIG_KEYS, {"input_size", "mean", "std"}, where)
+    size = entry["input_size"]
+    if not (isinstance(size, list) and len(size) == 3 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise _fail(f"{where}.input_size", "expected [channels, height, width] as positive integers.")
+    for key in ("mean", "std"):
+        vals = entry[key]
+        if not (isinstance(vals, list) and len(vals) == size[0] and all(isinstance(v, (int, float)) for v in vals)):
+            raise _fail(f"{where}.{key}", f"expected {size[0]} number(s), one per channel.")
+    if any(v <= 0 for v in entry["std"]):
+        raise _fail(f"{where}.std", "every std must be positive.")
+    return {
+        "input_size": tuple(size),
+        "mean": tuple(float(v) for v in entry["mean"]),
+        "std": tuple(float(v) for v in entry["std"]),
+        "interpolation": str(entry.get("interpolation", "bilinear")),
+        "crop_pct": float(entry.get("crop_pct", 1.0)),
+    }
+
+
+def _recipe(entry: Any, where: str) -> dict[str, Any]:
+    entry = _mapping(entry, where)
+    _check_keys(entry, set(_RECIPE_FIELDS), set(_RECIPE_FIELDS), where)
+    for key, (types, ok, meaning) in _RECIPE_FIELDS.items():
+        value = entry[key]
+        bad_type = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        if bad_type or not ok(value):
+            raise _fail(f"{where}.{key}", f"expected {meaning}, got {value!r}.")
+    return dict(entry)

@@ -1,0 +1,235 @@
+"""results.json files -> CCE vs HALO comparison tables (markdown, CSV, JSON, LaTeX).
+
+Everything goes through one tidy table (one row per run, detector, set, metric);
+every format renders that table, so the formats cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from .errors import HaloBenchError, unknown_name
+from .evaluate import RESULTS_SCHEMA
+
+LOSS_ORDER = ("cce", "halo")
+LOSS_LABEL = {"cce": "CCE", "halo": "HALO"}
+# metric -> (label, higher is better, decimals)
+ID_METRICS = {
+    "acc": ("acc (%)", True, 2),
+    "ece": ("ECE", False, 4),
+    "aece": ("adaptive ECE", False, 4),
+    "nll": ("NLL", False, 4),
+    "brier": ("Brier", False, 4),
+    "aurc": ("AURC", False, 4),
+    "abstain_rate": ("abstain rate (%)", False, 2),
+}
+OOD_HEADLINE = {"auroc": ("AUROC (%)", True), "fpr95": ("FPR@95 (%), ID positive", False)}
+KEYS = ["suite", "model", "detector", "dataset", "group", "metric"]
+
+
+def find_results(paths: Iterable[str | Path], root: str | Path = "runs") -> list[Path]:
+    """Expand the given files/directories (or, with none, everything under `root`)."""
+    paths = list(paths)
+    if not paths:
+        root = Path(root)
+        if not root.is_dir():
+            raise HaloBenchError(f"no results: {root} does not exist. Run `halo-bench eval` or `halo-bench bench` first.")
+        paths = [root]
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found.extend(sorted(path.rglob("results.json")))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise HaloBenchError(f"{path} does not exist.")
+    if not found:
+        raise HaloBenchError(f"no results.json under {', '.join(map(str, paths))}.")
+    return found
+
+
+def load_results(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    results = []
+    for path in paths:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise HaloBenchError(f"{path}: not a readable results file ({exc}).") from None
+        if not isinstance(doc, dict) or doc.get("schema") != RESULTS_SCHEMA:
+            raise HaloBenchError(f"{path}: not a halo-bench results file (no schema {RESULTS_SCHEMA!r}).")
+        doc["_path"] = str(path)
+        results.append(doc)
+    return results
+
+
+def tidy(results: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (run, detector, dataset, metric). ID metrics have detector ''."""
+    rows = []
+    latest: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    for res in results:  # one evaluation per run: the newest wins
+        key = (res["suite"], res["model"]["name"], res["model"]["loss"], res["seed"])
+        if key not in latest or res["created"] > latest[key]["created"]:
+            latest[key] = res
+    for (suite, model, loss, seed), res in latest.items():
+        base = {"suite": suite, "model": model, "loss": loss, "seed": seed}
+        for metric, value in res["id_metrics"].items():
+            rows.append({**base, "detector": "", "dataset": res["id_dataset"], "group": "id",
+                         "metric": metric, "value": value})
+        for det, det_res in res["ood"].items():
+            for dataset, values in det_res["sets"].items():
+                for metric, value in values.items():
+                    if metric != "group":
+                        rows.append({**base, "detector": det, "dataset": dataset, "group": values["group"],
+                                     "metric": metric, "value": value})
+            for group in ("near", "far"):
+                for metric, value in det_res.get(group, {}).items():
+                    rows.append({**base, "detector": det, "dataset": f"{group} mean", "group": group,
+                                 "metric": metric, "value": value})
+    return pd.DataFrame(rows, columns=["suite", "model", "loss", "seed", *KEYS[2:], "value"])
+
+
+def aggregate(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sample standard deviation and number of seeds per loss and key."""
+    grouped = table.groupby([*KEYS, "loss"], sort=False)["value"]
+    out = grouped.agg(mean="mean", std=lambda v: v.std(ddof=1) if len(v) > 1 else np.nan, n="count")
+    seeds = table.groupby([*KEYS, "loss"], sort=False)["seed"].agg(lambda s: ",".join(map(str, sorted(s))))
+    return out.assign(seeds=seeds).reset_index()
+
+
+def _cell(stats: pd.DataFrame, key: tuple, loss: str, decimals: int) -> str:
+    try:
+        row = stats.loc[(*key, loss)]
+    except KeyError:
+        return "–"
+    if row["n"] > 1 and not np.isnan(row["std"]):
+        return f"{row['mean']:.{decimals}f} ± {row['std']:.{decimals}f}"
+    return f"{row['mean']:.{decimals}f}"
+
+
+def _delta(stats: pd.DataFrame, key: tuple, decimals: int, losses: list[str]) -> str:
+    try:
+        values = [stats.loc[(*key, loss), "mean"] for loss in losses]
+    except KeyError:
+        return "–"
+    return f"{values[1] - values[0]:+.{decimals}f}"
+
+
+def tables(results: list[dict[str, Any]]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of every table the human-readable formats show."""
+    agg = aggregate(tidy(results))
+    stats = agg.set_index([*KEYS, "loss"]).sort_index()
+    out = []
+    for (suite, model), part in agg.groupby(["suite", "model"], sort=False):
+        losses = [loss for loss in LOSS_ORDER if loss in set(part["loss"])]
+        labels = [LOSS_LABEL[loss] for loss in losses]
+        compare = len(losses) == 2
+        seeds = "; ".join(f"{LOSS_LABEL[loss]} seeds {part[part['loss'] == loss]['seeds'].iloc[0]}"
+                          for loss in losses)
+        prefix = f"{suite} / {model} ({seeds})"
+        id_name = part[part["group"] == "id"]["dataset"].iloc[0]
+        rows = []
+        for metric, (label, higher, dec) in ID_METRICS.items():
+            key = (suite, model, "", id_name, "id", metric)
+            if not any((*key, loss) in stats.index for loss in losses):
+                continue
+            row = [f"{label} {'↑' if higher else '↓'}", *(_cell(stats, key, loss, dec) for loss in losses)]
+            rows.append(row + ([_delta(stats, key, dec, losses)] if compare else []))
+        delta = ["Δ HALO−CCE"] if compare else []
+        out.append((f"{prefix}: in-distribution ({id_name} test)", ["metric", *labels, *delta], rows))
+
+        detectors = [d for d in dict.fromkeys(part["detector"]) if d]
+        for metric, (label, higher) in OOD_HEADLINE.items():
+            header = ["detector"]
+            for group in ("near", "far"):
+                header += [f"{group} {lab}" for lab in labels] + ([f"{group} Δ"] if compare else [])
+            rows = []
+            for det in detectors:
+                row = [det]
+                for group in ("near", "far"):
+                    key = (suite, model, det, f"{group} mean", group, metric)
+                    row += [_cell(stats, key, loss, 2) for loss in losses]
+                    row += [_delta(stats, key, 2, losses)] if compare else []
+                rows.append(row)
+            out.append((f"{prefix}: OOD {label} {'↑' if higher else '↓'}, mean over near / far sets",
+                        header, rows))
+
+        header = ["OOD set", "group", "detector"]
+        for metric, (label, _) in OOD_HEADLINE.items():
+            short = label.split(" ")[0]
+            header += [f"{short} {lab}" for lab in labels] + ([f"{short} Δ"] if compare else [])
+        rows = []
+        sets = part[~part["group"].isin(["id"]) & ~part["dataset"].str.endswith(" mean")]
+        for dataset, group in dict.fromkeys(zip(sets["dataset"], sets["group"])):
+            for det in detectors:
+                row = [dataset, group, det]
+                for metric in OOD_HEADLINE:
+                    key = (suite, model, det, dataset, group, metric)
+                    row += [_cell(stats, key, loss, 2) for loss in losses]
+                    row += [_delta(stats, key, 2, losses)] if compare else []
+                rows.append(row)
+        out.append((f"{prefix}: per OOD set", header, rows))
+    return out
+
+
+NOTES = (
+    "Mean ± sample standard deviation over seeds. Scores: higher = more in-distribution. "
+    "FPR@95: fraction of OOD samples accepted at the threshold that keeps 95% of ID samples "
+    "(ID positive); the OpenOOD convention (`fpr95_openood`) and AUPR-in/out are in the CSV/JSON "
+    "formats. Detectors at their default settings (PROTOCOL.md section 4), no tuning. "
+    "HALO's baselines read its logits relative to the abstain class."
+)
+
+
+def _render_markdown(results: list[dict[str, Any]]) -> str:
+    parts = ["# halo-bench report", ""]
+    for title, header, rows in tables(results):
+        parts += [f"## {title}", "", tabulate(rows, header, tablefmt="github", disable_numparse=True), ""]
+    parts += [NOTES, ""]
+    return "\n".join(parts)
+
+
+def _render_latex(results: list[dict[str, Any]]) -> str:
+    parts = ["% halo-bench report; needs \\usepackage{booktabs}"]
+    for title, header, rows in tables(results):
+        body = tabulate(rows, header, tablefmt="latex_booktabs", disable_numparse=True)
+        parts += ["\\begin{table}[t]", "\\centering", f"\\caption{{{_latex_escape(title)}}}", body,
+                  "\\end{table}", ""]
+    return "\n".join(parts)
+
+
+def _latex_escape(text: str) -> str:
+    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
+        text = text.replace(char, repl)
+    return text
+
+
+def _render_csv(results: list[dict[str, Any]]) -> str:
+    return aggregate(tidy(results)).to_csv(index=False)
+
+
+def _render_json(results: list[dict[str, Any]]) -> str:
+    agg = aggregate(tidy(results))
+    records = json.loads(agg.to_json(orient="records"))
+    runs = [{"path": r["_path"], "run": r["run"], "checkpoint_sha256": r["checkpoint"]["sha256"]} for r in results]
+    return json.dumps({"schema": "halo-bench/report", "runs": runs, "rows": records}, indent=2) + "\n"
+
+
+FORMATS: dict[str, Callable[[list[dict[str, Any]]], str]] = {
+    "markdown": _render_markdown,
+    "csv": _render_csv,
+    "json": _render_json,
+    "latex": _render_latex,
+}
+
+
+def render(results: list[dict[str, Any]], fmt: str = "markdown") -> str:
+    if fmt not in FORMATS:
+        raise unknown_name("report format", fmt, FORMATS)
+    return FORMATS[fmt](results)

@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny trained runs (timm's test_resnet on the embedded suite)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HALO_BENCH_PROGRESS"] = "0"
+
+TINY_MODEL = "test_resnet"
+
+
+@pytest.fixture(scope="session")
+def registry():
+    from halo_bench.registry import load_registry
+
+    return load_registry()
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory: pytest.TempPathFactory, registry) -> dict[str, Path]:
+    """One CCE and one HALO run of 2 epochs, trained once for the whole session."""
+    from halo_bench.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for loss in ("cce", "halo"):
+        result = train(TrainConfig(model=TINY_MODEL, loss=loss, epochs=2, out=str(out)), registry)
+        runs[loss] = result.checkpoint
+    return runs

@@ -1,0 +1,143 @@
+"""The command line end to end (train -> eval -> report) and every error path a user can hit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from halo_bench import metrics
+from halo_bench.cli import app
+from halo_bench.registry import DEFAULT_REGISTRY
+
+runner = CliRunner()
+
+
+def _ok(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def _fails(*args: str, match: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert match in result.output, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli")
+    for loss in ("cce", "halo"):
+        for seed in ("0", "1"):
+            _ok("train", "test_resnet", "--loss", loss, "--epochs", "1", "--seed", seed, "--out", str(out))
+    return out
+
+
+def test_train_eval_report_end_to_end(cli_runs: Path) -> None:
+    run = cli_runs / "digits-test_resnet-halo-s0"
+    assert {"ckpt.pt", "config.json", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
+    for loss in ("cce", "halo"):
+        for seed in ("0", "1"):
+            _ok("eval", str(cli_runs / f"digits-test_resnet-{loss}-s{seed}" / "ckpt.pt"))
+    results = json.loads((run / "results.json").read_text())
+    assert results["checkpoint"]["sha256"] and results["seed"] == 0 and results["suite"] == "digits"
+    assert set(results["ood"]) == {"msp", "maxlogit", "energy", "mahalanobis", "odin", "halo_abstain", "halo_distance"}
+    assert results["detectors"]["odin"]["params"] == {"temperature": 1000.0, "eps": 0.0014}
+    assert set(results["datasets"]) == {"digits", "digits-6to9", "textures", "photos", "faces", "noise"}
+    assert "abstain_rate" in results["id_metrics"]
+
+    markdown = _ok("report", "--runs", str(cli_runs), "--format", "markdown")
+    assert "| energy" in markdown and "CCE" in markdown and "HALO" in markdown and "Δ" in markdown
+    assert "seeds 0,1" in markdown and "±" in markdown
+    csv = pd.read_csv(StringIO(_ok("report", str(cli_runs), "--format", "csv")))
+    row = csv[(csv.detector == "energy") & (csv.dataset == "far mean") & (csv.metric == "auroc") & (csv.loss == "halo")]
+    assert len(row) == 1 and row.n.iloc[0] == 2
+    report_json = json.loads(_ok("report", str(cli_runs), "--format", "json"))
+    assert len(report_json["runs"]) == 4
+    assert "\\toprule" in _ok("report", str(cli_runs), "--format", "latex")
+
+
+def test_scores_file_reproduces_every_metric(cli_runs: Path) -> None:
+    run = cli_runs / "digits-test_resnet-cce-s1"
+    results = json.loads((run / "results.json").read_text())
+    scores = pd.read_csv(run / "scores.csv.gz")
+    assert list(scores.columns[:5]) == ["dataset", "group", "index", "label", "pred"]
+    id_rows = scores[scores.group == "id"]
+    assert len(id_rows) == results["datasets"]["digits"]["n"]
+    assert 100 * (id_rows.pred == id_rows.label).mean() == pytest.approx(results["id_metrics"]["acc"])
+    for det, det_res in results["ood"].items():
+        for name, values in det_res["sets"].items():
+            ood = scores[scores.dataset == name][det].to_numpy()
+            again = metrics.ood_metrics(id_rows[det].to_numpy(), ood)
+            for key in metrics.OOD_METRICS:
+                assert again[key] == pytest.approx(values[key], abs=1e-9), (det, name, key)
+
+
+def test_eval_subset_of_sets_and_detectors(cli_runs: Path, tmp_path: Path) -> None:
+    ckpt = cli_runs / "digits-test_resnet-cce-s0" / "ckpt.pt"
+    _ok("eval", str(ckpt), "--ood", "noise,near", "--detectors", "energy,msp", "--out", str(tmp_path))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["ood"]) == {"energy", "msp"}
+    assert set(results["ood"]["energy"]["sets"]) == {"noise", "digits-6to9"}
+
+
+def test_listing_commands() -> None:
+    assert "digits-6to9" in runner.invoke(app, ["datasets"]).output
+    listing = runner.invoke(app, ["detectors"]).output
+    for name in ("msp", "maxlogit", "energy", "odin", "mahalanobis", "halo_abstain", "halo_distance"):
+        assert name in listing
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "report", "bench", "datasets"])
+def test_help_documents_every_option(command: str) -> None:
+    import click
+    import typer.main
+
+    cmd = typer.main.get_command(app).commands[command]
+    for param in cmd.params:
+        if isinstance(param, click.Option) and "--help" not in param.opts:
+            assert param.help, f"{command} {param.opts} has no help"
+            assert all(opt.startswith("-") and "_" not in opt for opt in param.opts)  # kebab-case
+
+
+def test_user_errors_exit_2_with_one_message(cli_runs: Path, tmp_path: Path) -> None:
+    ckpt = cli_runs / "digits-test_resnet-cce-s0" / "ckpt.pt"
+    _fails("eval", str(tmp_path / "missing.pt"), match="does not exist")
+    _fails("train", "resnet81", "--epochs", "1", "--out", str(tmp_path), match="Did you mean 'resnet18'")
+    _fails("train", "test_resnet", "--suite", "digitz", "--out", str(tmp_path), match="Did you mean 'digits'")
+    _fails("train", "test_resnet", "--loss", "focal", "--out", str(tmp_path), match="unknown loss")
+    _fails("eval", str(ckpt), "--ood", "nosie", match="Did you mean 'noise'")
+    _fails("eval", str(ckpt), "--detectors", "odin,mahalanobsi", match="Did you mean 'mahalanobis'")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(ckpt.read_bytes()[:5000])
+    _fails("eval", str(corrupt), match="not a readable checkpoint")
+    bad_yaml = tmp_path / "datasets.yaml"
+    doc = yaml.safe_load(DEFAULT_REGISTRY.read_text())
+    doc["suites"]["digits"]["recipe"]["lr"] = "fast"
+    bad_yaml.write_text(yaml.safe_dump(doc))
+    _fails("datasets", "--registry", str(bad_yaml), match="recipe.lr: expected a positive number")
+    _fails("report", "--runs", str(tmp_path / "nothing"), match="does not exist")
+    _fails("report", str(cli_runs), "--format", "docx", match="unknown report format")
+    _fails("bench", "--seeds", "a,b", match="--seeds takes comma-separated integers")
+
+
+def test_real_entry_point_prints_no_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "halo_bench", "eval", str(tmp_path / "nope.pt")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_help_does_not_import_torch() -> None:
+    code = "import sys, halo_bench.cli; assert 'torch' not in sys.modules and 'timm' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,0 +1,135 @@
+"""Detectors against pytorch-ood on the same model and data, and HALO's own scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pytorch_ood.detector import ODIN, EnergyBased, Mahalanobis, MaxLogit, MaxSoftmax
+
+from halo_bench.data import load_split
+from halo_bench.detectors import DETECTORS, DetectorContext, detectors_for
+from halo_bench.errors import HaloBenchError
+from halo_bench.features import forward_pass
+from halo_bench.metrics import auroc
+from halo_bench.models import load_checkpoint
+
+
+def _setup(path, registry, n_eval: int = 200):
+    model, meta = load_checkpoint(path)
+    suite = registry.suite("digits")
+    cfg = meta["data_config"]
+    id_spec = registry.dataset(suite.id)
+    train_ds = load_split(id_spec, "train", cfg)
+    # ID test and an OOD set stacked, so the comparison covers both kinds of input.
+    test_x = load_split(id_spec, "test", cfg).tensors[0][: n_eval // 2]
+    ood_x = load_split(registry.dataset("sk-photos"), "test", cfg).tensors[0][: n_eval // 2]
+    eval_ds = torch.utils.data.TensorDataset(torch.cat([test_x, ood_x]), torch.zeros(len(test_x) + len(ood_x)).long())
+    device = torch.device("cpu")
+    ctx = DetectorContext(model=model, device=device, data_config=cfg, batch_size=64,
+                          train=forward_pass(model, train_ds, device))
+    return model, ctx, eval_ds, forward_pass(model, eval_ds, device), train_ds
+
+
+def _ours(name: str, ctx, outputs, dataset) -> np.ndarray:
+    det = DETECTORS[name]()
+    if det.needs_train:
+        det.fit(ctx)
+    return det.score(ctx, outputs, dataset)
+
+
+def test_logit_detectors_match_pytorch_ood(tiny_runs, registry) -> None:
+    model, ctx, ds, outputs, _ = _setup(tiny_runs["cce"], registry)
+    x = ds.tensors[0]
+    with torch.no_grad():
+        refs = {
+            "msp": -MaxSoftmax(model).predict(x),
+            "maxlogit": -MaxLogit(model).predict(x),
+            "energy": -EnergyBased(model).predict(x),
+        }
+    for name, ref in refs.items():
+        np.testing.assert_allclose(_ours(name, ctx, outputs, ds), ref.double().numpy(), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_odin_matches_pytorch_ood(tiny_runs, registry) -> None:
+    model, ctx, ds, outputs, _ = _setup(tiny_runs["cce"], registry)
+    ref = ODIN(model, eps=0.0014, temperature=1000.0, norm_std=list(ctx.data_config["std"]))
+    expected = -torch.cat([ref.predict(x) for (x,) in torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(ds.tensors[0]), batch_size=64)])
+    ours = _ours("odin", ctx, outputs, ds)
+    np.testing.assert_allclose(ours, expected.double().numpy(), rtol=0, atol=1e-6)
+    # The perturbation matters: ODIN is not MSP at temperature T.
+    plain = torch.softmax(outputs.logits.double() / 1000.0, dim=1).max(dim=1).values.numpy()
+    assert not np.allclose(ours, plain, rtol=0, atol=1e-9)
+
+
+def test_mahalanobis_matches_pytorch_ood(tiny_runs, registry) -> None:
+    model, ctx, ds, outputs, _ = _setup(tiny_runs["cce"], registry)
+    ref = Mahalanobis(model.forward_features)
+    ref.fit_features(ctx.train.features, ctx.train.labels)
+    theirs = ref.predict_features(outputs.features).double().numpy()
+    ours = _ours("mahalanobis", ctx, outputs, ds)
+    # pytorch-ood's covariance is the sum of outer products (ours: their mean), so its distances
+    # are ours / N, and it scores 0.5 * min distance (a Gaussian log-density term).
+    np.testing.assert_allclose(ours, -2 * len(ctx.train.labels) * theirs, rtol=1e-4)
+
+
+def test_halo_abstain_is_log_one_minus_p_and_ranks_as_energy(tiny_runs, registry) -> None:
+    model, ctx, ds, outputs, _ = _setup(tiny_runs["halo"], registry)
+    abstain = _ours("halo_abstain", ctx, outputs, ds)
+    p_abstain = outputs.logits.double().softmax(dim=1)[:, -1].numpy()
+    np.testing.assert_allclose(np.exp(abstain), 1.0 - p_abstain, rtol=1e-9)
+    energy = _ours("energy", ctx, outputs, ds)
+    assert np.array_equal(np.argsort(abstain, kind="stable"), np.argsort(energy, kind="stable"))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_halo_abstain_keeps_order_where_one_minus_p_rounds_to_one(seed: int) -> None:
+    from halo_bench.features import SplitOutputs
+
+    gen = torch.Generator().manual_seed(seed)
+    k = 5
+    logits = torch.cat([torch.randn(400, k, generator=gen) * 30 + 40, torch.zeros(400, 1)], dim=1)
+    outputs = SplitOutputs(logits, torch.zeros(400, 6), torch.zeros(400).long())
+    ctx = DetectorContext(model=_FakeHalo(k), device=torch.device("cpu"), data_config={})
+    abstain = DETECTORS["halo_abstain"]().score_outputs(ctx, outputs)
+    energy = DETECTORS["energy"]().score_outputs(ctx, outputs)
+    assert np.sum(1.0 - logits.double().softmax(1)[:, -1].numpy() == 1.0) > 100  # many would tie
+    assert auroc(abstain[:200], abstain[200:]) == auroc(energy[:200], energy[200:])
+
+
+class _FakeHalo(torch.nn.Module):
+    abstain = True
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.num_classes = k
+
+
+def test_halo_distance_is_min_squared_distance_to_centred_centroids(tiny_runs, registry) -> None:
+    model, ctx, ds, outputs, _ = _setup(tiny_runs["halo"], registry)
+    c = model.head.centroids.detach().double()
+    c = c - c.mean(0)
+    z = outputs.features.double()
+    expected = -(((z[:, None] - c[None]) ** 2).sum(-1) / z.shape[1]).min(1).values.numpy()
+    np.testing.assert_allclose(_ours("halo_distance", ctx, outputs, ds), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_msp_of_halo_model_reads_the_k_plus_one_softmax(tiny_runs, registry) -> None:
+    model, ctx, ds, outputs, _ = _setup(tiny_runs["halo"], registry)
+    assert outputs.logits.shape[1] == model.num_classes + 1
+    expected = outputs.logits.double().softmax(1)[:, :-1].max(1).values.numpy()
+    np.testing.assert_allclose(_ours("msp", ctx, outputs, ds), expected)
+
+
+def test_detector_selection(tiny_runs) -> None:
+    names = [d.name for d in detectors_for(None, abstain=False)]
+    assert "halo_abstain" not in names and {"msp", "energy", "odin", "mahalanobis"} <= set(names)
+    assert {"halo_abstain", "halo_distance"} <= {d.name for d in detectors_for(None, abstain=True)}
+    with pytest.raises(HaloBenchError, match="Did you mean 'energy'"):
+        detectors_for(["enrgy"], abstain=False)
+    with pytest.raises(HaloBenchError, match="trained with CCE"):
+        detectors_for(["halo_abstain"], abstain=False)
+    with pytest.raises(HaloBenchError, match="no parameter"):
+        DETECTORS["energy"](temprature=2.0)
