@@ -19,5 +19,5 @@ def unknown_name(kind: str, name: str, known: Iterable[str]) -> HaloBenchError:
     known = sorted(known)
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    listing = ", ".join(known) if len(known) <= 20 else f"{len(known)} names"
+    listing = ", ".join(known) if len(known) <= 40 else f"{len(known)} names"
     return HaloBenchError(f"unknown {kind} {name!r}.{hint} Known: {listing}.")

@@ -36,6 +36,7 @@ class _Exploit:
         return (os.system, ("touch pwned-by-checkpoint",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_crafted_pickle_is_refused_and_not_executed(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pt"

@@ -13,7 +13,6 @@ byte-identical output.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import math
@@ -328,12 +327,8 @@ def skimage_crops(
         )
     unknown = [name for name in images if name not in available_images()]
     if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), available_images(), n=3, cutoff=0.6)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise EmbeddedDataError(
-            f"unknown skimage.data image {unknown[0]!r}.{hint} The images shipped inside "
-            f"the scikit-image package (usable offline) are: {', '.join(available_images())}."
-        )
+        error = unknown_name("skimage.data image", str(unknown[0]), available_images())
+        raise EmbeddedDataError(f"{error} Only images shipped inside scikit-image are usable offline.")
     count = _check_count(count)
     seed = _check_seed(seed)
     fracs_are_numbers = all(isinstance(f, (int, float)) for f in (min_frac, max_frac))
