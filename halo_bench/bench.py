@@ -26,6 +26,7 @@ class BenchConfig:
     device: str = "auto"
     force: bool = False
     registry: str | None = None
+    data_root: str | None = None
 
 
 def run_bench(cfg: BenchConfig) -> tuple[str, Path]:
@@ -37,10 +38,10 @@ def run_bench(cfg: BenchConfig) -> tuple[str, Path]:
     for seed in cfg.seeds:
         for loss in cfg.losses:
             tcfg = TrainConfig(model=cfg.model, loss=loss, suite=cfg.suite, seed=seed, epochs=cfg.epochs,
-                               out=cfg.out, device=cfg.device)
+                               out=cfg.out, device=cfg.device, data_root=cfg.data_root)
             trained = train(tcfg, registry, force=cfg.force)
             results, path = evaluate(EvalConfig(str(trained.checkpoint), detectors=cfg.detectors,
-                                                device=cfg.device), registry)
+                                                device=cfg.device, data_root=cfg.data_root), registry)
             console.print(summarize(results))
             result_paths.append(path)
     report = render(load_results(result_paths), "markdown")

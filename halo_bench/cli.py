@@ -31,6 +31,12 @@ RegistryOpt = Annotated[Optional[Path], typer.Option(
     "--registry", help="Dataset registry YAML (default: $HALO_BENCH_DATASETS, else the packaged datasets.yaml).",
     show_default=False)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+DataRootOpt = Annotated[Optional[Path], typer.Option(
+    "--data-root", help="Folder holding the datasets (default: $HALO_BENCH_DATA, else ./data).",
+    show_default=False)]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    "--num-workers", help="DataLoader worker processes (default: 0 for in-memory data, up to 8 for image files).",
+    show_default=False)]
 
 
 def _user_errors(func: F) -> F:
@@ -89,8 +95,9 @@ def train(
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (bf16 where supported); ignored on the CPU.")] = True,
     channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="channels-last memory format on CUDA.")] = True,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone.")] = False,
-    num_workers: Annotated[int, typer.Option("--num-workers", help="DataLoader worker processes.")] = 0,
+    num_workers: WorkersOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Retrain from scratch even if the run directory holds a checkpoint.")] = False,
+    data_root: DataRootOpt = None,
     registry: RegistryOpt = None,
 ) -> None:
     """Train MODEL on a suite's ID set; resumes an interrupted run of the same config."""
@@ -102,7 +109,8 @@ def train(
                       lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, warmup_epochs=warmup_epochs,
                       embed_dim=embed_dim, label_smoothing=label_smoothing, distill=distill,
                       learn_gamma=learn_gamma, device=device, amp=amp, channels_last=channels_last,
-                      compile=compile, num_workers=num_workers, out=str(out))
+                      compile=compile, num_workers=num_workers, out=str(out),
+                      data_root=str(data_root) if data_root else None)
     result = run_train(cfg, load_registry(registry), force=force)
     typer.echo(str(result.checkpoint))
 
@@ -117,6 +125,8 @@ def eval_(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Evaluation batch size.")] = 256,
     device: DeviceOpt = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA for the forward passes.")] = True,
+    num_workers: WorkersOpt = None,
+    data_root: DataRootOpt = None,
     registry: RegistryOpt = None,
 ) -> None:
     """Evaluate a checkpoint: ID accuracy and calibration, and OOD detection per detector."""
@@ -124,7 +134,8 @@ def eval_(
     from .registry import load_registry
 
     cfg = EvalConfig(checkpoint=str(checkpoint), ood=_split(ood), detectors=_split(detectors),
-                     out=str(out) if out else None, device=device, batch_size=batch_size, amp=amp)
+                     out=str(out) if out else None, device=device, batch_size=batch_size, amp=amp,
+                     data_root=str(data_root) if data_root else None, num_workers=num_workers)
     results, path = evaluate(cfg, load_registry(registry))
     typer.echo(summarize(results))
     typer.echo(str(path))
@@ -161,6 +172,7 @@ def bench(
     out: Annotated[Path, typer.Option("--out", help="Folder for the runs and the report.")] = Path("runs"),
     device: DeviceOpt = "auto",
     force: Annotated[bool, typer.Option("--force", help="Retrain runs that are already complete.")] = False,
+    data_root: DataRootOpt = None,
     registry: RegistryOpt = None,
 ) -> None:
     """The main job: train CCE and HALO for each seed, evaluate all, print the report."""
@@ -168,7 +180,8 @@ def bench(
 
     cfg = BenchConfig(model=model, suite=suite, seeds=_seeds(seeds), epochs=epochs,
                       detectors=_split(detectors), out=str(out), device=device, force=force,
-                      registry=str(registry) if registry else None)
+                      registry=str(registry) if registry else None,
+                      data_root=str(data_root) if data_root else None)
     text, path = run_bench(cfg)
     typer.echo(text)
     typer.echo(f"report written to {path}")
@@ -176,25 +189,82 @@ def bench(
 
 @app.command()
 @_user_errors
-def datasets(registry: RegistryOpt = None) -> None:
-    """List the registry's datasets and suites."""
+def datasets(data_root: DataRootOpt = None, registry: RegistryOpt = None) -> None:
+    """List the registry's datasets (present or not, size, how to get them) and suites."""
     from rich.table import Table
 
     from .console import console
+    from .data import how_to_get, presence, resolve_data_root
     from .registry import load_registry
 
     reg = load_registry(registry)
-    table = Table(title=f"datasets ({reg.path})")
-    for col in ("name", "source", "splits", "description"):
+    root = resolve_data_root(data_root)
+    table = Table(title=f"datasets under {root} (registry {reg.path})")
+    for col in ("name", "source", "status", "size", "description"):
         table.add_column(col)
+    missing: dict[str, list[str]] = {}
     for spec in reg.datasets.values():
-        table.add_row(spec.name, spec.source, ", ".join(spec.splits), spec.description)
+        found = presence(spec, root)
+        size = _human_size(found.size_bytes, found.size_complete) if found.status == "present" else "-"
+        style = {"present": "green", "missing": "red"}.get(found.status, "dim")
+        names = spec.name + (f" ({', '.join(spec.aliases)})" if spec.aliases else "")
+        table.add_row(names, spec.source, f"[{style}]{found.status}[/]", size, spec.description)
+        if found.status == "missing":
+            missing.setdefault(how_to_get(spec, root), []).append(spec.name)
     suites = Table(title="suites")
     for col in ("name", "ID", "near", "far", "description"):
         suites.add_column(col)
     for s in reg.suites.values():
         suites.add_row(s.name, s.id, ", ".join(s.near), ", ".join(s.far), s.description)
     console.print(table, suites, soft_wrap=False)
+    if missing:
+        console.print("[bold]How to get the missing datasets[/]")
+        for instruction, names in missing.items():
+            console.print(f"- {', '.join(names)}: {instruction}", soft_wrap=True)
+
+
+def _human_size(num: int, complete: bool) -> str:
+    size = float(num)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            text = f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+            return text if complete else f">= {text}"
+        size /= 1024
+    return str(num)
+
+
+@app.command()
+@_user_errors
+def download(
+    names: Annotated[list[str], typer.Argument(help="Datasets (names or aliases) to fetch.")],
+    data_root: DataRootOpt = None,
+    registry: RegistryOpt = None,
+) -> None:
+    """Fetch datasets that torchvision can download and verify; print how to get the others."""
+    from .console import console
+    from .data import SOURCES, how_to_get, presence, resolve_data_root
+    from .registry import load_registry
+
+    reg = load_registry(registry)
+    root = resolve_data_root(data_root)
+    specs = {reg.dataset(name).name: reg.dataset(name) for name in names}  # unknown names fail first
+    not_fetched = []
+    for spec in specs.values():
+        fetch = SOURCES[spec.source].download
+        if fetch is not None:
+            console.print(f"{spec.name}: downloading into {root} (torchvision verifies the checksums)")
+            try:
+                fetch(spec, root)
+            except (OSError, RuntimeError, ValueError) as exc:
+                raise HaloBenchError(f"{spec.name}: download failed: {exc}") from None
+            console.print(f"{spec.name}: [green]ready[/]")
+        elif presence(spec, root).status in ("present", "in package"):
+            console.print(f"{spec.name}: [green]already present[/]")
+        else:
+            not_fetched.append(spec.name)
+            console.print(f"{spec.name}: cannot be downloaded automatically. {how_to_get(spec, root)}")
+    if not_fetched:
+        raise typer.Exit(code=1)
 
 
 @app.command()

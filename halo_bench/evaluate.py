@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .data import load_split
+from .data import LoadOptions, default_workers, load_split, resolve_data_root
 from .detectors import DetectorContext, detectors_for
 from .errors import HaloBenchError
 from .features import SplitOutputs, forward_pass
@@ -41,6 +41,8 @@ class EvalConfig:
     device: str = "auto"
     batch_size: int = 256
     amp: bool = True
+    data_root: str | None = None  # default: $HALO_BENCH_DATA, else ./data
+    num_workers: int | None = None  # default: 0 for in-memory data, up to 8 for image files
 
 
 def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[str, Any], Path]:
@@ -65,24 +67,29 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
     dtype = amp_dtype(device, cfg.amp)
     model.to(device)
 
-    # Every split the detectors read: the ID test set first, then each OOD set.
-    splits: dict[str, tuple[str, Any]] = {suite.id: ("id", load_split(id_spec, "test", data_config))}
+    # Every split the detectors read: the ID test set first, then each OOD set, all
+    # through the ID set's evaluation transform.
+    options = LoadOptions(resolve_data_root(cfg.data_root))
+    splits: dict[str, tuple[str, Any]] = {suite.id: ("id", load_split(id_spec, "test", data_config, options))}
     for display, (group, key) in ood_sets.items():
-        splits[display] = (group, load_split(registry.dataset(key), "test", data_config))
+        splits[display] = (group, load_split(registry.dataset(key), "test", data_config, options))
 
+    workers = default_workers(id_spec, cfg.num_workers)
     timing: dict[str, float] = {}
     outputs: dict[str, SplitOutputs] = {}
     started = time.perf_counter()
     for name, (_, dataset) in splits.items():
-        outputs[name] = forward_pass(model, dataset, device, cfg.batch_size, dtype, f"forward {name}")
+        outputs[name] = forward_pass(model, dataset, device, cfg.batch_size, dtype, f"forward {name}",
+                                     workers)
     train_outputs = None
-    if any(d.needs_train for d in detectors):
-        train_outputs = forward_pass(model, load_split(id_spec, "train", data_config), device,
-                                     cfg.batch_size, dtype, f"forward {suite.id} (train)")
+    if any(d.needs_train for d in detectors):  # eval transform: Mahalanobis fits clean features
+        train_outputs = forward_pass(model, load_split(id_spec, "train", data_config, options), device,
+                                     cfg.batch_size, dtype, f"forward {suite.id} (train)", workers)
     timing["forward_passes"] = time.perf_counter() - started
 
     ctx = DetectorContext(model=model, device=device, data_config=data_config,
-                          batch_size=cfg.batch_size, amp_dtype=dtype, train=train_outputs)
+                          batch_size=cfg.batch_size, num_workers=workers, amp_dtype=dtype,
+                          train=train_outputs)
     scores: dict[str, dict[str, np.ndarray]] = {name: {} for name in splits}
     for det in detectors:
         started = time.perf_counter()
@@ -112,13 +119,14 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         "run": meta["run"],
         "checkpoint": {"path": str(ckpt_path), "sha256": sha256_file(ckpt_path),
                        "epochs": meta.get("epochs_done"), "complete": meta.get("complete")},
-        "model": {"name": meta["model"]["name"], "loss": meta["model"]["loss"],
+        "model": {"name": meta["model"]["name"], "arch": meta["model"].get("arch"), "loss": meta["model"]["loss"],
                   "embed_dim": meta["model"]["embed_dim"], "head": meta["model"]["head"]},
         "seed": meta["train_config"]["seed"],
         "train_config": meta["train_config"],
         "suite": suite.name,
         "id_dataset": suite.id,
         "data_config": data_config,
+        "data_root": str(options.data_root),
         "registry": {"path": str(registry.path), "sha256": registry.sha256},
         "datasets": {
             name: {"group": group, "dataset": _dataset_key(name, suite.id, ood_sets), "n": len(outputs[name])}

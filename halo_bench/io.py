@@ -7,12 +7,12 @@ import json
 import os
 import platform
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 _PACKAGES = ("halo-bench", "torch", "torchvision", "timm", "numpy", "scikit-learn", "scikit-image", "pandas")
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import archs  # noqa: F401  (registers the CIFAR variants with timm)
 from .errors import HaloBenchError, unknown_name
 from .heads import HALOHead, LinearHead, head_from_config
 from .io import atomic_write_with
@@ -100,14 +101,18 @@ def model_from_meta(meta: dict[str, Any]) -> Classifier:
     import timm
 
     spec = meta["model"]
-    backbone = timm.create_model(spec["name"], pretrained=False, num_classes=0, in_chans=spec["in_chans"])
+    arch = spec.get("arch", spec["name"])
+    backbone = timm.create_model(arch, pretrained=False, num_classes=0, in_chans=spec["in_chans"])
     embed = nn.Linear(backbone.num_features, spec["embed_dim"])
     return Classifier(backbone, embed, head_from_config(spec["head"]))
 
 
-def model_meta(model: Classifier, model_name: str, loss: str, in_chans: int) -> dict[str, Any]:
+def model_meta(model: Classifier, model_name: str, loss: str, in_chans: int,
+               arch: str | None = None) -> dict[str, Any]:
+    """Plain metadata that rebuilds the architecture: `name` as asked, `arch` as built."""
     return {
         "name": model_name,
+        "arch": arch or model_name,
         "loss": loss,
         "in_chans": in_chans,
         "embed_dim": model.embed.out_features,

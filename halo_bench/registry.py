@@ -21,8 +21,9 @@ DEFAULT_REGISTRY = Path(__file__).with_name("datasets.yaml")
 REGISTRY_ENV = "HALO_BENCH_DATASETS"
 GROUPS = ("near", "far")
 
-_DATASET_KEYS = {"source", "description", "params", "splits", "classes", "generator"}
-_SUITE_KEYS = {"description", "id", "near", "far", "data_config", "recipe"}
+_DATASET_KEYS = {"source", "description", "params", "splits", "classes", "generator", "homepage",
+                 "download", "aliases"}
+_SUITE_KEYS = {"description", "id", "near", "far", "data_config", "recipe", "arch_variant", "train_augment"}
 _DATA_CONFIG_KEYS = {"input_size", "mean", "std", "interpolation", "crop_pct"}
 # name -> (accepted types, check, what the check means)
 _RECIPE_FIELDS: dict[str, tuple[tuple[type, ...], Any, str]] = {
@@ -48,6 +49,9 @@ class DatasetSpec:
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
     classes: tuple[str, ...] | None = None
     generator: str | None = None
+    homepage: str = ""
+    download: str = ""  # how to get it, where no verified download exists ({root}, {name} filled in)
+    aliases: tuple[str, ...] = ()
 
     def split_params(self, split: str) -> dict[str, Any]:
         """Source parameters for `split`: the shared ones, overridden by the split's own."""
@@ -69,6 +73,8 @@ class DatasetSpec:
             out["classes"] = list(self.classes)
         if self.generator is not None:
             out["generator"] = self.generator
+        if self.aliases:
+            out["aliases"] = list(self.aliases)
         return out
 
 
@@ -83,6 +89,8 @@ class SuiteSpec:
     data_config: dict[str, Any]
     recipe: dict[str, Any]
     description: str = ""
+    arch_variant: str | None = None  # e.g. "cifar": build resnet18 as timm's resnet18_cifar
+    train_augment: tuple[str, ...] = ()
 
     def ood_sets(self) -> dict[str, tuple[str, str]]:
         """Display name -> (group, dataset name), near sets first."""
@@ -99,6 +107,8 @@ class SuiteSpec:
             "far": self.far,
             "data_config": self.data_config,
             "recipe": self.recipe,
+            "arch_variant": self.arch_variant,
+            "train_augment": list(self.train_augment),
         }
 
 
@@ -110,9 +120,17 @@ class Registry:
     sha256: str
 
     def dataset(self, name: str) -> DatasetSpec:
-        if name not in self.datasets:
-            raise unknown_name("dataset", name, self.datasets)
-        return self.datasets[name]
+        """A dataset by name or alias (`textures` -> `dtd`)."""
+        if name in self.datasets:
+            return self.datasets[name]
+        for spec in self.datasets.values():
+            if name in spec.aliases:
+                return spec
+        raise unknown_name("dataset", name, self.names())
+
+    def names(self) -> set[str]:
+        """Every dataset name and alias."""
+        return set(self.datasets) | {a for spec in self.datasets.values() for a in spec.aliases}
 
     def suite(self, name: str) -> SuiteSpec:
         if name not in self.suites:
@@ -122,8 +140,8 @@ class Registry:
     def resolve_ood(self, suite: SuiteSpec, names: list[str] | None) -> dict[str, tuple[str, str]]:
         """Pick OOD sets by display name, dataset name or group (`near`, `far`).
 
-        With no names, the whole suite. A dataset outside the suite is allowed (any
-        OOD set can be used with any ID set); it is grouped as `far`.
+        With no names, the whole suite. A dataset (or alias) outside the suite is allowed
+        (any OOD set can be used with any ID set); it is grouped as `far`.
         """
         members = suite.ood_sets()
         if not names:
@@ -135,13 +153,12 @@ class Registry:
                 chosen.update({d: gk for d, gk in members.items() if gk[0] == name})
             elif name in members:
                 chosen[name] = members[name]
-            elif name in by_key:
-                display, group = by_key[name]
-                chosen[display] = (group, name)
-            elif name in self.datasets and name != suite.id:
-                chosen[name] = ("far", name)
+            elif name in self.names() and self.dataset(name).name != suite.id:
+                key = self.dataset(name).name  # a dataset name or alias
+                display, group = by_key.get(key, (name, "far"))
+                chosen[display] = (group, key)
             else:
-                known = set(members) | set(self.datasets) | set(GROUPS)
+                known = set(members) | self.names() | set(GROUPS)
                 raise unknown_name("OOD set", name, known - {suite.id})
         return chosen
 
@@ -203,6 +220,13 @@ def _validate(doc: Any, where: str) -> tuple[dict[str, DatasetSpec], dict[str, S
         str(name): _dataset(str(name), entry, f"{where}: datasets.{name}", SOURCES)
         for name, entry in _mapping(doc["datasets"], f"{where}: datasets").items()
     }
+    seen: dict[str, str] = {}
+    for spec in datasets.values():
+        for alias in spec.aliases:
+            if alias in datasets or alias in seen:
+                other = seen.get(alias, alias)
+                raise _fail(f"{where}: datasets.{spec.name}.aliases", f"{alias!r} already names dataset {other!r}.")
+            seen[alias] = spec.name
     suites = {
         str(name): _suite(str(name), entry, f"{where}: suites.{name}", datasets)
         for name, entry in _mapping(doc["suites"], f"{where}: suites").items()
@@ -223,9 +247,15 @@ def _dataset(name: str, entry: Any, where: str, sources: dict[str, Any]) -> Data
     splits = {str(k): _mapping(v or {}, f"{where}.splits.{k}") for k, v in splits.items()}
     classes = entry.get("classes")
     if classes is not None:
+        # A count stands for classes named by their index (ImageNet's 1000 need no listing).
+        if isinstance(classes, int) and not isinstance(classes, bool) and classes >= 2:
+            classes = [str(i) for i in range(classes)]
         if not isinstance(classes, list) or len(classes) < 2:
-            raise _fail(f"{where}.classes", "expected a list of at least two class names.")
+            raise _fail(f"{where}.classes", "expected a list of at least two class names, or their number.")
         classes = tuple(str(c) for c in classes)
+    aliases = entry.get("aliases") or []
+    if not (isinstance(aliases, list) and all(isinstance(a, str) for a in aliases)):
+        raise _fail(f"{where}.aliases", "expected a list of names.")
     spec = DatasetSpec(
         name=name,
         source=source,
@@ -234,6 +264,9 @@ def _dataset(name: str, entry: Any, where: str, sources: dict[str, Any]) -> Data
         splits=splits,
         classes=classes,
         generator=entry.get("generator"),
+        homepage=str(entry.get("homepage", "")),
+        download=str(entry.get("download", "")),
+        aliases=tuple(aliases),
     )
     sources[source].validate(spec, where)
     return spec
@@ -243,7 +276,7 @@ def _suite(name: str, entry: Any, where: str, datasets: dict[str, DatasetSpec]) 
     entry = _mapping(entry, where)
     _check_keys(entry, _SUITE_KEYS, {"id", "far", "data_config", "recipe"}, where)
     id_name = entry["id"]
-    if id_name not in datasets:
+    if not isinstance(id_name, str) or id_name not in datasets:
         raise _fail(f"{where}.id", str(unknown_name("dataset", str(id_name), datasets)))
     id_spec = datasets[id_name]
     if id_spec.classes is None or not {"train", "test"} <= set(id_spec.splits):
@@ -260,6 +293,14 @@ def _suite(name: str, entry: Any, where: str, datasets: dict[str, DatasetSpec]) 
     clash = set(groups["near"]) & set(groups["far"])
     if clash:
         raise _fail(where, f"{', '.join(sorted(clash))} listed as both near and far.")
+    from .data.transforms import AUGMENTATIONS
+
+    augment = entry.get("train_augment") or []
+    if not (isinstance(augment, list) and all(a in AUGMENTATIONS for a in augment)):
+        raise _fail(f"{where}.train_augment", f"expected a list of: {', '.join(AUGMENTATIONS)}.")
+    variant = entry.get("arch_variant")
+    if variant is not None and not isinstance(variant, str):
+        raise _fail(f"{where}.arch_variant", "expected a name such as cifar.")
     return SuiteSpec(
         name=name,
         id=id_name,
@@ -268,6 +309,8 @@ def _suite(name: str, entry: Any, where: str, datasets: dict[str, DatasetSpec]) 
         data_config=_data_config(entry["data_config"], f"{where}.data_config"),
         recipe=_recipe(entry["recipe"], f"{where}.recipe"),
         description=str(entry.get("description", "")),
+        arch_variant=variant,
+        train_augment=tuple(augment),
     )
 
 

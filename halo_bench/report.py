@@ -40,7 +40,8 @@ def find_results(paths: Iterable[str | Path], root: str | Path = "runs") -> list
     if not paths:
         root = Path(root)
         if not root.is_dir():
-            raise HaloBenchError(f"no results: {root} does not exist. Run `halo-bench eval` or `halo-bench bench` first.")
+            raise HaloBenchError(
+                f"no results: {root} does not exist. Run `halo-bench eval` or `halo-bench bench` first.")
         paths = [root]
     found: list[Path] = []
     for path in map(Path, paths):
@@ -161,12 +162,12 @@ def tables(results: list[dict[str, Any]]) -> list[tuple[str, list[str], list[lis
                         header, rows))
 
         header = ["OOD set", "group", "detector"]
-        for metric, (label, _) in OOD_HEADLINE.items():
+        for label, _ in OOD_HEADLINE.values():
             short = label.split(" ")[0]
             header += [f"{short} {lab}" for lab in labels] + ([f"{short} Δ"] if compare else [])
         rows = []
         sets = part[~part["group"].isin(["id"]) & ~part["dataset"].str.endswith(" mean")]
-        for dataset, group in dict.fromkeys(zip(sets["dataset"], sets["group"])):
+        for dataset, group in dict.fromkeys(zip(sets["dataset"], sets["group"], strict=True)):
             for det in detectors:
                 row = [dataset, group, det]
                 for metric in OOD_HEADLINE:

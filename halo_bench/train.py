@@ -21,14 +21,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .console import console, make_progress
-from .data import load_split
+from .archs import resolve_arch
+from .data import LoadOptions, default_workers, load_split, resolve_data_root
 from .errors import HaloBenchError
 from .io import atomic_write_json, atomic_write_text, package_versions, utc_now
 from .models import LOSSES, Classifier, build_model, model_meta, read_checkpoint, save_checkpoint
 from .registry import Registry, load_registry
 
 # Config fields that do not change what is trained, so a run may resume with others.
-_RUNTIME_FIELDS = {"device", "amp", "channels_last", "compile", "num_workers", "out"}
+_RUNTIME_FIELDS = {"device", "amp", "channels_last", "compile", "num_workers", "out", "data_root"}
 
 
 @dataclass
@@ -55,8 +56,9 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
-    num_workers: int = 0
+    num_workers: int | None = None  # default: 0 for in-memory data, up to 8 for image files
     out: str = "runs"
+    data_root: str | None = None  # default: $HALO_BENCH_DATA, else ./data
 
     def resolved(self, registry: Registry) -> TrainConfig:
         """A copy with every unset recipe field filled from the suite's recipe."""
@@ -168,9 +170,7 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
     ckpt_path = run_dir / "ckpt.pt"
 
     resume_state = None
-    if ckpt_path.exists() and force:
-        shutil.rmtree(run_dir)
-    elif ckpt_path.exists():
+    if ckpt_path.exists() and not force:
         state = read_checkpoint(ckpt_path)
         saved = state["meta"].get("train_config", {})
         if {k: v for k, v in saved.items() if k not in _RUNTIME_FIELDS} != cfg.identity():
@@ -191,19 +191,22 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
     if cfg.loss == "halo":
         head_kwargs = {"label_smoothing": cfg.label_smoothing, "distill": cfg.distill,
                        "learn_gamma": cfg.learn_gamma}
-    model = build_model(cfg.model, cfg.loss, num_classes, channels, cfg.embed_dim, cfg.seed, head_kwargs)
+    arch = resolve_arch(cfg.model, suite.arch_variant)
+    model = build_model(arch, cfg.loss, num_classes, channels, cfg.embed_dim, cfg.seed, head_kwargs)
     # Same data order and dropout stream for both losses of a seed, whatever the head drew.
     torch.manual_seed(cfg.seed)
     loader_gen = torch.Generator().manual_seed(cfg.seed)
 
-    train_ds = load_split(id_spec, "train", suite.data_config)
-    test_ds = load_split(id_spec, "test", suite.data_config)
+    data_root = resolve_data_root(cfg.data_root)
+    train_ds = load_split(id_spec, "train", suite.data_config, LoadOptions(data_root, suite.train_augment))
+    test_ds = load_split(id_spec, "test", suite.data_config, LoadOptions(data_root))
     assert cfg.batch_size is not None and cfg.epochs is not None and cfg.lr is not None
     drop_last = len(train_ds) >= 2 * cfg.batch_size  # avoids a tiny last batch in BatchNorm
+    workers = default_workers(id_spec, cfg.num_workers)
     train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=loader_gen,
-                              drop_last=drop_last, num_workers=cfg.num_workers,
+                              drop_last=drop_last, num_workers=workers, persistent_workers=workers > 0,
                               pin_memory=device.type == "cuda")
-    test_loader = DataLoader(test_ds, batch_size=max(256, cfg.batch_size), num_workers=cfg.num_workers)
+    test_loader = DataLoader(test_ds, batch_size=max(256, cfg.batch_size), num_workers=workers)
 
     model.to(device)
     memory_format = torch.channels_last if cfg.channels_last and device.type == "cuda" else None
@@ -220,11 +223,13 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
     meta = {
         "train_config": asdict(cfg),
         "run": cfg.run_name,
-        "model": model_meta(model, cfg.model, cfg.loss, channels),
+        "model": model_meta(model, cfg.model, cfg.loss, channels, arch),
         "suite": suite.to_dict(),
         "id_dataset": id_spec.to_dict(),
         "classes": list(id_spec.classes or ()),
         "data_config": dict(suite.data_config),
+        "data_root": str(data_root),
+        "train_augment": list(suite.train_augment),
         "registry": {"path": str(registry.path), "sha256": registry.sha256},
         "versions": package_versions(),
         "device": str(device),
@@ -242,11 +247,15 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
         scaler.load_state_dict(ts["scaler"])
         loader_gen.set_state(ts["loader_rng"])
         torch.set_rng_state(ts["torch_rng"])
+        if ts.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state_all(ts["cuda_rng"])
         history = list(ts["history"])
         start_epoch = ts["epoch"]
         meta["created"] = resume_state["meta"].get("created", meta["created"])
         console.print(f"{cfg.run_name}: resuming after epoch {start_epoch}/{cfg.epochs}")
     else:
+        if force and run_dir.exists():  # only now that the model and data are known to build
+            shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", {k: v for k, v in meta.items() if k != "complete"})
 
@@ -306,6 +315,7 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
                 "scaler": scaler.state_dict(),
                 "loader_rng": loader_gen.get_state(),
                 "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                 "history": history,
             }
             # A finished run needs no optimiser state: that halves the file.

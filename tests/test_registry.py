@@ -33,7 +33,7 @@ def test_unknown_names_suggest_close_matches(registry) -> None:
     with pytest.raises(HaloBenchError, match="unknown suite 'digit'.*Did you mean 'digits'"):
         registry.suite("digit")
     with pytest.raises(HaloBenchError, match="Did you mean 'textures'"):
-        registry.resolve_ood(registry.suite("digits"), ["texture"])
+        registry.resolve_ood(registry.suite("digits"), ["txtures"])
     with pytest.raises(HaloBenchError, match="unknown dataset"):
         registry.dataset("cifar11")
 

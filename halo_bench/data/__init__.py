@@ -8,16 +8,32 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import sources as _sources  # noqa: F401  (fills SOURCES)
-from .base import SOURCES, Source, register_source
+from .base import (
+    DATA_ROOT_ENV,
+    SOURCES,
+    DatasetMissing,
+    LoadOptions,
+    Presence,
+    Source,
+    default_workers,
+    how_to_get,
+    presence,
+    register_source,
+    resolve_data_root,
+)
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from ..registry import DatasetSpec
 
-__all__ = ["SOURCES", "Source", "load_split", "register_source"]
+__all__ = [
+    "DATA_ROOT_ENV", "SOURCES", "DatasetMissing", "LoadOptions", "Presence", "Source", "default_workers",
+    "how_to_get", "load_split", "presence", "register_source", "resolve_data_root",
+]
 
 
-def load_split(spec: DatasetSpec, split: str, data_config: dict[str, Any]) -> Dataset:
+def load_split(spec: DatasetSpec, split: str, data_config: dict[str, Any],
+               options: LoadOptions | None = None) -> Dataset:
     """Build `split` of `spec` as (input tensor, label) pairs for the given data config."""
-    return SOURCES[spec.source].load(spec, split, data_config)
+    return SOURCES[spec.source].load(spec, split, data_config, options or LoadOptions(resolve_data_root()))

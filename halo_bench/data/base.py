@@ -2,39 +2,119 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ..errors import HaloBenchError
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from ..registry import DatasetSpec
 
-Loader = Callable[["DatasetSpec", str, dict[str, Any]], "Dataset"]
+DATA_ROOT_ENV = "HALO_BENCH_DATA"
+DEFAULT_DATA_ROOT = "data"
+
+
+def resolve_data_root(path: str | os.PathLike[str] | None = None) -> Path:
+    """`path`, else $HALO_BENCH_DATA, else ./data; absolute, so runs record where data came from."""
+    chosen = path if path is not None else os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT
+    return Path(chosen).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Where datasets live and which training augmentations to apply (none for evaluation)."""
+
+    data_root: Path
+    augment: tuple[str, ...] = ()
+
+
+class DatasetMissing(HaloBenchError):
+    """A dataset is not on disk; the message says how to get it."""
+
+
+Loader = Callable[["DatasetSpec", str, dict[str, Any], LoadOptions], "Dataset"]
 Validator = Callable[["DatasetSpec", str], None]
+Locator = Callable[["DatasetSpec", Path], list[Path]]
+Downloader = Callable[["DatasetSpec", Path], None]
 
 
 @dataclass(frozen=True)
 class Source:
-    """How to build a split of a dataset: `load(spec, split, data_config)`.
+    """How to build a split of a dataset: `load(spec, split, data_config, options)`.
 
-    `validate(spec, where)` checks a registry entry at load time and raises a
-    HaloBenchError naming `where` when it is malformed.
+    `validate(spec, where)` checks a registry entry at load time; `locate(spec, root)`
+    names the paths it reads (empty: nothing on disk); `download` is set only where
+    the data can be fetched with verification (torchvision's downloads).
     """
 
     name: str
     load: Loader
     validate: Validator
     description: str
+    locate: Locator
+    download: Downloader | None = None
 
 
 SOURCES: dict[str, Source] = {}
 
 
-def register_source(name: str, description: str, validate: Validator) -> Callable[[Loader], Loader]:
+def register_source(name: str, description: str, validate: Validator, locate: Locator,
+                    download: Downloader | None = None) -> Callable[[Loader], Loader]:
     def wrap(load: Loader) -> Loader:
-        SOURCES[name] = Source(name, load, validate, description)
+        SOURCES[name] = Source(name, load, validate, description, locate, download)
         return load
 
     return wrap
+
+
+def how_to_get(spec: DatasetSpec, data_root: Path) -> str:
+    """The instruction for getting `spec` into `data_root`."""
+    if spec.download:
+        return spec.download.format(root=data_root, name=spec.name).strip()
+    if SOURCES[spec.source].download is not None:
+        return f"Run `halo-bench download {spec.name} --data-root {data_root}` (verified download)."
+    return "It is generated in memory; nothing to download."
+
+
+def default_workers(spec: DatasetSpec, requested: int | None) -> int:
+    """DataLoader workers: as asked, else none for in-memory data and up to 8 for files."""
+    if requested is not None:
+        return requested
+    return 0 if spec.source == "embedded" else min(8, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Presence:
+    """Whether a dataset is on disk under a data root, and how much of it."""
+
+    status: str  # "present", "missing" or "in package"
+    size_bytes: int = 0
+    size_complete: bool = True  # False when the walk stopped early on a huge folder
+
+
+def presence(spec: DatasetSpec, data_root: Path, max_files: int = 200_000) -> Presence:
+    paths = SOURCES[spec.source].locate(spec, data_root)
+    if not paths:
+        return Presence("in package")
+    if not all(p.is_file() or (p.is_dir() and any(p.iterdir())) for p in paths):
+        return Presence("missing")
+    total, seen = 0, 0
+    for path in paths:
+        if path.is_file():
+            total += path.stat().st_size
+            continue
+        for folder, _, files in os.walk(path):
+            for name in files:
+                seen += 1
+                if seen > max_files:
+                    return Presence("present", total, size_complete=False)
+                try:
+                    total += os.stat(os.path.join(folder, name)).st_size
+                except OSError:
+                    pass
+    return Presence("present", total)

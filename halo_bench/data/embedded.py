@@ -220,7 +220,7 @@ def _check_shipped(filename: str) -> None:
         )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _skimage_gray(name: str) -> Array:
     """The shipped skimage.data image `name` as read-only 2-D float64."""
     import skimage.data

@@ -1,11 +1,12 @@
-"""Source adapters. `embedded` builds the offline digits suite in memory."""
+"""Source adapters: `embedded` (in memory, offline), `torchvision`, `folder`, `imagelist`."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import HaloBenchError
-from .base import register_source
+from ..errors import HaloBenchError, unknown_name
+from .base import DatasetMissing, LoadOptions, how_to_get, register_source
 
 if TYPE_CHECKING:
     import numpy as np
@@ -18,14 +19,36 @@ if TYPE_CHECKING:
 EMBEDDED_MAX_LEVEL = 16.0
 
 
+def _missing(spec: DatasetSpec, options: LoadOptions, detail: str) -> DatasetMissing:
+    return DatasetMissing(
+        f"dataset {spec.name!r} is not available under {options.data_root} ({detail}). "
+        f"{how_to_get(spec, options.data_root)}"
+    )
+
+
+def _transform(split: str, data_config: dict[str, Any], options: LoadOptions) -> Any:
+    from .transforms import eval_transform, train_transform
+
+    if options.augment:
+        return train_transform(data_config, options.augment)
+    return eval_transform(data_config)
+
+
+def _require(spec: DatasetSpec, where: str, *keys: str) -> None:
+    for key in keys:
+        if not isinstance(spec.params.get(key), str):
+            raise HaloBenchError(f"{where}.params: a {spec.source} dataset needs '{key}' (a string).")
+
+
+# --------------------------------------------------------------------------- embedded
+
+
 def _validate_embedded(spec: DatasetSpec, where: str) -> None:
     from .embedded import GENERATORS
 
     if spec.generator is None:
         raise HaloBenchError(f"{where}: an embedded dataset needs 'generator' (one of {', '.join(GENERATORS)}).")
     if spec.generator not in GENERATORS:
-        from ..errors import unknown_name
-
         raise HaloBenchError(f"{where}: {unknown_name('generator', spec.generator, GENERATORS)}")
 
 
@@ -48,8 +71,9 @@ def to_model_input(images: np.ndarray, data_config: dict[str, Any]) -> Tensor:
     "embedded",
     "generated in memory from data that installed packages ship (no download)",
     _validate_embedded,
+    locate=lambda spec, root: [],
 )
-def load_embedded(spec: DatasetSpec, split: str, data_config: dict[str, Any]) -> Dataset:
+def load_embedded(spec: DatasetSpec, split: str, data_config: dict[str, Any], options: LoadOptions) -> Dataset:
     import torch
     from torch.utils.data import TensorDataset
 
@@ -60,3 +84,136 @@ def load_embedded(spec: DatasetSpec, split: str, data_config: dict[str, Any]) ->
     except (TypeError, ValueError) as exc:
         raise HaloBenchError(f"dataset {spec.name!r}: cannot generate split {split!r}: {exc}") from None
     return TensorDataset(to_model_input(images, data_config), torch.from_numpy(labels).long())
+
+
+# --------------------------------------------------------------------------- torchvision
+
+# torchvision dataset classes this source builds; each takes root, transform and download.
+TORCHVISION_CLASSES = (
+    "CIFAR10", "CIFAR100", "SVHN", "MNIST", "FashionMNIST", "KMNIST", "DTD", "Places365",
+    "STL10", "Flowers102", "OxfordIIITPet", "Food101", "GTSRB",
+)
+
+
+def _tv_dir(spec: DatasetSpec, root: Path) -> Path:
+    return root / spec.params.get("dir", spec.name)
+
+
+def _tv_parts(spec: DatasetSpec, split: str) -> list[dict[str, Any]]:
+    """The constructor keyword sets of one split; `concat` unions several (e.g. all of DTD)."""
+    params = {k: v for k, v in spec.split_params(split).items() if k not in ("class", "dir")}
+    parts = params.pop("concat", None)
+    return [{**params, **part} for part in parts] if parts else [params]
+
+
+def _validate_torchvision(spec: DatasetSpec, where: str) -> None:
+    cls = spec.params.get("class")
+    if cls not in TORCHVISION_CLASSES:
+        error = unknown_name("torchvision dataset", str(cls), TORCHVISION_CLASSES)
+        raise HaloBenchError(f"{where}.params.class: {error}")
+    for split in spec.splits:
+        concat = spec.split_params(split).get("concat")
+        if concat is not None and not (isinstance(concat, list) and all(isinstance(p, dict) for p in concat)):
+            raise HaloBenchError(f"{where}.splits.{split}.concat: expected a list of keyword mappings.")
+
+
+def _download_torchvision(spec: DatasetSpec, root: Path) -> None:
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, spec.params["class"])
+    for split in spec.splits:
+        for kwargs in _tv_parts(spec, split):
+            cls(root=str(_tv_dir(spec, root)), download=True, **kwargs)
+
+
+@register_source(
+    "torchvision",
+    "a torchvision dataset class, with torchvision's own download and checksum verification",
+    _validate_torchvision,
+    locate=lambda spec, root: [_tv_dir(spec, root)],
+    download=_download_torchvision,
+)
+def load_torchvision(spec: DatasetSpec, split: str, data_config: dict[str, Any], options: LoadOptions) -> Dataset:
+    import torchvision.datasets
+    from torch.utils.data import ConcatDataset
+
+    cls = getattr(torchvision.datasets, spec.params["class"])
+    root = _tv_dir(spec, options.data_root)
+    transform = _transform(split, data_config, options)
+    parts = []
+    for kwargs in _tv_parts(spec, split):
+        try:
+            parts.append(cls(root=str(root), transform=transform, download=False, **kwargs))
+        except (RuntimeError, FileNotFoundError, OSError):  # torchvision: "not found or corrupted"
+            raise _missing(spec, options, f"torchvision found no intact copy in {root}") from None
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+# --------------------------------------------------------------------------- folder
+
+
+def _validate_folder(spec: DatasetSpec, where: str) -> None:
+    for split in spec.splits:
+        params = spec.split_params(split)
+        if not isinstance(params.get("dir"), str):
+            raise HaloBenchError(f"{where}: a folder dataset needs 'dir' (in params or for split {split!r}).")
+        if params.get("labels", "none") not in ("none", "subfolders"):
+            raise HaloBenchError(f"{where}: 'labels' must be 'none' or 'subfolders'.")
+
+
+@register_source(
+    "folder",
+    "image files under a folder (class = first-level subfolder with labels: subfolders)",
+    _validate_folder,
+    locate=lambda spec, root: sorted({root / spec.split_params(s)["dir"] for s in spec.splits}),
+)
+def load_folder(spec: DatasetSpec, split: str, data_config: dict[str, Any], options: LoadOptions) -> Dataset:
+    from .images import ImageFiles, scan_folder
+
+    params = spec.split_params(split)
+    folder = options.data_root / params["dir"]
+    if not folder.is_dir():
+        raise _missing(spec, options, f"no folder {folder}")
+    paths, labels, classes = scan_folder(folder, params.get("labels", "none") == "subfolders")
+    if not paths:
+        raise _missing(spec, options, f"no images in {folder}")
+    if spec.classes is not None and classes and list(spec.classes) != classes:
+        raise HaloBenchError(f"dataset {spec.name!r}: subfolders {classes[:5]}... differ from its classes.")
+    return ImageFiles(paths, labels, _transform(split, data_config, options))
+
+
+# --------------------------------------------------------------------------- imagelist
+
+
+def _validate_imagelist(spec: DatasetSpec, where: str) -> None:
+    for split in spec.splits:
+        params = spec.split_params(split)
+        if not (isinstance(params.get("list"), str) and isinstance(params.get("images"), str)):
+            raise HaloBenchError(f"{where}: an imagelist dataset needs 'list' and 'images' (for split {split!r}).")
+
+
+def _imagelist_paths(spec: DatasetSpec, root: Path) -> list[Path]:
+    return sorted({root / spec.split_params(s)[key] for s in spec.splits for key in ("list", "images")})
+
+
+@register_source(
+    "imagelist",
+    "a text file of `relative/path label` lines under an image root (OpenOOD's benchmark_imglist)",
+    _validate_imagelist,
+    locate=_imagelist_paths,
+)
+def load_imagelist(spec: DatasetSpec, split: str, data_config: dict[str, Any], options: LoadOptions) -> Dataset:
+    from .images import ImageFiles, read_image_list
+
+    params = spec.split_params(split)
+    list_file = options.data_root / params["list"]
+    image_root = options.data_root / params["images"]
+    if not list_file.is_file():
+        raise _missing(spec, options, f"no list file {list_file}")
+    if not image_root.is_dir():
+        raise _missing(spec, options, f"no image folder {image_root}")
+    paths, labels = read_image_list(list_file, image_root)
+    absent = next((p for p in paths if not p.is_file()), None)
+    if absent is not None:
+        raise _missing(spec, options, f"{list_file} names {absent}, which does not exist")
+    return ImageFiles(paths, labels, _transform(split, data_config, options))

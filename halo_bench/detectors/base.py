@@ -26,6 +26,7 @@ class DetectorContext:
     device: torch.device
     data_config: dict[str, Any]
     batch_size: int = 256
+    num_workers: int = 0
     amp_dtype: torch.dtype | None = None
     train: SplitOutputs | None = None  # ID train outputs (eval transform), for detectors that fit
 

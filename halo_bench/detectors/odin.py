@@ -25,7 +25,7 @@ class ODIN(Detector):
         std = torch.tensor(ctx.data_config["std"], device=ctx.device).view(1, -1, 1, 1)
         model = ctx.model.eval()
         scores = []
-        for x, _ in DataLoader(dataset, batch_size=ctx.batch_size):
+        for x, _ in DataLoader(dataset, batch_size=ctx.batch_size, num_workers=ctx.num_workers):
             x = x.to(ctx.device).requires_grad_(True)
             with torch.enable_grad():
                 logits = model(x).float() / t
