@@ -35,7 +35,7 @@ DataRootOpt = Annotated[Optional[Path], typer.Option(
     "--data-root", help="Folder holding the datasets (default: $HALO_BENCH_DATA, else ./data).",
     show_default=False)]
 WorkersOpt = Annotated[Optional[int], typer.Option(
-    "--num-workers", help="DataLoader worker processes (default: 0 for in-memory data, up to 8 for image files).",
+    "--num-workers", min=0, help="DataLoader worker processes (default: 0 for in-memory data, up to 8 for image files).",
     show_default=False)]
 
 
@@ -44,12 +44,14 @@ def _user_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .console import console
-
         try:
             return func(*args, **kwargs)
         except HaloBenchError as exc:
-            console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            _print_error(_strip_worker_traceback(str(exc)))
+            raise typer.Exit(code=2) from None
+        except OSError as exc:  # a path the user gave: a directory for a file, no permission, ...
+            where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+            _print_error(f"{exc.strerror or exc}:{where}")
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             console.print("interrupted. A training run resumes from its last checkpoint when you run "
@@ -57,6 +59,22 @@ def _user_errors(func: F) -> F:
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _print_error(message: str) -> None:
+    from rich.text import Text
+
+    from .console import console
+
+    console.print(Text.assemble(("error: ", "bold red"), message))  # Text: no markup parsing
+
+
+def _strip_worker_traceback(message: str) -> str:
+    """A DataLoader worker re-raises our error with its traceback in the message: keep our words."""
+    if "Original Traceback" not in message:
+        return message
+    last = [line for line in message.splitlines() if line.strip()][-1]
+    return last.split("HaloBenchError: ", 1)[-1].split("DatasetMissing: ", 1)[-1]
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -122,7 +140,7 @@ def eval_(
     ood: Annotated[Optional[str], typer.Option("--ood", help="Comma-separated OOD sets, by name or group (near, far) (default: the whole suite).", show_default=False)] = None,
     detectors: Annotated[Optional[str], typer.Option("--detectors", help="Comma-separated detectors (default: all that apply); see `halo-bench detectors`.", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for results.json and scores.csv.gz (default: the checkpoint's folder).", show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Evaluation batch size.")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Evaluation batch size.")] = 256,
     device: DeviceOpt = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA for the forward passes.")] = True,
     num_workers: WorkersOpt = None,

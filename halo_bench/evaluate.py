@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,11 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         ckpt_path = ckpt_path / "ckpt.pt"
     model, meta = load_checkpoint(ckpt_path)
     registry = registry or load_registry()
+    if meta["suite"]["name"] not in registry.suites:
+        raise HaloBenchError(
+            f"{ckpt_path} was trained on suite {meta['suite']['name']!r}, which {registry.path} does not "
+            f"define; pass the registry it was trained with: --registry {meta['registry']['path']}."
+        )
     suite = registry.suite(meta["suite"]["name"])
     id_spec = registry.dataset(suite.id)
     if list(id_spec.classes or ()) != meta["classes"]:
@@ -128,6 +133,9 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         "data_config": data_config,
         "data_root": str(options.data_root),
         "registry": {"path": str(registry.path), "sha256": registry.sha256},
+        "train_registry": meta["registry"],
+        "eval_config": {**asdict(cfg), "amp_dtype": str(dtype).replace("torch.", "") if dtype else None,
+                        "num_workers": workers},
         "datasets": {
             name: {"group": group, "dataset": _dataset_key(name, suite.id, ood_sets), "n": len(outputs[name])}
             for name, (group, _) in splits.items()

@@ -60,7 +60,8 @@ class HALOHead(nn.Module):
     its shifted logit is the constant `abstain_bias`. `forward` returns the K logits
     relative to the abstain class and a zero abstain column, so `softmax(forward(x))`
     is exactly the softmax the loss trained. All arithmetic runs in float32, also
-    under autocast, because the logits are differences of O(gamma) quantities.
+    under autocast (float64 for float64 inputs), because the logits are differences of
+    O(gamma) quantities.
     """
 
     abstain = True
@@ -96,14 +97,18 @@ class HALOHead(nn.Module):
         return self.centroids - self.centroids.mean(dim=0, keepdim=True)
 
     def _terms(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Per-dimension averages: x_sq (N x 1), c_sq (K), dot (N x K), C, gamma."""
-        c = self.centred_centroids().float()
-        x = x.float()
+        """Per-dimension averages: x_sq (N x 1), c_sq (K), dot (N x K), C, gamma.
+
+        At least float32 (bf16/fp16 inputs are upcast), float64 when the input is.
+        """
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        c = self.centred_centroids().to(dtype)
+        x = x.to(dtype)
         dim = x.shape[1]
         x_sq = x.pow(2).mean(dim=1, keepdim=True)
         c_sq = c.pow(2).mean(dim=1)
         dot = x @ c.t() / dim
-        return x_sq, c_sq, dot, c, self.gamma.float()
+        return x_sq, c_sq, dot, c, self.gamma.to(dtype)
 
     def shifted_logits(self, x: Tensor) -> Tensor:
         """s_k = gamma (2 dot - c_sq): the distance logits without the per-row -gamma x_sq."""
@@ -120,21 +125,22 @@ class HALOHead(nn.Module):
     def squared_distances(self, x: Tensor) -> Tensor:
         """||x - c_k||^2 / D for every class (N x K), computed directly."""
         with torch.autocast(device_type=x.device.type, enabled=False):
-            c = self.centred_centroids().float()
-            return (x.float()[:, None, :] - c[None]).pow(2).mean(dim=2)
+            dtype = torch.promote_types(x.dtype, torch.float32)
+            c = self.centred_centroids().to(dtype)
+            return (x.to(dtype)[:, None, :] - c[None]).pow(2).mean(dim=2)
 
     def forward(self, x: Tensor) -> Tensor:
         """N x (K+1): logits relative to the abstain class, then a zero abstain column."""
         s = self.shifted_logits(x)
-        rel = s - self.abstain_bias.float()
+        rel = s - self.abstain_bias.to(s.dtype)
         return torch.cat([rel, rel.new_zeros(rel.shape[0], 1)], dim=1)
 
     def loss(self, x: Tensor, y: Tensor, reduction: str | None = None) -> Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.float()
+            x = x.to(torch.promote_types(x.dtype, torch.float32))
             x_sq, c_sq, dot, c, gamma = self._terms(x)
             s = gamma * (2.0 * dot - c_sq)
-            bias = self.abstain_bias.float().expand(s.shape[0], 1)
+            bias = self.abstain_bias.to(s.dtype).expand(s.shape[0], 1)
             logits = torch.cat([s, bias], dim=1)
             targets = halo_targets(s - gamma * x_sq, y, self.label_smoothing, self.distill)
             ce = soft_cross_entropy(logits, targets)

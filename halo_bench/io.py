@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import HaloBenchError
+
 _PACKAGES = ("halo-bench", "torch", "torchvision", "timm", "numpy", "scikit-learn", "scikit-image", "pandas")
 
 
@@ -25,11 +27,14 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     writer is killed mid-way.
     """
     path = Path(path)
+    if path.is_dir():
+        raise HaloBenchError(f"cannot write {path}: it is a directory; give a file name.")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, mode) as handle:
+            if hasattr(os, "fchmod"):  # mkstemp makes 0600; use the usual mode
+                os.fchmod(handle.fileno(), 0o666 & ~_umask())
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -37,6 +42,21 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

@@ -80,7 +80,7 @@ def build_model(
     check_model_name(model_name)
     if loss not in LOSSES:
         raise unknown_name("loss", loss, LOSSES)
-    embed_dim = embed_dim or num_classes
+    embed_dim = num_classes if embed_dim is None else embed_dim
     torch.manual_seed(seed)
     try:
         backbone = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_chans)
@@ -88,12 +88,33 @@ def build_model(
         raise HaloBenchError(f"timm could not build {model_name!r}: {exc}") from None
     embed = nn.Linear(backbone.num_features, embed_dim)
     head_kwargs = dict(head_kwargs or {})
-    head: nn.Module
-    if loss == "halo":
-        head = HALOHead(in_features=embed_dim, num_classes=num_classes, **head_kwargs)
-    else:
-        head = LinearHead(in_features=embed_dim, num_classes=num_classes, **head_kwargs)
+    head_cls = HALOHead if loss == "halo" else LinearHead
+    try:
+        head = head_cls(in_features=embed_dim, num_classes=num_classes, **head_kwargs)
+    except ValueError as exc:  # e.g. HALO with D < 3: a flag the user can change
+        raise HaloBenchError(f"cannot build the {loss.upper()} head: {exc} (see --embed-dim).") from None
     return Classifier(backbone, embed, head)
+
+
+@torch.no_grad()
+def probe_input(model: Classifier, input_size: tuple[int, int, int], arch: str) -> None:
+    """Fail early, with a clear message, if `arch` cannot take the suite's input size."""
+    was_training = model.training
+    try:
+        model.eval()(torch.zeros(2, *input_size))
+    except Exception as exc:  # timm raises AssertionError, RuntimeError, ... on a bad size
+        raise HaloBenchError(
+            f"timm model {arch!r} cannot take inputs of size {tuple(input_size)} "
+            f"(channels, height, width): {_first_line(exc)}. "
+            "Pick a model that accepts this size, or a suite whose data config fits the model."
+        ) from None
+    finally:
+        model.train(was_training)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
 
 
 def model_from_meta(meta: dict[str, Any]) -> Classifier:

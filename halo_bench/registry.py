@@ -20,6 +20,7 @@ from .errors import HaloBenchError, unknown_name
 DEFAULT_REGISTRY = Path(__file__).with_name("datasets.yaml")
 REGISTRY_ENV = "HALO_BENCH_DATASETS"
 GROUPS = ("near", "far")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 _DATASET_KEYS = {"source", "description", "params", "splits", "classes", "generator", "homepage",
                  "download", "aliases"}
@@ -237,6 +238,9 @@ def _validate(doc: Any, where: str) -> tuple[dict[str, DatasetSpec], dict[str, S
 def _dataset(name: str, entry: Any, where: str, sources: dict[str, Any]) -> DatasetSpec:
     entry = _mapping(entry, where)
     _check_keys(entry, _DATASET_KEYS, {"source", "splits"}, where)
+    for key in ("source", "generator", "description", "homepage", "download"):
+        if key in entry and not isinstance(entry[key], str):
+            raise _fail(f"{where}.{key}", f"expected a string, got {type(entry[key]).__name__}.")
     source = entry["source"]
     if source not in sources:
         raise _fail(where, str(unknown_name("source", str(source), sources)))
@@ -268,6 +272,10 @@ def _dataset(name: str, entry: Any, where: str, sources: dict[str, Any]) -> Data
         download=str(entry.get("download", "")),
         aliases=tuple(aliases),
     )
+    try:
+        spec.download.format(root="ROOT", name=name)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise _fail(f"{where}.download", f"only {{root}} and {{name}} may appear in braces ({exc!r}).") from None
     sources[source].validate(spec, where)
     return spec
 
@@ -285,6 +293,10 @@ def _suite(name: str, entry: Any, where: str, datasets: dict[str, DatasetSpec]) 
     for group in GROUPS:
         members = _mapping(entry.get(group) or {}, f"{where}.{group}")
         for display, key in members.items():
+            if not isinstance(key, str):
+                raise _fail(f"{where}.{group}.{display}", "expected a dataset name.")
+            if display == id_name or key == id_name:
+                raise _fail(f"{where}.{group}.{display}", f"the ID dataset {id_name!r} cannot be an OOD set.")
             if key not in datasets:
                 raise _fail(f"{where}.{group}.{display}", str(unknown_name("dataset", str(key), datasets)))
             if "test" not in datasets[key].splits:
@@ -326,6 +338,11 @@ def _data_config(entry: Any, where: str) -> dict[str, Any]:
             raise _fail(f"{where}.{key}", f"expected {size[0]} number(s), one per channel.")
     if any(v <= 0 for v in entry["std"]):
         raise _fail(f"{where}.std", "every std must be positive.")
+    crop_pct = entry.get("crop_pct", 1.0)
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
+        raise _fail(f"{where}.crop_pct", f"expected a number in (0, 1], got {crop_pct!r}.")
+    if entry.get("interpolation", "bilinear") not in INTERPOLATIONS:
+        raise _fail(f"{where}.interpolation", f"expected one of {', '.join(INTERPOLATIONS)}.")
     return {
         "input_size": tuple(size),
         "mean": tuple(float(v) for v in entry["mean"]),

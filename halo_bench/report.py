@@ -17,8 +17,8 @@ from tabulate import tabulate
 
 from .errors import HaloBenchError, unknown_name
 from .evaluate import RESULTS_SCHEMA
+from .train import RUNTIME_FIELDS
 
-LOSS_ORDER = ("cce", "halo")
 LOSS_LABEL = {"cce": "CCE", "halo": "HALO"}
 # metric -> (label, higher is better, decimals)
 ID_METRICS = {
@@ -70,12 +70,53 @@ def load_results(paths: Iterable[Path]) -> list[dict[str, Any]]:
     return results
 
 
+# What a run's loss is, beyond its name: HALO's own knobs, shown in its label when not default.
+HALO_KNOBS = {"label_smoothing": 0.1, "distill": True, "learn_gamma": True}
+# Training-config fields that never split runs into separate groups.
+_NOT_RECIPE = {"seed", "loss", "model", "suite", *HALO_KNOBS, *RUNTIME_FIELDS}
+
+
+def _loss_label(res: dict[str, Any]) -> str:
+    loss = res["model"]["loss"]
+    config = res.get("train_config", {})
+    changed = {k: config[k] for k, default in HALO_KNOBS.items() if loss == "halo" and config.get(k, default) != default}
+    return loss + "".join(f" {k}={v}" for k, v in changed.items())
+
+
+def _recipe(res: dict[str, Any]) -> dict[str, Any]:
+    """What must match for runs to be averaged and compared: training recipe and OOD sets."""
+    config = {k: v for k, v in res.get("train_config", {}).items() if k not in _NOT_RECIPE}
+    return {**config, "ood_sets": ",".join(sorted(d for d, v in res.get("datasets", {}).items()
+                                                     if v.get("group") != "id"))}
+
+
+def _variants(results: list[dict[str, Any]]) -> list[str]:
+    """Per result, its model label: the name, plus the recipe fields that set it apart."""
+    labels = []
+    by_model: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for res in results:
+        by_model.setdefault((res["suite"], res["model"]["name"]), []).append(_recipe(res))
+    for res in results:
+        recipes = by_model[(res["suite"], res["model"]["name"])]
+        differing = sorted(k for k in set().union(*recipes) if len({json.dumps(r.get(k)) for r in recipes}) > 1)
+        mine = _recipe(res)
+        suffix = ", ".join(f"{k}={mine.get(k)}" for k in differing)
+        labels.append(res["model"]["name"] + (f" [{suffix}]" if suffix else ""))
+    return labels
+
+
 def tidy(results: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per (run, detector, dataset, metric). ID metrics have detector ''."""
+    """One row per (run, detector, dataset, metric). ID metrics have detector ''.
+
+    Runs are grouped by suite, model and recipe (runs of different recipes or OOD sets
+    are never averaged: their model label names the difference) and by loss; of
+    several evaluations of one run, the newest is kept and the rest counted in
+    `attrs["dropped"]`.
+    """
     rows = []
     latest: dict[tuple[str, str, str, int], dict[str, Any]] = {}
-    for res in results:  # one evaluation per run: the newest wins
-        key = (res["suite"], res["model"]["name"], res["model"]["loss"], res["seed"])
+    for res, model in zip(results, _variants(results), strict=True):
+        key = (res["suite"], model, _loss_label(res), res["seed"])
         if key not in latest or res["created"] > latest[key]["created"]:
             latest[key] = res
     for (suite, model, loss, seed), res in latest.items():
@@ -93,7 +134,9 @@ def tidy(results: list[dict[str, Any]]) -> pd.DataFrame:
                 for metric, value in det_res.get(group, {}).items():
                     rows.append({**base, "detector": det, "dataset": f"{group} mean", "group": group,
                                  "metric": metric, "value": value})
-    return pd.DataFrame(rows, columns=["suite", "model", "loss", "seed", *KEYS[2:], "value"])
+    table = pd.DataFrame(rows, columns=["suite", "model", "loss", "seed", *KEYS[2:], "value"])
+    table.attrs["dropped"] = len(results) - len(latest)
+    return table
 
 
 def aggregate(table: pd.DataFrame) -> pd.DataFrame:
@@ -122,16 +165,27 @@ def _delta(stats: pd.DataFrame, key: tuple, decimals: int, losses: list[str]) ->
     return f"{values[1] - values[0]:+.{decimals}f}"
 
 
-def tables(results: list[dict[str, Any]]) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) of every table the human-readable formats show."""
-    agg = aggregate(tidy(results))
+def _loss_display(loss: str) -> str:
+    name, *knobs = loss.split(" ")
+    return " ".join([LOSS_LABEL.get(name, name), *knobs])
+
+
+def _seed_union(column: pd.Series) -> str:
+    seeds = {int(seed) for cell in column for seed in str(cell).split(",")}
+    return ",".join(map(str, sorted(seeds)))
+
+
+def tables(table: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of every table the human-readable formats show, from `tidy` output."""
+    agg = aggregate(table)
     stats = agg.set_index([*KEYS, "loss"]).sort_index()
     out = []
     for (suite, model), part in agg.groupby(["suite", "model"], sort=False):
-        losses = [loss for loss in LOSS_ORDER if loss in set(part["loss"])]
-        labels = [LOSS_LABEL[loss] for loss in losses]
-        compare = len(losses) == 2
-        seeds = "; ".join(f"{LOSS_LABEL[loss]} seeds {part[part['loss'] == loss]['seeds'].iloc[0]}"
+        # CCE first, then HALO and any HALO variant (a HALO run with non-default knobs).
+        losses = sorted(dict.fromkeys(part["loss"]), key=lambda loss: (loss.split()[0] != "cce", loss))
+        labels = [_loss_display(loss) for loss in losses]
+        compare = len(losses) == 2 and losses[0] == "cce"
+        seeds = "; ".join(f"{_loss_display(loss)} seeds {_seed_union(part[part['loss'] == loss]['seeds'])}"
                           for loss in losses)
         prefix = f"{suite} / {model} ({seeds})"
         id_name = part[part["group"] == "id"]["dataset"].iloc[0]
@@ -142,7 +196,7 @@ def tables(results: list[dict[str, Any]]) -> list[tuple[str, list[str], list[lis
                 continue
             row = [f"{label} {'↑' if higher else '↓'}", *(_cell(stats, key, loss, dec) for loss in losses)]
             rows.append(row + ([_delta(stats, key, dec, losses)] if compare else []))
-        delta = ["Δ HALO−CCE"] if compare else []
+        delta = [f"Δ {labels[1]}−{labels[0]}"] if compare else []
         out.append((f"{prefix}: in-distribution ({id_name} test)", ["metric", *labels, *delta], rows))
 
         detectors = [d for d in dict.fromkeys(part["detector"]) if d]
@@ -184,21 +238,26 @@ NOTES = (
     "FPR@95: fraction of OOD samples accepted at the threshold that keeps 95% of ID samples "
     "(ID positive); the OpenOOD convention (`fpr95_openood`) and AUPR-in/out are in the CSV/JSON "
     "formats. Detectors at their default settings (PROTOCOL.md section 4), no tuning. "
-    "HALO's baselines read its logits relative to the abstain class."
+    "HALO's baselines read its logits relative to the abstain class. Runs of different recipes "
+    "or OOD sets are never averaged: the model label names what differs."
 )
 
 
 def _render_markdown(results: list[dict[str, Any]]) -> str:
+    table = tidy(results)
     parts = ["# halo-bench report", ""]
-    for title, header, rows in tables(results):
+    for title, header, rows in tables(table):
         parts += [f"## {title}", "", tabulate(rows, header, tablefmt="github", disable_numparse=True), ""]
     parts += [NOTES, ""]
+    dropped = table.attrs["dropped"]
+    if dropped:
+        parts += [f"{dropped} older evaluation(s) of the same runs were left out; the newest of each counts.", ""]
     return "\n".join(parts)
 
 
 def _render_latex(results: list[dict[str, Any]]) -> str:
     parts = ["% halo-bench report; needs \\usepackage{booktabs}"]
-    for title, header, rows in tables(results):
+    for title, header, rows in tables(tidy(results)):
         body = tabulate(rows, header, tablefmt="latex_booktabs", disable_numparse=True)
         parts += ["\\begin{table}[t]", "\\centering", f"\\caption{{{_latex_escape(title)}}}", body,
                   "\\end{table}", ""]

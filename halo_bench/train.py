@@ -22,14 +22,22 @@ from torch.utils.data import DataLoader
 
 from .console import console, make_progress
 from .archs import resolve_arch
-from .data import LoadOptions, default_workers, load_split, resolve_data_root
+from .data import LoadOptions, check_labels, default_workers, load_split, resolve_data_root
 from .errors import HaloBenchError
 from .io import atomic_write_json, atomic_write_text, package_versions, utc_now
-from .models import LOSSES, Classifier, build_model, model_meta, read_checkpoint, save_checkpoint
+from .models import (
+    LOSSES,
+    Classifier,
+    build_model,
+    model_meta,
+    probe_input,
+    read_checkpoint,
+    save_checkpoint,
+)
 from .registry import Registry, load_registry
 
 # Config fields that do not change what is trained, so a run may resume with others.
-_RUNTIME_FIELDS = {"device", "amp", "channels_last", "compile", "num_workers", "out", "data_root"}
+RUNTIME_FIELDS = {"device", "amp", "channels_last", "compile", "num_workers", "out", "data_root"}
 
 
 @dataclass
@@ -69,7 +77,25 @@ class TrainConfig:
                 values[key] = default
         if values["grad_clip"] is not None and values["grad_clip"] <= 0:
             values["grad_clip"] = None  # --grad-clip 0 turns clipping off
-        return TrainConfig(**values)
+        resolved = TrainConfig(**values)
+        resolved.check()
+        return resolved
+
+    def check(self) -> None:
+        """Reject values no run can use, with the flag to fix."""
+        problems = [
+            (self.epochs is not None and self.epochs < 1, "--epochs must be at least 1"),
+            (self.batch_size is not None and self.batch_size < 1, "--batch-size must be at least 1"),
+            (self.lr is not None and self.lr <= 0, "--lr must be positive"),
+            (self.weight_decay is not None and self.weight_decay < 0, "--weight-decay must be >= 0"),
+            (self.warmup_epochs is not None and self.warmup_epochs < 0, "--warmup-epochs must be >= 0"),
+            (not 0 <= self.label_smoothing < 1, "--label-smoothing must lie in [0, 1)"),
+            (self.embed_dim is not None and self.embed_dim < 1, "--embed-dim must be at least 1"),
+            (self.num_workers is not None and self.num_workers < 0, "--num-workers must be >= 0"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise HaloBenchError(f"{message}.")
 
     @property
     def run_name(self) -> str:
@@ -77,7 +103,7 @@ class TrainConfig:
 
     def identity(self) -> dict[str, Any]:
         """The fields that must match for a checkpoint to be resumed by this config."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _RUNTIME_FIELDS}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUNTIME_FIELDS}
 
 
 @dataclass
@@ -104,8 +130,13 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise HaloBenchError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise HaloBenchError("--device cuda was asked for, but this torch sees no CUDA GPU.")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HaloBenchError(f"--device {name} was asked for, but this torch sees no CUDA GPU.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise HaloBenchError(f"--device {name}: only {torch.cuda.device_count()} CUDA GPU(s) visible.")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise HaloBenchError("--device mps was asked for, but this torch sees no Apple GPU.")
     return device
 
 
@@ -173,7 +204,7 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
     if ckpt_path.exists() and not force:
         state = read_checkpoint(ckpt_path)
         saved = state["meta"].get("train_config", {})
-        if {k: v for k, v in saved.items() if k not in _RUNTIME_FIELDS} != cfg.identity():
+        if {k: v for k, v in saved.items() if k not in RUNTIME_FIELDS} != cfg.identity():
             raise HaloBenchError(
                 f"{run_dir} holds a run with a different configuration; pass --force to "
                 "overwrite it or --out to train elsewhere."
@@ -193,6 +224,7 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
                        "learn_gamma": cfg.learn_gamma}
     arch = resolve_arch(cfg.model, suite.arch_variant)
     model = build_model(arch, cfg.loss, num_classes, channels, cfg.embed_dim, cfg.seed, head_kwargs)
+    probe_input(model, suite.data_config["input_size"], arch)
     # Same data order and dropout stream for both losses of a seed, whatever the head drew.
     torch.manual_seed(cfg.seed)
     loader_gen = torch.Generator().manual_seed(cfg.seed)
@@ -200,12 +232,15 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
     data_root = resolve_data_root(cfg.data_root)
     train_ds = load_split(id_spec, "train", suite.data_config, LoadOptions(data_root, suite.train_augment))
     test_ds = load_split(id_spec, "test", suite.data_config, LoadOptions(data_root))
+    for dataset in (train_ds, test_ds):
+        check_labels(id_spec, dataset, num_classes)
     assert cfg.batch_size is not None and cfg.epochs is not None and cfg.lr is not None
     drop_last = len(train_ds) >= 2 * cfg.batch_size  # avoids a tiny last batch in BatchNorm
     workers = default_workers(id_spec, cfg.num_workers)
+    # No persistent workers: each epoch then draws its worker seeds from loader_gen,
+    # so a resumed run sees the same augmentations as an uninterrupted one.
     train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=loader_gen,
-                              drop_last=drop_last, num_workers=workers, persistent_workers=workers > 0,
-                              pin_memory=device.type == "cuda")
+                              drop_last=drop_last, num_workers=workers, pin_memory=device.type == "cuda")
     test_loader = DataLoader(test_ds, batch_size=max(256, cfg.batch_size), num_workers=workers)
 
     model.to(device)
@@ -244,7 +279,8 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
         ts = resume_state["train_state"]
         optimizer.load_state_dict(ts["optimizer"])
         scheduler.load_state_dict(ts["scheduler"])
-        scaler.load_state_dict(ts["scaler"])
+        if ts["scaler"] and scaler.is_enabled():  # empty unless the run used fp16
+            scaler.load_state_dict(ts["scaler"])
         loader_gen.set_state(ts["loader_rng"])
         torch.set_rng_state(ts["torch_rng"])
         if ts.get("cuda_rng") is not None and device.type == "cuda":
@@ -272,23 +308,13 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 if memory_format is not None:
                     x = x.contiguous(memory_format=memory_format)
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    z = model.embed(backbone(x))
-                    loss = model.head.loss(z, y)
-                if not torch.isfinite(loss.detach()).item():
-                    raise _diverged(cfg, run_dir, epoch, step, float(loss.detach()))
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
+                try:
+                    loss, hits = train_step(model, backbone, x, y, optimizer, scaler, cfg.grad_clip, dtype)
+                except NonFiniteStep as exc:
+                    raise _diverged(cfg, run_dir, epoch, step, str(exc)) from None
                 scheduler.step()
-                with torch.no_grad():
-                    logits = model.head(z.detach())
-                    correct += (logits[:, : model.num_classes].argmax(1) == y).sum()
-                loss_sum += loss.detach() * len(y)
+                correct += hits
+                loss_sum += loss * len(y)
                 seen += len(y)
                 progress.update(task, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs}")
             seconds = time.perf_counter() - started
@@ -303,8 +329,8 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
             }
             if cfg.loss == "halo":
                 row["gamma"] = float(model.head.gamma.detach())
-            if not math.isfinite(row["loss"]):
-                raise _diverged(cfg, run_dir, epoch, steps_per_epoch - 1, row["loss"])
+            if not all(torch.isfinite(p).all() for p in model.parameters()):
+                raise _diverged(cfg, run_dir, epoch, steps_per_epoch - 1, "non-finite weights")
             history.append(row)
             done = epoch + 1 == cfg.epochs
             meta.update(complete=done, epochs_done=epoch + 1, final=row)
@@ -332,10 +358,40 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
     return TrainResult(run_dir, ckpt_path, cfg.epochs - start_epoch, history[-1] if history else {})
 
 
-def _diverged(cfg: TrainConfig, run_dir: Path, epoch: int, step: int, value: float) -> TrainingDiverged:
+class NonFiniteStep(Exception):
+    """A step produced a NaN/inf loss or gradient; the optimiser did not step."""
+
+
+def train_step(model: Classifier, backbone: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, grad_clip: float | None,
+               dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step under autocast; returns the detached loss and the number correct.
+
+    Checks the loss and the gradient norm before the step, so a divergence never
+    reaches the weights (fp16's scaler skips overflowing steps itself).
+    """
+    with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        z = model.embed(backbone(x))
+        loss = model.head.loss(z, y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
+    finite = torch.isfinite(loss.detach()) & (torch.isfinite(norm) | scaler.is_enabled())
+    if not finite.item():  # one host sync per step
+        raise NonFiniteStep(f"loss = {float(loss.detach())}, gradient norm = {float(norm)}")
+    scaler.step(optimizer)
+    scaler.update()
+    with torch.no_grad():  # outside autocast: the head reads its own float32 weights
+        logits = model.head(z.detach().float())
+        correct = (logits[:, : model.num_classes].argmax(dim=1) == y).sum()
+    return loss.detach(), correct
+
+
+def _diverged(cfg: TrainConfig, run_dir: Path, epoch: int, step: int, value: str) -> TrainingDiverged:
     kept = (f"the last good checkpoint (epoch {epoch}) is kept at {run_dir / 'ckpt.pt'}"
             if epoch > 0 else "no checkpoint was written (it diverged in the first epoch)")
     return TrainingDiverged(
-        f"{cfg.run_name}: training diverged at epoch {epoch + 1}, step {step + 1} (loss = {value}); "
+        f"{cfg.run_name}: training diverged at epoch {epoch + 1}, step {step + 1} ({value}); "
         f"{kept}. Lower --lr or set --grad-clip (the suite default is {cfg.grad_clip})."
     )

@@ -141,3 +141,32 @@ def test_real_entry_point_prints_no_traceback(tmp_path: Path) -> None:
 def test_help_does_not_import_torch() -> None:
     code = "import sys, halo_bench.cli; assert 'torch' not in sys.modules and 'timm' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_eval_names_the_registry_a_checkpoint_needs(tmp_path: Path) -> None:
+    doc = yaml.safe_load(DEFAULT_REGISTRY.read_text())
+    doc["suites"]["tiny"] = dict(doc["suites"]["digits"], description="a custom suite")
+    custom = tmp_path / "custom.yaml"
+    custom.write_text(yaml.safe_dump(doc))
+    _ok("train", "test_resnet", "--suite", "tiny", "--epochs", "1", "--out", str(tmp_path), "--registry", str(custom))
+    ckpt = tmp_path / "tiny-test_resnet-halo-s0" / "ckpt.pt"
+    _fails("eval", str(ckpt), match=f"--registry {custom}")
+    _ok("eval", str(ckpt), "--registry", str(custom), "--detectors", "msp")
+
+
+def test_error_text_is_not_read_as_markup(tmp_path: Path) -> None:
+    output = _fails("eval", str(tmp_path / "a[bold]b[/b]c.pt"), match="does not exist")
+    assert "a[bold]b[/b]c.pt" in output
+
+
+def test_report_to_a_directory_is_a_clean_error(cli_runs: Path, tmp_path: Path) -> None:
+    _fails("report", str(cli_runs), "-o", str(tmp_path), match="is a directory")
+
+
+def test_worker_tracebacks_are_reduced_to_our_message() -> None:
+    from halo_bench.cli import _strip_worker_traceback
+
+    wrapped = ("Caught HaloBenchError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+               '  File "x.py", line 1, in f\nhalo_bench.errors.HaloBenchError: cannot read image /d/1.png: broken\n')
+    assert _strip_worker_traceback(wrapped) == "cannot read image /d/1.png: broken"
+    assert _strip_worker_traceback("plain message") == "plain message"

@@ -82,6 +82,15 @@ def test_shift_invariance_and_relative_logits(seed: int) -> None:
     torch.testing.assert_close(logits.softmax(1).double(), train_softmax, rtol=1e-5, atol=1e-6)
 
 
+def test_float64_head_computes_in_float64() -> None:
+    head = _head(6, 9, 0).double()
+    x = torch.randn(13, 9, dtype=torch.float64)
+    c = head.centroids.detach() - head.centroids.detach().mean(0)
+    expected = -head.gamma.detach() * ((x[:, None] - c[None]) ** 2).sum(-1) / 9
+    assert head.distance_logits(x).dtype == torch.float64
+    torch.testing.assert_close(head.distance_logits(x), expected, rtol=1e-12, atol=1e-11)
+
+
 def test_radial_minimum_is_at_one_minus_two_over_d() -> None:
     for d in (3, 6, 10, 128):
         r2 = torch.linspace(0.01, 3.0, 300001, dtype=torch.float64)

@@ -75,6 +75,15 @@ def _mutate(change) -> dict:
         (_mutate(lambda d: d["suites"]["digits"]["recipe"].update(epochs="ten")), "recipe.epochs: expected a positive integer"),
         (_mutate(lambda d: d["suites"]["digits"]["recipe"].pop("batch_size")), "missing required key\\(s\\) batch_size"),
         (_mutate(lambda d: d["suites"]["digits"]["near"].update(textures="sk-textures")), "both near and far"),
+        (_mutate(lambda d: d["suites"]["digits"]["data_config"].update(crop_pct=0)), "crop_pct: expected a number"),
+        (_mutate(lambda d: d["suites"]["digits"]["data_config"].update(crop_pct="abc")), "crop_pct: expected"),
+        (_mutate(lambda d: d["suites"]["digits"]["data_config"].update(interpolation="lanczos9")), "interpolation"),
+        (_mutate(lambda d: d["datasets"]["svhn"].update(download="get it from {url}")), "svhn.download: only"),
+        (_mutate(lambda d: d["datasets"]["digits"].update(source=["embedded"])), "digits.source: expected a string"),
+        (_mutate(lambda d: d["suites"]["digits"]["far"].update(noise=["uniform-noise"])), "far.noise: expected a"),
+        (_mutate(lambda d: d["suites"]["digits"]["far"].update(digits="uniform-noise")), "cannot be an OOD set"),
+        (_mutate(lambda d: d["suites"]["digits"]["far"].update(again="digits")), "cannot be an OOD set"),
+        (_mutate(lambda d: d["datasets"]["lsun-crop"].update(aliases=["textures"])), "already names dataset 'dtd'"),
     ],
 )
 def test_malformed_registry_names_the_problem(tmp_path: Path, doc, message: str) -> None:

@@ -13,7 +13,8 @@ from halo_bench.evaluate import RESULTS_SCHEMA
 from halo_bench.report import aggregate, find_results, load_results, render, tidy
 
 
-def _result(loss: str, seed: int, acc: float, auroc_far: float, created: str = "2026-01-01") -> dict:
+def _result(loss: str, seed: int, acc: float, auroc_far: float, created: str = "2026-01-01",
+            epochs: int = 10) -> dict:
     sets = {"noise": {"group": "far", "auroc": auroc_far, "fpr95": 100 - auroc_far}}
     ood = {"energy": {"sets": sets, "far": {"auroc": auroc_far, "fpr95": 100 - auroc_far}}}
     if loss == "halo":
@@ -22,6 +23,8 @@ def _result(loss: str, seed: int, acc: float, auroc_far: float, created: str = "
         "schema": RESULTS_SCHEMA, "created": created, "run": f"{loss}-{seed}", "suite": "digits",
         "id_dataset": "digits", "seed": seed, "model": {"name": "resnet18", "loss": loss},
         "checkpoint": {"sha256": "0" * 64}, "id_metrics": {"acc": acc, "ece": acc / 1000}, "ood": ood,
+        "train_config": {"epochs": epochs, "lr": 0.05, "seed": seed, "loss": loss, "device": "cpu"},
+        "datasets": {"digits": {"group": "id"}, "noise": {"group": "far"}},
     }
 
 
@@ -68,3 +71,26 @@ def test_bad_inputs(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"schema": "something-else"}))
     with pytest.raises(HaloBenchError, match="not a halo-bench results file"):
         load_results([bad])
+
+
+def test_runs_of_different_recipes_are_not_averaged(tmp_path: Path) -> None:
+    docs = [_result("cce", 0, 90.0, 80.0, epochs=100), _result("cce", 1, 50.0, 60.0, epochs=2),
+            _result("halo", 0, 91.0, 85.0, epochs=100)]
+    table = tidy(load_results(_write(tmp_path, docs)))
+    assert set(table["model"]) == {"resnet18 [epochs=100]", "resnet18 [epochs=2]"}
+    agg = aggregate(table)
+    acc = agg[(agg.metric == "acc") & (agg.loss == "cce")].set_index("model")["mean"]
+    assert acc["resnet18 [epochs=100]"] == 90.0 and acc["resnet18 [epochs=2]"] == 50.0
+
+
+def test_halo_variants_are_labelled(tmp_path: Path) -> None:
+    doc = _result("halo", 0, 91.0, 85.0)
+    doc["train_config"]["label_smoothing"] = 0.2
+    table = tidy(load_results(_write(tmp_path, [_result("cce", 0, 90.0, 80.0), doc])))
+    assert set(table["loss"]) == {"cce", "halo label_smoothing=0.2"}
+    assert "HALO label_smoothing=0.2" in render(load_results(find_results([tmp_path])), "markdown")
+
+
+def test_dropped_evaluations_are_reported(tmp_path: Path) -> None:
+    docs = [_result("cce", 0, 50.0, 70.0, "2026-01-01"), _result("cce", 0, 60.0, 70.0, "2026-02-01")]
+    assert "1 older evaluation(s)" in render(load_results(_write(tmp_path, docs)), "markdown")

@@ -167,3 +167,13 @@ def test_cli_download_uses_torchvision_and_explains_the_rest(monkeypatch, tmp_pa
     assert result.exit_code == 1 and "iSUN.tar.gz" in result.output
     result = runner.invoke(app, ["download", "svnh", "--data-root", str(tmp_path)])
     assert result.exit_code == 2 and "Did you mean 'svhn'" in result.output
+
+
+def test_how_to_get_a_folder_without_instructions(registry, tmp_path) -> None:
+    from dataclasses import replace
+
+    from halo_bench.data import how_to_get
+
+    spec = replace(registry.dataset("isun"), download="")
+    assert how_to_get(spec, tmp_path) == f"Put its files at {tmp_path / 'iSUN'} (see {spec.homepage}); " \
+        "halo-bench cannot download it."

@@ -86,3 +86,62 @@ def test_halo_recipe_is_stable_on_the_embedded_suite(tiny_runs) -> None:
     meta = read_checkpoint(tiny_runs["halo"])["meta"]
     assert meta["final"]["gamma"] > 1.0  # the temperature did not collapse
     assert meta["final"]["test_acc"] > 50.0
+
+
+@pytest.mark.parametrize("loss", ["cce", "halo"])
+def test_train_step_under_bf16_autocast(loss: str) -> None:
+    """The CUDA path (bf16 autocast) exercised on the CPU: both heads must train under it."""
+    from halo_bench.models import build_model
+    from halo_bench.train import param_groups, train_step
+
+    model = build_model(TINY, loss, num_classes=6, in_chans=1, seed=0)
+    optimizer = torch.optim.SGD(param_groups(model, 5e-4), lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 6, (16,))
+    before = model.embed.weight.detach().clone()
+    loss_value, correct = train_step(model, model.backbone, x, y, optimizer, scaler, 5.0, torch.bfloat16)
+    assert torch.isfinite(loss_value) and 0 <= int(correct) <= 16
+    assert not torch.equal(before, model.embed.weight)
+
+
+def test_non_finite_gradient_stops_before_the_weights_change() -> None:
+    from halo_bench.models import build_model
+    from halo_bench.train import NonFiniteStep, param_groups, train_step
+
+    model = build_model(TINY, "cce", num_classes=6, in_chans=1, seed=0)
+    optimizer = torch.optim.SGD(param_groups(model, 0.0), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    model.embed.weight.register_hook(lambda grad: grad * float("inf"))  # finite loss, infinite gradient
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NonFiniteStep, match="gradient norm = (inf|nan)"):
+        train_step(model, model.backbone, torch.randn(8, 1, 8, 8), torch.randint(0, 6, (8,)), optimizer, scaler,
+                   5.0, None)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point()
+               and "running" not in k)
+
+
+def test_bad_recipe_values_are_refused(registry, tmp_path: Path) -> None:
+    for kwargs, message in [({"epochs": 0}, "--epochs"), ({"batch_size": 0}, "--batch-size"),
+                            ({"lr": -1.0}, "--lr"), ({"label_smoothing": 1.0}, "--label-smoothing"),
+                            ({"embed_dim": 0}, "--embed-dim")]:
+        with pytest.raises(HaloBenchError, match=message):
+            train(TrainConfig(model=TINY, out=str(tmp_path), **kwargs), registry)
+    with pytest.raises(HaloBenchError, match="at least 3 dimensions.*--embed-dim"):
+        train(TrainConfig(model=TINY, embed_dim=2, out=str(tmp_path)), registry)
+    with pytest.raises(HaloBenchError, match="cannot take inputs of size \\(1, 8, 8\\)"):
+        train(TrainConfig(model="test_vit", out=str(tmp_path)), registry)
+    assert not any(tmp_path.iterdir())  # nothing written for a run that cannot start
+
+
+def test_labels_outside_the_classes_are_refused(tmp_path: Path) -> None:
+    import yaml
+
+    from halo_bench.registry import DEFAULT_REGISTRY, load_registry
+
+    doc = yaml.safe_load(DEFAULT_REGISTRY.read_text())
+    doc["datasets"]["digits"]["params"]["classes"] = [0, 1, 2, 3, 4, 5, 6]  # data has 7 classes, names 6
+    path = tmp_path / "datasets.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(HaloBenchError, match="labels 0..6, but its registry entry names 6 classes"):
+        train(TrainConfig(model=TINY, epochs=1, out=str(tmp_path)), load_registry(path))

@@ -15,6 +15,7 @@ from .base import (
     LoadOptions,
     Presence,
     Source,
+    check_labels,
     default_workers,
     how_to_get,
     presence,
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
     from ..registry import DatasetSpec
 
 __all__ = [
-    "DATA_ROOT_ENV", "SOURCES", "DatasetMissing", "LoadOptions", "Presence", "Source", "default_workers",
+    "DATA_ROOT_ENV", "SOURCES", "DatasetMissing", "LoadOptions", "Presence", "Source", "check_labels",
+    "default_workers",
     "how_to_get", "load_split", "presence", "register_source", "resolve_data_root",
 ]
 

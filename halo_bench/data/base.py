@@ -76,9 +76,44 @@ def how_to_get(spec: DatasetSpec, data_root: Path) -> str:
     """The instruction for getting `spec` into `data_root`."""
     if spec.download:
         return spec.download.format(root=data_root, name=spec.name).strip()
-    if SOURCES[spec.source].download is not None:
+    source = SOURCES[spec.source]
+    if source.download is not None:
         return f"Run `halo-bench download {spec.name} --data-root {data_root}` (verified download)."
+    paths = source.locate(spec, data_root)
+    if paths:
+        where = f" (see {spec.homepage})" if spec.homepage else ""
+        return f"Put its files at {', '.join(map(str, paths))}{where}; halo-bench cannot download it."
     return "It is generated in memory; nothing to download."
+
+
+def dataset_labels(dataset: Any) -> Any:
+    """All labels of a dataset without loading its images, or None where that is not cheap."""
+    import numpy as np
+    from torch.utils.data import ConcatDataset, TensorDataset
+
+    if isinstance(dataset, ConcatDataset):
+        parts = [dataset_labels(d) for d in dataset.datasets]
+        return None if any(p is None for p in parts) else np.concatenate(parts)
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].numpy()
+    for attr in ("labels", "targets", "_labels"):  # ImageFiles, torchvision's classes
+        values = getattr(dataset, attr, None)
+        if values is not None and not callable(values):
+            return np.asarray(values).reshape(-1)
+    return None
+
+
+def check_labels(spec: DatasetSpec, dataset: Any, num_classes: int) -> None:
+    """An ID dataset's labels must index its classes, or training fails deep inside the loss."""
+    labels = dataset_labels(dataset)
+    if labels is None or len(labels) == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise HaloBenchError(
+            f"dataset {spec.name!r} has labels {low}..{high}, but its registry entry names "
+            f"{num_classes} classes (labels 0..{num_classes - 1}); fix its 'classes'."
+        )
 
 
 def default_workers(spec: DatasetSpec, requested: int | None) -> int:

@@ -74,6 +74,7 @@ def to_model_input(images: np.ndarray, data_config: dict[str, Any]) -> Tensor:
     locate=lambda spec, root: [],
 )
 def load_embedded(spec: DatasetSpec, split: str, data_config: dict[str, Any], options: LoadOptions) -> Dataset:
+    import numpy as np
     import torch
     from torch.utils.data import TensorDataset
 
@@ -83,6 +84,10 @@ def load_embedded(spec: DatasetSpec, split: str, data_config: dict[str, Any], op
         images, labels = generate(spec.generator, **spec.split_params(split))
     except (TypeError, ValueError) as exc:
         raise HaloBenchError(f"dataset {spec.name!r}: cannot generate split {split!r}: {exc}") from None
+    if spec.classes is not None:  # generator labels are values (digit 7): index them by `classes`
+        index = {name: i for i, name in enumerate(spec.classes)}
+        if all(str(v) in index for v in set(labels.tolist())):
+            labels = np.array([index[str(v)] for v in labels.tolist()], dtype=np.int64)
     return TensorDataset(to_model_input(images, data_config), torch.from_numpy(labels).long())
 
 
