@@ -144,7 +144,9 @@ def eval_(
     device: DeviceOpt = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA for the forward passes.")] = True,
     num_workers: WorkersOpt = None,
-    data_root: DataRootOpt = None,
+    data_root: Annotated[Optional[Path], typer.Option(
+        "--data-root", help="Folder holding the datasets (default: $HALO_BENCH_DATA, else the one the "
+        "checkpoint was trained from).", show_default=False)] = None,
     registry: RegistryOpt = None,
 ) -> None:
     """Evaluate a checkpoint: ID accuracy and calibration, and OOD detection per detector."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .data import LoadOptions, default_workers, load_split, resolve_data_root
+from .data import DATA_ROOT_ENV, LoadOptions, default_workers, load_split, resolve_data_root
 from .detectors import DetectorContext, detectors_for
 from .errors import HaloBenchError
 from .features import SplitOutputs, forward_pass
@@ -41,7 +42,7 @@ class EvalConfig:
     device: str = "auto"
     batch_size: int = 256
     amp: bool = True
-    data_root: str | None = None  # default: $HALO_BENCH_DATA, else ./data
+    data_root: str | None = None  # default: $HALO_BENCH_DATA, else the run's data root
     num_workers: int | None = None  # default: 0 for in-memory data, up to 8 for image files
 
 
@@ -74,7 +75,8 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
 
     # Every split the detectors read: the ID test set first, then each OOD set, all
     # through the ID set's evaluation transform.
-    options = LoadOptions(resolve_data_root(cfg.data_root))
+    # Default: $HALO_BENCH_DATA, else the data root the checkpoint was trained from.
+    options = LoadOptions(resolve_data_root(cfg.data_root or os.environ.get(DATA_ROOT_ENV) or meta.get("data_root")))
     splits: dict[str, tuple[str, Any]] = {suite.id: ("id", load_split(id_spec, "test", data_config, options))}
     for display, (group, key) in ood_sets.items():
         splits[display] = (group, load_split(registry.dataset(key), "test", data_config, options))

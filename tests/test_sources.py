@@ -130,7 +130,7 @@ def test_cli_train_eval_report_on_the_cifar10_suite(data_root, tmp_path) -> None
     assert set(results["ood"]["energy"]["sets"]) == {"cifar100", "tin", "mnist", "svhn", "textures", "places365"}
     assert results["data_root"] == str(data_root)
     cce = tmp_path / "cifar10-test_resnet-cce-s0" / "ckpt.pt"
-    result = runner.invoke(app, ["eval", str(cce), "--ood", "svhn,lsun", *root])
+    result = runner.invoke(app, ["eval", str(cce), "--ood", "svhn,lsun"])  # data root: the run's
     assert result.exit_code == 0, result.output
     sets = json.loads((cce.parent / "results.json").read_text())["ood"]["msp"]["sets"]
     assert sets["svhn"]["group"] == "far" and sets["lsun"]["group"] == "far"
