@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import torch
+import torchvision.datasets.cifar as tv_cifar
 from tabulate import tabulate
 
-import torchvision.datasets.cifar as tv_cifar
 from halo_bench.data import LoadOptions, load_split
 from halo_bench.data.synthetic import write_cifar_archive
 from halo_bench.detectors import DETECTORS, DetectorContext

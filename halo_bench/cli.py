@@ -54,6 +54,8 @@ def _user_errors(func: F) -> F:
             _print_error(f"{exc.strerror or exc}:{where}")
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
+            from .console import console
+
             console.print("interrupted. A training run resumes from its last checkpoint when you run "
                           "the same command again.")
             raise typer.Exit(code=130) from None

@@ -22,7 +22,7 @@ def progress_enabled() -> bool:
     return os.environ.get("HALO_BENCH_PROGRESS", "1") != "0"
 
 
-def make_progress() -> Progress:
+def make_progress(enabled: bool = True) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -32,5 +32,5 @@ def make_progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=True,
-        disable=not progress_enabled(),
+        disable=not (enabled and progress_enabled()),
     )

@@ -32,13 +32,16 @@ class SplitOutputs:
 @torch.no_grad()
 def forward_pass(model: Classifier, dataset: Dataset, device: torch.device, batch_size: int = 256,
                  amp_dtype: torch.dtype | None = None, description: str = "forward",
-                 num_workers: int = 0) -> SplitOutputs:
-    """Run `model` once over `dataset` and keep its logits and embeddings."""
+                 num_workers: int = 0, show_progress: bool = True) -> SplitOutputs:
+    """Run `model` once over `dataset` and keep its logits and embeddings.
+
+    `show_progress=False` inside another progress display (older rich cannot nest them).
+    """
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     logits, features, labels = [], [], []
-    with make_progress() as progress:
+    with make_progress(enabled=show_progress) as progress:
         task = progress.add_task(description, total=len(loader), status="")
         for x, y in loader:
             x = x.to(device, non_blocking=True)

@@ -18,12 +18,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from .console import console, make_progress
 from .archs import resolve_arch
+from .console import console, make_progress
 from .data import LoadOptions, check_labels, default_workers, load_split, resolve_data_root
 from .errors import HaloBenchError
+from .features import forward_pass
 from .io import atomic_write_json, atomic_write_text, package_versions, utc_now
 from .models import (
     LOSSES,
@@ -172,20 +173,15 @@ def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
-@torch.no_grad()
-def evaluate_accuracy(model: Classifier, loader: DataLoader, device: torch.device,
-                      dtype: torch.dtype | None) -> dict[str, float]:
-    model.eval()
-    correct, nll, count = 0, 0.0, 0
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(x).float()
-        k = model.num_classes
-        correct += int((logits[:, :k].argmax(1) == y).sum())
-        nll += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
-        count += len(y)
-    return {"test_acc": 100.0 * correct / count, "test_nll": nll / count}
+def evaluate_accuracy(model: Classifier, dataset: Dataset, device: torch.device, dtype: torch.dtype | None,
+                      batch_size: int, workers: int) -> dict[str, float]:
+    """Test accuracy and NLL after an epoch (monitoring only: the final weights are kept)."""
+    out = forward_pass(model, dataset, device, batch_size, dtype, "test", workers, show_progress=False)
+    k = model.num_classes
+    return {
+        "test_acc": 100.0 * float((out.logits[:, :k].argmax(dim=1) == out.labels).float().mean()),
+        "test_nll": float(torch.nn.functional.cross_entropy(out.logits, out.labels)),
+    }
 
 
 def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = False,
@@ -241,7 +237,6 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
     # so a resumed run sees the same augmentations as an uninterrupted one.
     train_loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=loader_gen,
                               drop_last=drop_last, num_workers=workers, pin_memory=device.type == "cuda")
-    test_loader = DataLoader(test_ds, batch_size=max(256, cfg.batch_size), num_workers=workers)
 
     model.to(device)
     memory_format = torch.channels_last if cfg.channels_last and device.type == "cuda" else None
@@ -322,7 +317,7 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
                 "epoch": epoch + 1,
                 "loss": float(loss_sum) / seen,
                 "train_acc": 100.0 * float(correct) / seen,
-                **evaluate_accuracy(model, test_loader, device, dtype),
+                **evaluate_accuracy(model, test_ds, device, dtype, max(256, cfg.batch_size), workers),
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": round(seconds, 3),
                 "images_per_second": round(seen / seconds, 1),

@@ -170,3 +170,14 @@ def test_worker_tracebacks_are_reduced_to_our_message() -> None:
                '  File "x.py", line 1, in f\nhalo_bench.errors.HaloBenchError: cannot read image /d/1.png: broken\n')
     assert _strip_worker_traceback(wrapped) == "cannot read image /d/1.png: broken"
     assert _strip_worker_traceback("plain message") == "plain message"
+
+
+def test_interrupt_exits_130_and_says_how_to_resume(monkeypatch, tmp_path: Path) -> None:
+    import halo_bench.train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(halo_bench.train, "train", interrupted)
+    result = runner.invoke(app, ["train", "test_resnet", "--out", str(tmp_path)])
+    assert result.exit_code == 130 and "resumes from its last checkpoint" in result.output

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from ondisk import write_cifar10_suite, write_image_list
 from typer.testing import CliRunner
 
 from halo_bench.cli import app
 from halo_bench.data import DatasetMissing, LoadOptions, load_split, presence
 from halo_bench.errors import HaloBenchError
-from ondisk import write_cifar10_suite, write_image_list
 
 runner = CliRunner()
 

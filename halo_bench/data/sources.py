@@ -26,7 +26,7 @@ def _missing(spec: DatasetSpec, options: LoadOptions, detail: str) -> DatasetMis
     )
 
 
-def _transform(split: str, data_config: dict[str, Any], options: LoadOptions) -> Any:
+def _transform(data_config: dict[str, Any], options: LoadOptions) -> Any:
     from .transforms import eval_transform, train_transform
 
     if options.augment:
@@ -144,7 +144,7 @@ def load_torchvision(spec: DatasetSpec, split: str, data_config: dict[str, Any],
 
     cls = getattr(torchvision.datasets, spec.params["class"])
     root = _tv_dir(spec, options.data_root)
-    transform = _transform(split, data_config, options)
+    transform = _transform(data_config, options)
     parts = []
     for kwargs in _tv_parts(spec, split):
         try:
@@ -184,7 +184,7 @@ def load_folder(spec: DatasetSpec, split: str, data_config: dict[str, Any], opti
         raise _missing(spec, options, f"no images in {folder}")
     if spec.classes is not None and classes and list(spec.classes) != classes:
         raise HaloBenchError(f"dataset {spec.name!r}: subfolders {classes[:5]}... differ from its classes.")
-    return ImageFiles(paths, labels, _transform(split, data_config, options))
+    return ImageFiles(paths, labels, _transform(data_config, options))
 
 
 # --------------------------------------------------------------------------- imagelist
@@ -221,4 +221,4 @@ def load_imagelist(spec: DatasetSpec, split: str, data_config: dict[str, Any], o
     absent = next((p for p in paths if not p.is_file()), None)
     if absent is not None:
         raise _missing(spec, options, f"{list_file} names {absent}, which does not exist")
-    return ImageFiles(paths, labels, _transform(split, data_config, options))
+    return ImageFiles(paths, labels, _transform(data_config, options))
