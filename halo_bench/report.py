@@ -230,6 +230,27 @@ def tables(table: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
                     row += [_delta(stats, key, 2, losses)] if compare else []
                 rows.append(row)
         out.append((f"{prefix}: per OOD set", header, rows))
+        out.extend(published_tables(suite))
+    return out
+
+
+PUBLISHED = Path(__file__).with_name("published.yaml")
+
+
+def published_tables(suite: str) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Published reference numbers for `suite` (its `-openood` / `-classic` variants too).
+
+    They come from other code and recipes: a reader sets them beside the tables above to
+    see which score, if any, reproduces them; nothing here is compared automatically.
+    """
+    import yaml
+
+    base = suite.split("-")[0]
+    out = []
+    for entry in yaml.safe_load(PUBLISHED.read_text()):
+        if entry["suite"] == base:
+            rows = [[row["metric"], str(row.get("cce", "–")), str(row.get("halo", "–"))] for row in entry["rows"]]
+            out.append((f"{suite}: published, {entry['source']}", ["metric", "CCE", "HALO"], rows))
     return out
 
 

@@ -94,3 +94,16 @@ def test_halo_variants_are_labelled(tmp_path: Path) -> None:
 def test_dropped_evaluations_are_reported(tmp_path: Path) -> None:
     docs = [_result("cce", 0, 50.0, 70.0, "2026-01-01"), _result("cce", 0, 60.0, 70.0, "2026-02-01")]
     assert "1 older evaluation(s)" in render(load_results(_write(tmp_path, docs)), "markdown")
+
+
+def test_published_numbers_appear_for_cifar_suites_only(tmp_path: Path) -> None:
+    from halo_bench.report import published_tables
+
+    titles = [title for title, _, _ in published_tables("cifar10-openood")]
+    assert len(titles) == 2 and "HALO write-up" in titles[0] and "OpenOOD v1.5" in titles[1]
+    rows = {row[0]: row[1:] for row in published_tables("cifar100")[0][2]}
+    assert rows["svhn FPR@95"] == ["81.00", "63.70"] and rows["ECE"] == ["0.1102", "0.0283"]
+    assert published_tables("digits") == []
+    doc = _result("cce", 0, 90.0, 80.0)
+    doc["suite"] = "cifar10"
+    assert "published, HALO write-up" in render(load_results(_write(tmp_path, [doc])), "markdown")
