@@ -6,6 +6,7 @@ torch and timm are imported inside the commands, so `halo-bench --help` is insta
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -49,9 +50,11 @@ def _user_errors(func: F) -> F:
         except HaloBenchError as exc:
             _print_error(_strip_worker_traceback(str(exc)))
             raise typer.Exit(code=2) from None
-        except OSError as exc:  # a path the user gave: a directory for a file, no permission, ...
-            where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-            _print_error(f"{exc.strerror or exc}:{where}")
+        except OSError as exc:
+            if not exc.filename:  # not about a path the user gave: a real failure, keep its traceback
+                raise
+            paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p)
+            _print_error(f"{exc.strerror or _strip_worker_traceback(str(exc))}: {paths}")
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             from .console import console
@@ -72,11 +75,18 @@ def _print_error(message: str) -> None:
 
 
 def _strip_worker_traceback(message: str) -> str:
-    """A DataLoader worker re-raises our error with its traceback in the message: keep our words."""
+    """A DataLoader worker re-raises our error with its traceback in the message: keep our words.
+
+    The words follow the last `module.ErrorType: ` line of the traceback, and may span lines.
+    """
     if "Original Traceback" not in message:
         return message
-    last = [line for line in message.splitlines() if line.strip()][-1]
-    return last.split("HaloBenchError: ", 1)[-1].split("DatasetMissing: ", 1)[-1]
+    lines = message.rstrip().splitlines()
+    starts = [i for i, line in enumerate(lines) if re.match(r"^[A-Za-z_][\w.]*: ", line)]
+    if not starts:
+        return lines[-1]
+    first = lines[starts[-1]].split(": ", 1)[1]
+    return "\n".join([first, *lines[starts[-1] + 1:]])
 
 
 def _split(value: str | None) -> list[str] | None:

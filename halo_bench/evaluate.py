@@ -75,8 +75,9 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
 
     # Every split the detectors read: the ID test set first, then each OOD set, all
     # through the ID set's evaluation transform.
-    # Default: $HALO_BENCH_DATA, else the data root the checkpoint was trained from.
-    options = LoadOptions(resolve_data_root(cfg.data_root or os.environ.get(DATA_ROOT_ENV) or meta.get("data_root")))
+    # Default: $HALO_BENCH_DATA, else the data root the run was trained from if it is here, else ./data.
+    trained_from = meta.get("data_root") if meta.get("data_root") and Path(meta["data_root"]).is_dir() else None
+    options = LoadOptions(resolve_data_root(cfg.data_root or os.environ.get(DATA_ROOT_ENV) or trained_from))
     splits: dict[str, tuple[str, Any]] = {suite.id: ("id", load_split(id_spec, "test", data_config, options))}
     for display, (group, key) in ood_sets.items():
         splits[display] = (group, load_split(registry.dataset(key), "test", data_config, options))

@@ -102,6 +102,8 @@ def probe_input(model: Classifier, input_size: tuple[int, int, int], arch: str) 
     was_training = model.training
     try:
         model.eval()(torch.zeros(2, *input_size))
+    except MemoryError:
+        raise
     except Exception as exc:  # timm raises AssertionError, RuntimeError, ... on a bad size
         raise HaloBenchError(
             f"timm model {arch!r} cannot take inputs of size {tuple(input_size)} "

@@ -85,7 +85,9 @@ def _loss_label(res: dict[str, Any]) -> str:
 
 def _recipe(res: dict[str, Any]) -> dict[str, Any]:
     """What must match for runs to be averaged and compared: training recipe and OOD sets."""
-    config = {k: v for k, v in res.get("train_config", {}).items() if k not in _NOT_RECIPE}
+    # Numbers compare by value: a registry's `grad_clip: 5` and a flag's 5.0 are one recipe.
+    config = {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+              for k, v in res.get("train_config", {}).items() if k not in _NOT_RECIPE}
     return {**config, "ood_sets": ",".join(sorted(d for d, v in res.get("datasets", {}).items()
                                                      if v.get("group") != "id"))}
 
@@ -100,9 +102,13 @@ def _variants(results: list[dict[str, Any]]) -> list[str]:
         recipes = by_model[(res["suite"], res["model"]["name"])]
         differing = sorted(k for k in set().union(*recipes) if len({json.dumps(r.get(k)) for r in recipes}) > 1)
         mine = _recipe(res)
-        suffix = ", ".join(f"{k}={mine.get(k)}" for k in differing)
+        suffix = ", ".join(f"{k}={_fmt(mine.get(k))}" for k in differing)
         labels.append(res["model"]["name"] + (f" [{suffix}]" if suffix else ""))
     return labels
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def tidy(results: list[dict[str, Any]]) -> pd.DataFrame:

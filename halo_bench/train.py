@@ -179,7 +179,7 @@ def evaluate_accuracy(model: Classifier, dataset: Dataset, device: torch.device,
     out = forward_pass(model, dataset, device, batch_size, dtype, "test", workers, show_progress=False)
     k = model.num_classes
     return {
-        "test_acc": 100.0 * float((out.logits[:, :k].argmax(dim=1) == out.labels).float().mean()),
+        "test_acc": 100.0 * int((out.logits[:, :k].argmax(dim=1) == out.labels).sum()) / len(out),
         "test_nll": float(torch.nn.functional.cross_entropy(out.logits, out.labels)),
     }
 
@@ -353,6 +353,9 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
     return TrainResult(run_dir, ckpt_path, cfg.epochs - start_epoch, history[-1] if history else {})
 
 
+MIN_LOSS_SCALE = 2.0**-8  # from 2**16, 24 consecutive skipped fp16 steps
+
+
 class NonFiniteStep(Exception):
     """A step produced a NaN/inf loss or gradient; the optimiser did not step."""
 
@@ -363,7 +366,8 @@ def train_step(model: Classifier, backbone: nn.Module, x: torch.Tensor, y: torch
     """One optimiser step under autocast; returns the detached loss and the number correct.
 
     Checks the loss and the gradient norm before the step, so a divergence never
-    reaches the weights (fp16's scaler skips overflowing steps itself).
+    reaches the weights (fp16's scaler skips overflowing steps itself, and a scale that
+    collapses counts as divergence).
     """
     with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         z = model.embed(backbone(x))
@@ -377,6 +381,9 @@ def train_step(model: Classifier, backbone: nn.Module, x: torch.Tensor, y: torch
         raise NonFiniteStep(f"loss = {float(loss.detach())}, gradient norm = {float(norm)}")
     scaler.step(optimizer)
     scaler.update()
+    # fp16 skips non-finite steps and halves its scale; a collapsed scale means every step is.
+    if scaler.is_enabled() and scaler.get_scale() < MIN_LOSS_SCALE:
+        raise NonFiniteStep(f"fp16 loss scale fell to {scaler.get_scale():g}: the gradients stay non-finite")
     with torch.no_grad():  # outside autocast: the head reads its own float32 weights
         logits = model.head(z.detach().float())
         correct = (logits[:, : model.num_classes].argmax(dim=1) == y).sum()

@@ -170,6 +170,9 @@ def test_worker_tracebacks_are_reduced_to_our_message() -> None:
                '  File "x.py", line 1, in f\nhalo_bench.errors.HaloBenchError: cannot read image /d/1.png: broken\n')
     assert _strip_worker_traceback(wrapped) == "cannot read image /d/1.png: broken"
     assert _strip_worker_traceback("plain message") == "plain message"
+    multi = ("Caught EmbeddedDataError in DataLoader worker process 1.\nOriginal Traceback (most recent call last):\n"
+             '  File "x.py", line 1, in f\nhalo_bench.data.embedded.EmbeddedDataError: line one\nline two: do this\n')
+    assert _strip_worker_traceback(multi) == "line one\nline two: do this"
 
 
 def test_interrupt_exits_130_and_says_how_to_resume(monkeypatch, tmp_path: Path) -> None:

@@ -145,3 +145,18 @@ def test_labels_outside_the_classes_are_refused(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(HaloBenchError, match="labels 0..6, but its registry entry names 6 classes"):
         train(TrainConfig(model=TINY, epochs=1, out=str(tmp_path)), load_registry(path))
+
+
+def test_collapsing_fp16_loss_scale_counts_as_divergence() -> None:
+    from halo_bench.models import build_model
+    from halo_bench.train import MIN_LOSS_SCALE, NonFiniteStep, param_groups, train_step
+
+    model = build_model(TINY, "cce", num_classes=6, in_chans=1, seed=0)
+    optimizer = torch.optim.SGD(param_groups(model, 0.0), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=MIN_LOSS_SCALE * 4)  # enabled, as fp16 on a GPU
+    model.embed.weight.register_hook(lambda grad: grad * float("nan"))  # every step non-finite
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 6, (8,))
+    train_step(model, model.backbone, x, y, optimizer, scaler, 5.0, None)  # skipped, scale halves
+    with pytest.raises(NonFiniteStep, match="loss scale fell"):
+        for _ in range(3):
+            train_step(model, model.backbone, x, y, optimizer, scaler, 5.0, None)

@@ -109,7 +109,12 @@ def check_labels(spec: DatasetSpec, dataset: Any, num_classes: int) -> None:
     if labels is None or len(labels) == 0:
         return
     low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= num_classes:
+    if low < 0:
+        raise HaloBenchError(
+            f"dataset {spec.name!r} has unlabelled images (label {low}); an ID dataset needs a class "
+            "label for every image (a subfolder per class, or a label on every image-list line)."
+        )
+    if high >= num_classes:
         raise HaloBenchError(
             f"dataset {spec.name!r} has labels {low}..{high}, but its registry entry names "
             f"{num_classes} classes (labels 0..{num_classes - 1}); fix its 'classes'."
