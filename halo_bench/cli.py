@@ -279,7 +279,7 @@ def download(
 
     reg = load_registry(registry)
     root = resolve_data_root(data_root)
-    specs = {reg.dataset(name).name: reg.dataset(name) for name in names}  # unknown names fail first
+    specs = {spec.name: spec for spec in map(reg.dataset, names)}  # unknown names fail first
     not_fetched = []
     for spec in specs.values():
         fetch = SOURCES[spec.source].download

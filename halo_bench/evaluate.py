@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .data import DATA_ROOT_ENV, LoadOptions, default_workers, load_split, resolve_data_root
+from .data import LoadOptions, default_workers, load_split, resolve_data_root
 from .detectors import DetectorContext, detectors_for
 from .errors import HaloBenchError
 from .features import SplitOutputs, forward_pass
@@ -77,7 +76,7 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
     # through the ID set's evaluation transform.
     # Default: $HALO_BENCH_DATA, else the data root the run was trained from if it is here, else ./data.
     trained_from = meta.get("data_root") if meta.get("data_root") and Path(meta["data_root"]).is_dir() else None
-    options = LoadOptions(resolve_data_root(cfg.data_root or os.environ.get(DATA_ROOT_ENV) or trained_from))
+    options = LoadOptions(resolve_data_root(cfg.data_root, fallback=trained_from))
     splits: dict[str, tuple[str, Any]] = {suite.id: ("id", load_split(id_spec, "test", data_config, options))}
     for display, (group, key) in ood_sets.items():
         splits[display] = (group, load_split(registry.dataset(key), "test", data_config, options))

@@ -16,6 +16,11 @@ from torch import Tensor, nn
 from .losses import halo_init, halo_targets, radial_nll, reduce_loss, soft_cross_entropy
 
 
+def _working_dtype(x: Tensor) -> torch.dtype:
+    """float32 at least (bf16/fp16 inputs are upcast), float64 when the input is."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 class LinearHead(nn.Module):
     """A linear layer trained with categorical cross-entropy (CCE)."""
 
@@ -101,7 +106,7 @@ class HALOHead(nn.Module):
 
         At least float32 (bf16/fp16 inputs are upcast), float64 when the input is.
         """
-        dtype = torch.promote_types(x.dtype, torch.float32)
+        dtype = _working_dtype(x)
         c = self.centred_centroids().to(dtype)
         x = x.to(dtype)
         dim = x.shape[1]
@@ -125,7 +130,7 @@ class HALOHead(nn.Module):
     def squared_distances(self, x: Tensor) -> Tensor:
         """||x - c_k||^2 / D for every class (N x K), computed directly."""
         with torch.autocast(device_type=x.device.type, enabled=False):
-            dtype = torch.promote_types(x.dtype, torch.float32)
+            dtype = _working_dtype(x)
             c = self.centred_centroids().to(dtype)
             return (x.to(dtype)[:, None, :] - c[None]).pow(2).mean(dim=2)
 
@@ -137,7 +142,7 @@ class HALOHead(nn.Module):
 
     def loss(self, x: Tensor, y: Tensor, reduction: str | None = None) -> Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.to(torch.promote_types(x.dtype, torch.float32))
+            x = x.to(_working_dtype(x))
             x_sq, c_sq, dot, c, gamma = self._terms(x)
             s = gamma * (2.0 * dot - c_sq)
             bias = self.abstain_bias.to(s.dtype).expand(s.shape[0], 1)

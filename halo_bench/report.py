@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from tabulate import tabulate
 
 from .errors import HaloBenchError, unknown_name
 from .evaluate import RESULTS_SCHEMA
-from .train import RUNTIME_FIELDS
+from .train import RUNTIME_FIELDS, TrainConfig
 
 LOSS_LABEL = {"cce": "CCE", "halo": "HALO"}
 # metric -> (label, higher is better, decimals)
@@ -71,7 +72,7 @@ def load_results(paths: Iterable[Path]) -> list[dict[str, Any]]:
 
 
 # What a run's loss is, beyond its name: HALO's own knobs, shown in its label when not default.
-HALO_KNOBS = {"label_smoothing": 0.1, "distill": True, "learn_gamma": True}
+HALO_KNOBS = {f.name: f.default for f in fields(TrainConfig) if f.name in ("label_smoothing", "distill", "learn_gamma")}
 # Training-config fields that never split runs into separate groups.
 _NOT_RECIPE = {"seed", "loss", "model", "suite", *HALO_KNOBS, *RUNTIME_FIELDS}
 
@@ -79,7 +80,8 @@ _NOT_RECIPE = {"seed", "loss", "model", "suite", *HALO_KNOBS, *RUNTIME_FIELDS}
 def _loss_label(res: dict[str, Any]) -> str:
     loss = res["model"]["loss"]
     config = res.get("train_config", {})
-    changed = {k: config[k] for k, default in HALO_KNOBS.items() if loss == "halo" and config.get(k, default) != default}
+    changed = {k: config[k] for k, default in HALO_KNOBS.items()
+               if loss == "halo" and config.get(k, default) != default}
     return loss + "".join(f" {k}={v}" for k, v in changed.items())
 
 
@@ -95,13 +97,13 @@ def _recipe(res: dict[str, Any]) -> dict[str, Any]:
 def _variants(results: list[dict[str, Any]]) -> list[str]:
     """Per result, its model label: the name, plus the recipe fields that set it apart."""
     labels = []
+    mine_all = [_recipe(res) for res in results]
     by_model: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for res in results:
-        by_model.setdefault((res["suite"], res["model"]["name"]), []).append(_recipe(res))
-    for res in results:
+    for res, mine in zip(results, mine_all, strict=True):
+        by_model.setdefault((res["suite"], res["model"]["name"]), []).append(mine)
+    for res, mine in zip(results, mine_all, strict=True):
         recipes = by_model[(res["suite"], res["model"]["name"])]
         differing = sorted(k for k in set().union(*recipes) if len({json.dumps(r.get(k)) for r in recipes}) > 1)
-        mine = _recipe(res)
         suffix = ", ".join(f"{k}={_fmt(mine.get(k))}" for k in differing)
         labels.append(res["model"]["name"] + (f" [{suffix}]" if suffix else ""))
     return labels

@@ -19,9 +19,11 @@ DATA_ROOT_ENV = "HALO_BENCH_DATA"
 DEFAULT_DATA_ROOT = "data"
 
 
-def resolve_data_root(path: str | os.PathLike[str] | None = None) -> Path:
-    """`path`, else $HALO_BENCH_DATA, else ./data; absolute, so runs record where data came from."""
-    chosen = path if path is not None else os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT
+def resolve_data_root(path: str | os.PathLike[str] | None = None,
+                      fallback: str | os.PathLike[str] | None = None) -> Path:
+    """`path`, else $HALO_BENCH_DATA, else `fallback`, else ./data; absolute, so runs record
+    where their data came from."""
+    chosen = path if path is not None else os.environ.get(DATA_ROOT_ENV) or fallback or DEFAULT_DATA_ROOT
     return Path(chosen).expanduser().resolve()
 
 

@@ -41,10 +41,10 @@ def scan_folder(root: Path, labelled: bool) -> tuple[list[Path], list[int], list
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not labelled:
         return paths, [-1] * len(paths), []
-    classes = sorted({p.relative_to(root).parts[0] for p in paths if len(p.relative_to(root).parts) > 1})
+    nested = [(p, p.relative_to(root).parts[0]) for p in paths if len(p.relative_to(root).parts) > 1]
+    classes = sorted({folder for _, folder in nested})
     index = {c: i for i, c in enumerate(classes)}
-    paths = [p for p in paths if len(p.relative_to(root).parts) > 1]
-    return paths, [index[p.relative_to(root).parts[0]] for p in paths], classes
+    return [p for p, _ in nested], [index[folder] for _, folder in nested], classes
 
 
 def read_image_list(list_file: Path, image_root: Path) -> tuple[list[Path], list[int]]:

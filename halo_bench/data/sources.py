@@ -34,12 +34,6 @@ def _transform(data_config: dict[str, Any], options: LoadOptions) -> Any:
     return eval_transform(data_config)
 
 
-def _require(spec: DatasetSpec, where: str, *keys: str) -> None:
-    for key in keys:
-        if not isinstance(spec.params.get(key), str):
-            raise HaloBenchError(f"{where}.params: a {spec.source} dataset needs '{key}' (a string).")
-
-
 # --------------------------------------------------------------------------- embedded
 
 
