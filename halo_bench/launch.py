@@ -101,16 +101,16 @@ def _sbatch_option(line: Any, where: str) -> tuple[str, Any]:
 
 
 _CLUSTER_KEYS = {f.name for f in fields(ClusterConfig)}
+_FLAGS = {"sbatch_lines": "--sbatch-line", "time": "--time"}
 
 
 def cluster_config(path: str | os.PathLike[str] | None = None, **flags: Any) -> ClusterConfig:
     """Read and validate the YAML file (if any), then apply the flags that were given (not None)."""
     values: dict[str, Any] = {}
-    where = "cluster config"
+    origin: dict[str, str] = {}  # where each value came from, for the error message
     if path is not None:
         import yaml
 
-        where = str(path)
         try:
             doc = yaml.safe_load(Path(path).read_text())
         except FileNotFoundError:
@@ -127,26 +127,28 @@ def cluster_config(path: str | os.PathLike[str] | None = None, **flags: Any) -> 
                 close = difflib.get_close_matches(name, sorted(_CLUSTER_KEYS), n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise HaloBenchError(f"{path}: unknown setting {key!r}.{hint} Known: {', '.join(sorted(_CLUSTER_KEYS))}.")
-            values[name] = value
+            values[name], origin[name] = value, f"{path}: {key}"
     for name, value in flags.items():
+        if name not in _CLUSTER_KEYS:
+            raise TypeError(f"unknown cluster setting {name!r}")
         if value is not None and not (isinstance(value, list) and not value):
-            values[name] = value
-    return _validated(values, where)
+            values[name], origin[name] = value, _FLAGS.get(name, "--" + name.replace("_", "-"))
+    return _validated(values, origin)
 
 
-def _validated(values: dict[str, Any], where: str) -> ClusterConfig:
-    def integer(name: str, minimum: int) -> int | None:
+def _validated(values: dict[str, Any], origin: dict[str, str]) -> ClusterConfig:
+    def integer(name: str, minimum: int, default: int | None = None) -> int | None:
         value = values.get(name)
         if value is None:
-            return None
+            return default
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise HaloBenchError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}.")
+            raise HaloBenchError(f"{origin[name]} must be an integer >= {minimum}, got {value!r}.")
         return value
 
     def text(name: str) -> str | None:
         value = values.get(name)
         if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise HaloBenchError(f"{where}: {name} must be a non-empty string, got {value!r}.")
+            raise HaloBenchError(f"{origin[name]} must be a non-empty string, got {value!r}.")
         return value
 
     def lines(name: str) -> list[str]:
@@ -154,31 +156,31 @@ def _validated(values: dict[str, Any], where: str) -> ClusterConfig:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise HaloBenchError(f"{where}: {name} must be a list of strings, got {value!r}.")
+            raise HaloBenchError(f"{origin[name]} must be a list of strings, got {value!r}.")
         return list(value)
 
     mem = values.get("mem_gb")
     if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float)) or mem <= 0):
-        raise HaloBenchError(f"{where}: mem_gb must be a positive number, got {mem!r}.")
+        raise HaloBenchError(f"{origin['mem_gb']} must be a positive number of GB, got {mem!r}.")
     cfg = ClusterConfig(
         partition=text("partition"),
-        time=parse_time(values["time"], f"{where}: time") if values.get("time") is not None else DEFAULT_TIME_MIN,
-        gpus_per_job=integer("gpus_per_job", 0) if values.get("gpus_per_job") is not None else 1,
+        time=parse_time(values["time"], origin["time"]) if values.get("time") is not None else DEFAULT_TIME_MIN,
+        gpus_per_job=integer("gpus_per_job", 0, 1),
         cpus_per_job=integer("cpus_per_job", 1),
         mem_gb=float(mem) if mem is not None else None,
         account=text("account"),
         max_parallel=integer("max_parallel", 1),
         sbatch_lines=lines("sbatch_lines"),
         setup=lines("setup"),
-        max_requeues=integer("max_requeues", 0) if values.get("max_requeues") is not None else 3,
+        max_requeues=integer("max_requeues", 0, 3),
     )
     for line in cfg.sbatch_lines:
-        _sbatch_option(line, f"{where}: sbatch_lines")
+        _sbatch_option(line, origin["sbatch_lines"])
     if cfg.gpus_per_job > 1:
         raise HaloBenchError(
-            f"--gpus-per-job {cfg.gpus_per_job}: halo-bench has no multi-GPU (DistributedDataParallel) "
-            "training path yet, so a job would hold GPUs it cannot use. Use --gpus-per-job 1: each run "
-            "gets its own GPU and the runs go in parallel as array tasks (--max-parallel)."
+            f"{origin['gpus_per_job']} {cfg.gpus_per_job}: halo-bench has no multi-GPU (DistributedDataParallel) "
+            "training path yet, so a job would hold GPUs it cannot use. Use 1: each run gets its own GPU "
+            "and the runs go in parallel as array tasks (--max-parallel)."
         )
     return cfg
 
