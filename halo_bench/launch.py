@@ -565,6 +565,7 @@ class LaunchOutcome:
     report_path: Path | None = None
     report: str | None = None
     submitted: dict[str, str] = field(default_factory=dict)  # run -> job id
+    reported: set[str] = field(default_factory=set)  # ids of the failed jobs already listed
 
 
 def launch_bench(cfg: BenchConfig, cluster: ClusterConfig, launcher: str, wait: bool = False,
@@ -581,10 +582,8 @@ def launch_bench(cfg: BenchConfig, cluster: ClusterConfig, launcher: str, wait: 
     records = read_jobs(cfg.out)
     classify(plans, cfg, JobStates([records[p.name] for p in plans if p.name in records]))
     lines: list[str] = []
-    for plan in plans:
-        if plan.state == "failed":
-            lines.append(f"{plan.name}: job {plan.record['job_id']} failed (log {plan.record['stderr']}):")
-            lines.extend(f"    {line}" for line in plan.detail.splitlines())
+    reported: set[str] = set()
+    _report_failures(plans, lines, reported)
     todo = [p for p in plans if p.state in ("missing", "failed") or (cfg.force and p.state == "finished")]
     for plan in todo:
         if cfg.force:
@@ -598,7 +597,7 @@ def launch_bench(cfg: BenchConfig, cluster: ClusterConfig, launcher: str, wait: 
     if skipped:
         lines.append(f"{skipped} of {len(plans)} runs already finished; skipped (--force reruns them).")
 
-    outcome = LaunchOutcome(lines)
+    outcome = LaunchOutcome(lines, reported=reported)
     live: dict[str, Any] = {}
     if todo:
         parallel = cluster.parallel(launcher, len(todo))
@@ -631,6 +630,15 @@ def launch_bench(cfg: BenchConfig, cluster: ClusterConfig, launcher: str, wait: 
                      "writes the report once all are done), or add --wait to follow the jobs.")
         return outcome
     return _finish(plans, cfg, outcome)
+
+
+def _report_failures(plans: list[RunPlan], lines: list[str], reported: set[str]) -> None:
+    """A failed job, once: its log file and the error's last lines."""
+    for plan in plans:
+        if plan.state == "failed" and plan.record is not None and plan.record["job_id"] not in reported:
+            reported.add(plan.record["job_id"])
+            lines.append(f"{plan.name}: job {plan.record['job_id']} failed (log {plan.record['stderr']}):")
+            lines.extend(f"    {line}" for line in plan.detail.splitlines())
 
 
 def _remove_run(run_dir: Path) -> None:
@@ -671,10 +679,7 @@ def _finish(plans: list[RunPlan], cfg: BenchConfig, outcome: LaunchOutcome) -> L
     from .report import load_results, render
 
     lines = outcome.lines
-    for plan in plans:
-        if plan.state == "failed" and plan.name in outcome.submitted:  # earlier failures are listed above
-            lines.append(f"{plan.name}: job {plan.record['job_id']} failed (log {plan.record['stderr']}):")
-            lines.extend(f"    {line}" for line in plan.detail.splitlines())
+    _report_failures(plans, lines, outcome.reported)
     finished = [p for p in plans if p.state == "finished"]
     unfinished = [p for p in plans if p.state != "finished"]
     if finished:

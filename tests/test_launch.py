@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from halo_bench.cli import app
+from halo_bench.launch import _local_alive
 
 pytest.importorskip("submitit")
 
@@ -98,7 +99,7 @@ def test_failed_job_is_reported_and_killed_job_resumes(tmp_path: Path) -> None:
     out.mkdir()
     cce, halo = f"digits-{MODEL}-cce-s0", f"digits-{MODEL}-halo-s0"
     (out / halo).write_text("a file where the run folder should go")  # the HALO job fails
-    common = ["--seeds", "0", "--epochs", "6", "--out", str(out), "--launcher", "local",
+    common = ["--seeds", "0", "--epochs", "4", "--out", str(out), "--launcher", "local",
               "--max-parallel", "2", "--cpus-per-job", "1"]
     text = _bench(*common)
     assert "submitted 2 job(s)" in text and "--wait" in text
@@ -109,23 +110,23 @@ def test_failed_job_is_reported_and_killed_job_resumes(tmp_path: Path) -> None:
     for pid in [*tasks, controller]:  # a node failure: no signal handler runs
         os.kill(pid, signal.SIGKILL)
     done_at_kill = _epochs_logged(out / cce)
-    assert 1 <= done_at_kill < 6, "the job finished before it could be killed"
-    _wait_for(lambda: Path(jobs[halo]["result"]).exists(), what="the failing job")
+    assert 1 <= done_at_kill < 4, "the job finished before it could be killed"
+    _wait_for(lambda: not _local_alive(jobs[halo]["job_id"]), what="the failing job")
 
     text = _bench(*common, "--wait", code=1)
     # the earlier failure, with its log and last lines; then the resubmission and its failure again
     assert f"{halo}: job {jobs[halo]['job_id']} failed (log {jobs[halo]['stderr']})" in text
     assert "File exists" in text or "Not a directory" in text
-    assert f"checkpoint at epoch {done_at_kill}/6" in text
+    assert f"checkpoint at epoch {done_at_kill}/4" in text
     assert "1 of 2 runs finished; not included: " + f"{halo} (failed)" in text
     assert (out / cce / "results.json").is_file() and not (out / halo).is_dir()
     resumed_log = Path(_jobs(out)[cce]["stderr"]).read_text()
-    assert f"resuming after epoch {done_at_kill}/6" in resumed_log
+    assert f"resuming after epoch {done_at_kill}/4" in resumed_log
     trained = [int(line.split("epoch ")[1].split("/")[0]) for line in resumed_log.splitlines()
                if f"{cce} epoch " in line]
-    assert trained == list(range(done_at_kill + 1, 7))  # no epoch before the checkpoint again
+    assert trained == list(range(done_at_kill + 1, 5))  # no epoch before the checkpoint again
     history = [json.loads(line)["epoch"] for line in (out / cce / "metrics.jsonl").read_text().splitlines()]
-    assert history == [1, 2, 3, 4, 5, 6]
+    assert history == [1, 2, 3, 4]
     report = (out / f"report-digits-{MODEL}.md").read_text()
     assert f"1 of 2 runs finished; not included: {halo} (failed)" in report
 
