@@ -141,7 +141,7 @@ def test_preempted_job_is_requeued_and_resumes(tmp_path: Path) -> None:
     from halo_bench.launch import ClusterConfig, launch_bench
 
     out = tmp_path / "runs"
-    cfg = BenchConfig(model=MODEL, seeds=[3], losses=["cce"], epochs=6, detectors=["msp"], out=str(out),
+    cfg = BenchConfig(model=MODEL, seeds=[3], losses=["cce"], epochs=4, detectors=["msp"], out=str(out),
                       device="cpu")
     cluster = ClusterConfig(cpus_per_job=1, max_parallel=1)
     first = launch_bench(cfg, cluster, "local")
