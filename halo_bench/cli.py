@@ -211,7 +211,7 @@ def bench(
     max_parallel: Annotated[Optional[int], typer.Option("--max-parallel", help="local/slurm: at most this many jobs at once (default: 1 local, all on SLURM).", show_default=False)] = None,
     cluster_config: Annotated[Optional[Path], typer.Option("--cluster-config", help="local/slurm: YAML file of job settings (partition, time, gpus_per_job, cpus_per_job, mem_gb, account, max_parallel, sbatch_lines, setup, max_requeues); flags override it.", show_default=False)] = None,
     partition: Annotated[Optional[str], typer.Option("--partition", help="slurm: partition to submit to.", show_default=False)] = None,
-    time_limit: Annotated[Optional[str], typer.Option("--time", help="local/slurm: time limit per job, minutes or H:MM:SS (default 24:00:00); a job that reaches it is requeued and resumes.", show_default=False)] = None,
+    time_limit: Annotated[Optional[str], typer.Option("--time", help="local/slurm: time limit per job, minutes or H:MM:SS (default 24:00:00 on SLURM, none locally); a job that reaches it is requeued and resumes.", show_default=False)] = None,
     gpus_per_job: Annotated[Optional[int], typer.Option("--gpus-per-job", help="local/slurm: GPUs per job, 0 or 1 (default 1; more is refused until halo-bench has a DDP path).", show_default=False)] = None,
     cpus_per_job: Annotated[Optional[int], typer.Option("--cpus-per-job", help="local/slurm: CPU cores (and torch threads) per job (default: SLURM's; locally the cores divided by --max-parallel).", show_default=False)] = None,
     mem_gb: Annotated[Optional[float], typer.Option("--mem-gb", help="slurm: memory per job in GB.", show_default=False)] = None,

@@ -43,7 +43,8 @@ INSTALL_HINT = 'pip install "halo-bench[cluster]" (or pip install submitit)'
 # sacct states of a job that may still run (a requeued job shows its latest attempt).
 SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "COMPLETING",
                 "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "UNKNOWN", "READY"}
-DEFAULT_TIME_MIN = 24 * 60
+DEFAULT_TIME_MIN = 24 * 60  # SLURM
+LOCAL_NO_LIMIT_MIN = 366 * 24 * 60  # local jobs: in effect none (a job waiting for a slot counts)
 ERROR_LINES = 5
 
 
@@ -52,7 +53,7 @@ class ClusterConfig:
     """Resources for each job, from `--cluster-config` YAML and flags (flags win)."""
 
     partition: str | None = None
-    time: int = DEFAULT_TIME_MIN  # minutes
+    time: int | None = None  # minutes; default: 24 h on SLURM, none locally (a waiting job must not time out)
     gpus_per_job: int = 1
     cpus_per_job: int | None = None
     mem_gb: float | None = None
@@ -164,7 +165,7 @@ def _validated(values: dict[str, Any], origin: dict[str, str]) -> ClusterConfig:
         raise HaloBenchError(f"{origin['mem_gb']} must be a positive number of GB, got {mem!r}.")
     cfg = ClusterConfig(
         partition=text("partition"),
-        time=parse_time(values["time"], origin["time"]) if values.get("time") is not None else DEFAULT_TIME_MIN,
+        time=parse_time(values["time"], origin["time"]) if values.get("time") is not None else None,
         gpus_per_job=integer("gpus_per_job", 0, 1),
         cpus_per_job=integer("cpus_per_job", 1),
         mem_gb=float(mem) if mem is not None else None,
@@ -509,7 +510,7 @@ def make_executor(launcher: str, out: str | os.PathLike[str], cluster: ClusterCo
         executor = submitit.LocalExecutor(folder=folder, max_num_timeout=cluster.max_requeues)
         # Every slot's GPUs are visible to each job, which narrows them to its slot's group.
         gpus = cluster.gpus_per_job * parallel
-        local: dict[str, Any] = {"timeout_min": cluster.time, "setup": list(cluster.setup)}
+        local: dict[str, Any] = {"timeout_min": cluster.time or LOCAL_NO_LIMIT_MIN, "setup": list(cluster.setup)}
         visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
         if visible and all(d.isdigit() for d in visible):  # keep the user's own restriction
             local["visible_gpus"] = [int(d) for d in visible]
@@ -523,7 +524,7 @@ def make_executor(launcher: str, out: str | os.PathLike[str], cluster: ClusterCo
                              "node, or use --launcher local).") from None
     params: dict[str, Any] = {
         "job_name": f"halo-bench-{Path(out).absolute().name}",
-        "time": cluster.time,
+        "time": cluster.time or DEFAULT_TIME_MIN,
         "nodes": 1,
         "ntasks_per_node": 1,
         "array_parallelism": parallel,
