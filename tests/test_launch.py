@@ -94,69 +94,57 @@ def test_local_launcher_matches_inline_bench(tmp_path: Path) -> None:
     assert (out / f"report-digits-{MODEL}.md").is_file()
 
 
-def test_failed_job_is_reported_and_killed_job_resumes(tmp_path: Path) -> None:
+def test_preempted_killed_and_failed_jobs(tmp_path: Path) -> None:
+    """One sweep, two jobs: the CCE job is preempted (requeued by submitit, resumes in the same
+    job), then killed outright (the next bench resubmits it and it resumes); the HALO job fails
+    and is reported with its log while the CCE job finishes."""
     out = tmp_path / "runs"
     out.mkdir()
     cce, halo = f"digits-{MODEL}-cce-s0", f"digits-{MODEL}-halo-s0"
     (out / halo).write_text("a file where the run folder should go")  # the HALO job fails
-    common = ["--seeds", "0", "--epochs", "4", "--out", str(out), "--launcher", "local",
+    common = ["--seeds", "0", "--epochs", "5", "--out", str(out), "--launcher", "local",
               "--max-parallel", "2", "--cpus-per-job", "1"]
     text = _bench(*common)
     assert "submitted 2 job(s)" in text and "--wait" in text
     jobs = _jobs(out)
     controller = int(jobs[cce]["job_id"])
+
     _wait_for(lambda: _epochs_logged(out / cce) >= 1, what="the first epoch")
+    (task,) = _task_pids(controller)
+    os.kill(task, signal.SIGUSR2)  # what SLURM sends before preemption or the time limit
+    log = Path(jobs[cce]["stderr"])
+    _wait_for(lambda: "resuming after epoch" in log.read_text(), what="the requeued task to resume")
     tasks = _task_pids(controller)
-    for pid in [*tasks, controller]:  # a node failure: no signal handler runs
+    assert tasks and task not in tasks  # the same job, a new task process
+    for pid in [*tasks, controller]:  # now a node failure: no signal handler runs
         os.kill(pid, signal.SIGKILL)
     done_at_kill = _epochs_logged(out / cce)
-    assert 1 <= done_at_kill < 4, "the job finished before it could be killed"
+    assert 1 <= done_at_kill < 5, "the job finished before it could be killed"
+    assert "preempted or timed out; requeued" in log.read_text()
     _wait_for(lambda: not _local_alive(jobs[halo]["job_id"]), what="the failing job")
 
     text = _bench(*common, "--wait", code=1)
-    # the earlier failure, with its log and last lines; then the resubmission and its failure again
+    # both earlier failures, with their logs and last lines, then the resubmission
+    assert f"{cce}: job {jobs[cce]['job_id']} failed (log {jobs[cce]['stderr']})" in text
     assert f"{halo}: job {jobs[halo]['job_id']} failed (log {jobs[halo]['stderr']})" in text
-    assert "File exists" in text or "Not a directory" in text
-    assert f"checkpoint at epoch {done_at_kill}/4" in text
-    assert "1 of 2 runs finished; not included: " + f"{halo} (failed)" in text
+    assert "FileExistsError: [Errno 17] File exists" in text
+    assert f"checkpoint at epoch {done_at_kill}/5" in text and "submitted 2 job(s)" in text
+    # after the wait: HALO failed again (listed with its new job), CCE finished
+    again = _jobs(out)
+    assert again[halo]["job_id"] != jobs[halo]["job_id"]
+    assert f"{halo}: job {again[halo]['job_id']} failed (log {again[halo]['stderr']})" in text
+    assert f"1 of 2 runs finished; not included: {halo} (failed)" in text
     assert (out / cce / "results.json").is_file() and not (out / halo).is_dir()
-    resumed_log = Path(_jobs(out)[cce]["stderr"]).read_text()
-    assert f"resuming after epoch {done_at_kill}/4" in resumed_log
+    resumed_log = Path(again[cce]["stderr"]).read_text()
+    assert f"resuming after epoch {done_at_kill}/5" in resumed_log
     trained = [int(line.split("epoch ")[1].split("/")[0]) for line in resumed_log.splitlines()
                if f"{cce} epoch " in line]
-    assert trained == list(range(done_at_kill + 1, 5))  # no epoch before the checkpoint again
+    assert trained == list(range(done_at_kill + 1, 6))  # no epoch before the checkpoint again
     history = [json.loads(line)["epoch"] for line in (out / cce / "metrics.jsonl").read_text().splitlines()]
-    assert history == [1, 2, 3, 4]
+    assert history == [1, 2, 3, 4, 5]
     report = (out / f"report-digits-{MODEL}.md").read_text()
     assert f"1 of 2 runs finished; not included: {halo} (failed)" in report
-
-    (out / halo).unlink()
-    text = _bench(*common, "--wait")
-    assert "1 of 2 runs already finished" in text and "submitted 1 job(s)" in text
-    assert "2 of 2 runs finished" in text
-
-
-def test_preempted_job_is_requeued_and_resumes(tmp_path: Path) -> None:
-    from halo_bench.bench import BenchConfig
-    from halo_bench.launch import ClusterConfig, launch_bench
-
-    out = tmp_path / "runs"
-    cfg = BenchConfig(model=MODEL, seeds=[3], losses=["cce"], epochs=4, detectors=["msp"], out=str(out),
-                      device="cpu")
-    cluster = ClusterConfig(cpus_per_job=1, max_parallel=1)
-    first = launch_bench(cfg, cluster, "local")
-    name = f"digits-{MODEL}-cce-s3"
-    controller = int(first.submitted[name])
-    _wait_for(lambda: _epochs_logged(out / name) >= 1, what="the first epoch")
-    (task,) = _task_pids(controller)
-    os.kill(task, signal.SIGUSR2)  # what SLURM sends before preemption or the time limit
-    _wait_for(lambda: any(pid != task for pid in _task_pids(controller)) or not _task_pids(controller),
-              what="the requeued task")
-    done = launch_bench(cfg, cluster, "local", wait=True, poll_s=0.5)
-    assert done.exit_code == 0 and not done.submitted, done.lines  # the same job finished it
-    log = Path(_jobs(out)[name]["stderr"]).read_text()
-    assert "preempted or timed out; requeued" in log and "resuming after epoch" in log
-    assert json.loads((out / name / "results.json").read_text())["checkpoint"]["complete"] is True
+    assert json.loads((out / cce / "results.json").read_text())["checkpoint"]["complete"] is True
 
 
 def _fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sacct_state: str = "") -> Path:
