@@ -327,9 +327,11 @@ def read_jobs(out: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HaloBenchError(f"{path}: not readable ({exc}); delete it to forget the submitted jobs.") from None
-    if not isinstance(doc, dict) or doc.get("schema") != JOBS_SCHEMA or not isinstance(doc.get("runs"), dict):
+    runs = doc.get("runs") if isinstance(doc, dict) and doc.get("schema") == JOBS_SCHEMA else None
+    keys = {"launcher", "job_id", "stderr", "result"}
+    if not isinstance(runs, dict) or not all(isinstance(r, dict) and keys <= set(r) for r in runs.values()):
         raise HaloBenchError(f"{path}: not a halo-bench jobs file; delete it to forget the submitted jobs.")
-    return doc["runs"]
+    return runs
 
 
 def _record_jobs(out: str | os.PathLike[str], records: dict[str, dict[str, Any]]) -> None:
@@ -586,10 +588,8 @@ def launch_bench(cfg: BenchConfig, cluster: ClusterConfig, launcher: str, wait: 
     reported: set[str] = set()
     _report_failures(plans, lines, reported)
     todo = [p for p in plans if p.state in ("missing", "failed") or (cfg.force and p.state == "finished")]
-    for plan in todo:
-        if cfg.force:
-            _remove_run(plan.run_dir)
-        else:
+    if not cfg.force:
+        for plan in todo:
             plan.detail = _check_same_config(plan) or plan.detail
     for plan in plans:
         if plan.state == "running":
@@ -604,8 +604,10 @@ def launch_bench(cfg: BenchConfig, cluster: ClusterConfig, launcher: str, wait: 
         parallel = cluster.parallel(launcher, len(todo))
         executor = make_executor(launcher, cfg.out, cluster, len(todo))
         jobs = make_jobs(todo, cfg, cluster, launcher, len(todo))
-        with _job_environment():
-            submitted = executor.submit_array(jobs)
+        if cfg.force:
+            for plan in todo:
+                _remove_run(plan.run_dir)
+        submitted = _submit(executor, jobs, launcher)
         records = {}
         for plan, job in zip(todo, submitted):
             records[plan.name] = {
@@ -631,6 +633,17 @@ def launch_bench(cfg: BenchConfig, cluster: ClusterConfig, launcher: str, wait: 
                      "writes the report once all are done), or add --wait to follow the jobs.")
         return outcome
     return _finish(plans, cfg, outcome)
+
+
+def _submit(executor: Any, jobs: list[RunJob], launcher: str) -> list[Any]:
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+    try:
+        with _job_environment():
+            return executor.submit_array(jobs)
+    except (FailedJobError, FailedSubmissionError) as exc:  # sbatch refused it (partition, account, ...)
+        last = [line for line in str(exc).splitlines() if line.strip()][-ERROR_LINES:]
+        raise HaloBenchError(f"--launcher {launcher}: the submission failed:\n" + "\n".join(last)) from None
 
 
 def _report_failures(plans: list[RunPlan], lines: list[str], reported: set[str]) -> None:

@@ -203,6 +203,15 @@ def test_slurm_launcher_submits_one_array(tmp_path: Path, monkeypatch: pytest.Mo
     assert "#SBATCH --array=0-3%4" in (tmp_path / "sbatch-1.sh").read_text()
 
 
+def test_refused_submission_is_one_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = _fake_slurm(tmp_path, monkeypatch)
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: nope' >&2\nexit 1\n")
+    output = _bench("--seeds", "0", "--out", str(tmp_path / "runs"), "--launcher", "slurm", "--partition", "nope",
+                    code=2)
+    assert "the submission failed" in output and "invalid partition specified: nope" in output
+    assert "Traceback" not in output and not (tmp_path / "runs" / "jobs" / "jobs.json").exists()
+
+
 def test_time_limits() -> None:
     from halo_bench.launch import parse_time
 
