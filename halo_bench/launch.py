@@ -24,7 +24,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -470,8 +470,11 @@ def failure_detail(record: dict[str, Any], lines: int = ERROR_LINES) -> str:
 
 
 def classify(plans: list[RunPlan], cfg: BenchConfig, states: JobStates) -> None:
+    """Set each plan's state; a run already seen finished (while following) is not checked again."""
     records = read_jobs(cfg.out)
     for plan in plans:
+        if plan.state == "finished" and records.get(plan.name) == plan.record:
+            continue
         plan.record = records.get(plan.name)
         plan.detail = ""
         if plan.record is not None and states.active(plan.record):
