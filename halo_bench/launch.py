@@ -727,6 +727,10 @@ def run_launcher(cfg: BenchConfig, launcher: str, wait: bool, config_path: str |
         given += [("--" + ("sbatch-line" if k == "sbatch_lines" else k.replace("_", "-")), v) for k, v in flags.items()]
         names = [name for name, value in given if value not in (None, False, [])]
         raise HaloBenchError(f"{', '.join(names)} only apply to jobs: add --launcher local or --launcher slurm.")
+    slurm_only = [("--" + ("sbatch-line" if k == "sbatch_lines" else k.replace("_", "-")))
+                  for k in ("partition", "mem_gb", "account", "sbatch_lines") if flags.get(k) not in (None, [])]
+    if launcher == "local" and slurm_only:
+        raise HaloBenchError(f"{', '.join(slurm_only)} only apply to --launcher slurm.")
     outcome = launch_bench(cfg, cluster_config(config_path, **flags), launcher, wait)
     for line in outcome.lines:
         echo(line)

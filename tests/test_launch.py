@@ -223,6 +223,7 @@ def test_time_limits() -> None:
 @pytest.mark.parametrize(("args", "yaml_text", "match"), [
     (["--launcher", "lokal"], None, "Did you mean 'local'"),
     (["--partition", "gpu"], None, "--partition only apply to jobs: add --launcher local or --launcher slurm"),
+    (["--launcher", "local", "--partition", "gpu", "--mem-gb", "4"], None, "--partition, --mem-gb only apply to --launcher slurm"),
     (["--launcher", "local", "--gpus-per-job", "2"], None, "no multi-GPU (DistributedDataParallel) training path"),
     (["--launcher", "local", "--time", "soon"], None, "--time takes minutes"),
     (["--launcher", "slurm", "--sbatch-line", "--array=0-9"], None, "set by halo-bench itself"),
