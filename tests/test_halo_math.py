@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from halo_bench import HALOHead, LinearHead
-from halo_bench.losses import halo_init, radial_nll
+from halo_bench.losses.halo_head import halo_init, radial_nll
 
 
 def _ref_init(k: int, d: int, ls: float) -> tuple[float, float]:
@@ -43,7 +43,7 @@ def test_gamma0_is_15_for_six_classes() -> None:
 
 
 def test_large_gamma_uses_identity_softplus_inverse() -> None:
-    from halo_bench.losses import inverse_softplus
+    from halo_bench.losses.halo_head import inverse_softplus
 
     assert inverse_softplus(25.0) == 25.0
     assert F.softplus(torch.tensor(inverse_softplus(7.5), dtype=torch.float64)).item() == pytest.approx(7.5)
@@ -142,7 +142,7 @@ def test_loss_matches_float64_reference(seed: int, distill: bool) -> None:
 
 
 def test_distill_target_gives_true_class_the_largest_share() -> None:
-    from halo_bench.losses import halo_targets
+    from halo_bench.losses.halo_head import halo_targets
 
     t = -torch.rand(50, 6) * 10
     y = torch.randint(0, 6, (50,))

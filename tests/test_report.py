@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from halo_bench.errors import HaloBenchError
-from halo_bench.evaluate import RESULTS_SCHEMA
+from halo_bench.schema import RESULTS_SCHEMA
 from halo_bench.report import aggregate, find_results, load_results, render, tidy
 
 
@@ -20,9 +20,10 @@ def _result(loss: str, seed: int, acc: float, auroc_far: float, created: str = "
     if loss == "halo":
         ood["halo_abstain"] = ood["energy"]
     return {
-        "schema": RESULTS_SCHEMA, "created": created, "run": f"{loss}-{seed}", "suite": "digits",
-        "id_dataset": "digits", "seed": seed, "model": {"name": "resnet18", "loss": loss},
-        "checkpoint": {"sha256": "0" * 64}, "id_metrics": {"acc": acc, "ece": acc / 1000}, "ood": ood,
+        "schema": RESULTS_SCHEMA, "schema_version": 1, "created": created, "run": f"{loss}-{seed}",
+        "suite": "digits", "id_dataset": "digits", "seed": seed, "model": {"name": "resnet18", "loss": loss},
+        "loss": {"name": loss, "tag": loss, "label": loss.upper(), "knobs": {}, "changed": {}},
+        "checkpoint": {"sha256": "0" * 64, "complete": True, "epochs": epochs}, "id_metrics": {"acc": acc, "ece": acc / 1000}, "ood": ood,
         "train_config": {"epochs": epochs, "lr": 0.05, "seed": seed, "loss": loss, "device": "cpu"},
         "datasets": {"digits": {"group": "id"}, "noise": {"group": "far"}},
     }
@@ -83,12 +84,13 @@ def test_runs_of_different_recipes_are_not_averaged(tmp_path: Path) -> None:
     assert acc["resnet18 [epochs=100]"] == 90.0 and acc["resnet18 [epochs=2]"] == 50.0
 
 
-def test_halo_variants_are_labelled(tmp_path: Path) -> None:
+def test_loss_variants_get_their_own_labelled_columns(tmp_path: Path) -> None:
     doc = _result("halo", 0, 91.0, 85.0)
-    doc["train_config"]["label_smoothing"] = 0.2
+    doc["loss"].update(tag="halo+ls0.2", label="HALO label_smoothing=0.2", changed={"label_smoothing": 0.2})
     table = tidy(load_results(_write(tmp_path, [_result("cce", 0, 90.0, 80.0), doc])))
-    assert set(table["loss"]) == {"cce", "halo label_smoothing=0.2"}
-    assert "HALO label_smoothing=0.2" in render(load_results(find_results([tmp_path])), "markdown")
+    assert set(table["loss"]) == {"cce", "halo+ls0.2"}
+    markdown = render(load_results(find_results([tmp_path])), "markdown")
+    assert "HALO label_smoothing=0.2" in markdown and "Δ HALO label_smoothing=0.2−CCE" in markdown
 
 
 def test_dropped_evaluations_are_reported(tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ def test_complete_run_is_skipped_and_a_different_config_is_refused(tiny_runs, re
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path: Path, registry,
                                                                          monkeypatch) -> None:
-    from halo_bench import heads
+    from halo_bench.losses import linear as heads
 
     cfg = TrainConfig(model=TINY, loss="cce", epochs=3, out=str(tmp_path))
     original = heads.LinearHead.loss
@@ -123,7 +123,8 @@ def test_non_finite_gradient_stops_before_the_weights_change() -> None:
 
 def test_bad_recipe_values_are_refused(registry, tmp_path: Path) -> None:
     for kwargs, message in [({"epochs": 0}, "--epochs"), ({"batch_size": 0}, "--batch-size"),
-                            ({"lr": -1.0}, "--lr"), ({"label_smoothing": 1.0}, "--label-smoothing"),
+                            ({"lr": -1.0}, "--lr"), ({"loss_knobs": {"label_smoothing": 1.0}}, "label_smoothing must lie"),
+                            ({"lr": float("nan")}, "--lr must be a finite"), ({"seed": -1}, "--seed"),
                             ({"embed_dim": 0}, "--embed-dim")]:
         with pytest.raises(HaloBenchError, match=message):
             train(TrainConfig(model=TINY, out=str(tmp_path), **kwargs), registry)
@@ -137,7 +138,8 @@ def test_bad_recipe_values_are_refused(registry, tmp_path: Path) -> None:
 def test_labels_outside_the_classes_are_refused(tmp_path: Path) -> None:
     import yaml
 
-    from halo_bench.registry import DEFAULT_REGISTRY, load_registry
+    from halo_bench.data import load_registry
+    from halo_bench.registry import DEFAULT_REGISTRY
 
     doc = yaml.safe_load(DEFAULT_REGISTRY.read_text())
     doc["datasets"]["digits"]["params"]["classes"] = [0, 1, 2, 3, 4, 5, 6]  # data has 7 classes, names 6
