@@ -352,9 +352,16 @@ def download(
     data_root: DataRootOpt = None,
     registry: RegistryOpt = None,
 ) -> None:
-    """Fetch datasets that torchvision can download and verify; print how to get the others."""
+    """Fetch datasets that torchvision can download and verify; print how to get the others.
+
+    A failed download does not stop the others; for each failure it prints the files to
+    fetch by hand (URL, name, MD5) and where to put them.
+    """
+    import shutil
+
     from .console import console
     from .data import SOURCES, how_to_get, load_registry, presence, resolve_data_root
+    from .data.sources import torchvision_files
 
     reg = load_registry(registry)
     root = resolve_data_root(data_root)
@@ -363,18 +370,32 @@ def download(
     for spec in specs.values():
         fetch = SOURCES[spec.source].download
         if fetch is not None:
+            folders = SOURCES[spec.source].locate(spec, root)
+            existed = {folder: folder.exists() for folder in folders}
             console.print(f"{spec.name}: downloading into {root} (torchvision verifies the checksums)")
             try:
                 fetch(spec, root)
-            except (OSError, RuntimeError, ValueError) as exc:
-                raise HaloBenchError(f"{spec.name}: download failed: {exc}") from None
+            except Exception as exc:  # noqa: BLE001  (network, checksum, disk: report and go on)
+                not_fetched.append(spec.name)
+                for folder, was_there in existed.items():  # leave nothing half-made behind
+                    if not was_there and folder.exists():
+                        shutil.rmtree(folder, ignore_errors=True)
+                reason = _strip_worker_traceback(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
+                console.print(f"{spec.name}: download failed ({reason}). To get it by hand:", markup=False)
+                for url, filename, md5, folder in torchvision_files(spec, root):
+                    console.print(f"  {url}\n    -> {folder / filename}  (MD5 {md5})", markup=False)
+                console.print(f"  then run `halo-bench download {spec.name} --data-root {root}` again: "
+                              "torchvision verifies the files and unpacks them without a network.", markup=False)
+                continue
             console.print(f"{spec.name}: [green]ready[/]")
         elif presence(spec, root).status in ("present", "in package"):
             console.print(f"{spec.name}: [green]already present[/]")
         else:
             not_fetched.append(spec.name)
-            console.print(f"{spec.name}: cannot be downloaded automatically. {how_to_get(spec, root)}")
+            console.print(f"{spec.name}: cannot be downloaded automatically. {how_to_get(spec, root)}",
+                          markup=False)
     if not_fetched:
+        console.print(f"still missing: {', '.join(not_fetched)}", markup=False)
         raise typer.Exit(code=1)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .data import LoadOptions, default_workers, load_registry, load_split, resolve_data_root
+from .data import DatasetMissing, LoadOptions, default_workers, load_registry, load_split, resolve_data_root
 from .detectors import DetectorContext, detectors_for
 from .errors import HaloBenchError
 from .features import SplitOutputs, forward_pass
@@ -79,10 +79,16 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
     # Default: $HALO_BENCH_DATA, else the data root the run was trained from if it is here, else ./data.
     trained_from = meta.get("data_root") if meta.get("data_root") and Path(meta["data_root"]).is_dir() else None
     options = LoadOptions(resolve_data_root(cfg.data_root, fallback=trained_from))
-    splits: dict[str, tuple[str, Any]] = {suite.id: ("id", _first(load_split(id_spec, "test", data_config, options),
-                                                                   cfg.limit))}
-    for display, (group, key) in ood_sets.items():
-        splits[display] = (group, _first(load_split(registry.dataset(key), "test", data_config, options), cfg.limit))
+    splits: dict[str, tuple[str, Any]] = {}
+    missing = []
+    for display, (group, key) in {suite.id: ("id", suite.id), **ood_sets}.items():
+        try:
+            splits[display] = (group, _first(load_split(registry.dataset(key), "test", data_config, options),
+                                             cfg.limit))
+        except DatasetMissing as exc:  # name every missing set at once, not one per attempt
+            missing.append(str(exc))
+    if missing:
+        raise DatasetMissing(f"{len(missing)} dataset(s) missing:\n" + "\n".join(f"- {m}" for m in missing))
 
     workers = default_workers(id_spec, cfg.num_workers)
     timing: dict[str, float] = {}
