@@ -122,15 +122,21 @@ def _loss_knobs(label_smoothing: float | None, tau: float | None, distill: bool 
 LossKnobHelp = "(see `halo-bench losses`)"
 
 
-@app.callback()
-def _main(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)] = False,
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from . import __version__
 
-        typer.echo(__version__)
+        typer.echo(f"halo-bench {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version)] = False,
+) -> None:
+    """Train timm classifiers with cross-entropy (CCE), the HALO loss or other registered losses, and
+    compare their calibration and OOD detection against the post-hoc detectors."""
 
 
 @app.command()
