@@ -188,7 +188,7 @@ def _dataset_key(name: str, id_name: str, ood_sets: dict[str, tuple[str, str]]) 
 
 
 def _group_means(per_set: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Unweighted means of each metric over the near and far sets (PROTOCOL.md section 2)."""
+    """Unweighted means of each metric over the near and far sets (docs/protocol.md section 2)."""
     out = {}
     for group in GROUPS:
         rows = [v for v in per_set.values() if v["group"] == group]

@@ -102,10 +102,44 @@ def test_published_numbers_appear_for_cifar_suites_only(tmp_path: Path) -> None:
     from halo_bench.report import published_tables
 
     titles = [title for title, _, _ in published_tables("cifar10-openood")]
-    assert len(titles) == 2 and "HALO write-up" in titles[0] and "OpenOOD v1.5" in titles[1]
+    assert len(titles) == 3 and "HALO write-up" in titles[0] and "OpenOOD v1.5" in titles[1]
+    assert "LogitNorm" in titles[2]
     rows = {row[0]: row[1:] for row in published_tables("cifar100")[0][2]}
     assert rows["svhn FPR@95"] == ["81.00", "63.70"] and rows["ECE"] == ["0.1102", "0.0283"]
     assert published_tables("digits") == []
     doc = _result("cce", 0, 90.0, 80.0)
     doc["suite"] = "cifar10"
     assert "published, HALO write-up" in render(load_results(_write(tmp_path, [doc])), "markdown")
+
+
+def test_logitnorm_reference_numbers_are_published(tmp_path: Path) -> None:
+    from halo_bench.report import published_tables
+
+    rows = {title: rows for title, _, rows in published_tables("cifar10")}
+    logitnorm = [r for title, rs in rows.items() if "LogitNorm" in title for r in rs]
+    assert logitnorm == [["msp AUROC near / far", "92.33 / 96.74"]]
+    assert any(r == ["msp AUROC near / far", "78.47 / 81.53"] for _, _, rs in published_tables("cifar100")
+               for r in rs)
+
+
+def test_report_runs_where_torch_cannot_be_imported(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    _write(tmp_path, [_result("cce", 0, 90.0, 80.0), _result("halo", 0, 91.0, 85.0)])
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['timm'] = None; "
+            f"sys.argv = ['halo-bench', 'report', {str(tmp_path)!r}, '--format', 'markdown']; "
+            "from halo_bench.cli import main; main()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Δ HALO−CCE" in proc.stdout and "+1.00" in proc.stdout  # acc 91 - 90
+
+
+def test_three_losses_get_a_delta_each_against_the_baseline(tmp_path: Path) -> None:
+    docs = [_result("cce", 0, 90.0, 80.0), _result("halo", 0, 91.0, 85.0), _result("logitnorm", 0, 92.5, 70.0)]
+    markdown = render(load_results(_write(tmp_path, docs)), "markdown")
+    assert "Δ HALO−CCE" in markdown and "Δ LOGITNORM−CCE" in markdown
+    line = next(row for row in markdown.splitlines() if row.startswith("| acc"))
+    assert "+1.00" in line and "+2.50" in line
+    other = render(load_results(find_results([tmp_path])), "markdown", baseline="halo")
+    assert "Δ CCE−HALO" in other and "Δ LOGITNORM−HALO" in other

@@ -28,7 +28,7 @@ R2_EPS = 1e-6
 
 @dataclass(frozen=True)
 class HALOInit:
-    """Closed-form initial values of a HALO head (HALO.md section 3)."""
+    """Closed-form initial values of a HALO head (docs/method.md section 3)."""
 
     r2_target: float
     gamma0: float
