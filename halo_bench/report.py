@@ -199,6 +199,35 @@ def aggregate(table: pd.DataFrame) -> pd.DataFrame:
     return out.assign(seeds=seeds).reset_index()
 
 
+CONFIDENCE = 0.95
+
+
+def paired_differences(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Per key and loss: the mean of per-seed differences to `baseline` with a 95% t interval.
+
+    Runs of one seed share initialisation and data order across losses, so the
+    difference is taken seed by seed (only seeds both losses have), then averaged;
+    the interval is the t interval over those differences (none for a single seed).
+    """
+    from scipy import stats as st
+
+    base = table[table["loss"] == baseline][[*KEYS, "seed", "value"]]
+    others = table[table["loss"] != baseline]
+    merged = others.merge(base, on=[*KEYS, "seed"], suffixes=("", "_base"))
+    merged = merged.assign(diff=merged["value"] - merged["value_base"])
+    rows = []
+    for key, group in merged.groupby([*KEYS, "loss"], sort=False):
+        diffs = group["diff"].to_numpy(dtype=float)
+        n, mean = len(diffs), float(diffs.mean())
+        half = np.nan
+        if n > 1:
+            sd = float(diffs.std(ddof=1))
+            half = float(st.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / np.sqrt(n) if sd > 0 else 0.0
+        rows.append({**dict(zip([*KEYS, "loss"], key, strict=True)), "delta": mean, "delta_lo": mean - half,
+                     "delta_hi": mean + half, "pairs": n})
+    return pd.DataFrame(rows, columns=[*KEYS, "loss", "delta", "delta_lo", "delta_hi", "pairs"])
+
+
 def _cell(stats: pd.DataFrame, key: tuple, loss: str, decimals: int) -> str:
     try:
         row = stats.loc[(*key, loss)]
@@ -209,12 +238,22 @@ def _cell(stats: pd.DataFrame, key: tuple, loss: str, decimals: int) -> str:
     return f"{row['mean']:.{decimals}f}"
 
 
-def _delta(stats: pd.DataFrame, key: tuple, decimals: int, loss: str, baseline: str) -> str:
+def _delta(stats: pd.DataFrame, deltas: pd.DataFrame, key: tuple, decimals: int, loss: str,
+           baseline: str) -> str:
+    """Paired mean difference with its 95% interval, `*` where the interval excludes 0;
+    without shared seeds, the difference of the means, marked unpaired."""
+    if (*key, loss) in deltas.index:
+        row = deltas.loc[(*key, loss)]
+        text = f"{row['delta']:+.{decimals}f}"
+        if row["pairs"] > 1:
+            lo, hi = row["delta_lo"], row["delta_hi"]
+            text += f" [{lo:+.{decimals}f}, {hi:+.{decimals}f}]" + ("*" if lo > 0 or hi < 0 else "")
+        return text
     try:
         value, base = stats.loc[(*key, loss), "mean"], stats.loc[(*key, baseline), "mean"]
     except KeyError:
         return "–"
-    return f"{value - base:+.{decimals}f}"
+    return f"{value - base:+.{decimals}f} (unpaired)"
 
 
 def _seed_union(column: pd.Series) -> str:
@@ -223,7 +262,7 @@ def _seed_union(column: pd.Series) -> str:
 
 
 def _columns(losses: list[str], labels: dict[str, str], baseline: str | None, stats: pd.DataFrame,
-             prefix: str = "") -> tuple[list[str], Callable[[tuple, int], list[str]]]:
+             deltas: pd.DataFrame, prefix: str = "") -> tuple[list[str], Callable[[tuple, int], list[str]]]:
     """Header cells and a row-cell function: one column per loss, then a Δ per non-baseline loss."""
     others = [loss for loss in losses if loss != baseline] if baseline else []
     header = [f"{prefix}{labels.get(loss, loss)}" for loss in losses]
@@ -232,7 +271,8 @@ def _columns(losses: list[str], labels: dict[str, str], baseline: str | None, st
 
     def cells(key: tuple, decimals: int) -> list[str]:
         values = [_cell(stats, key, loss, decimals) for loss in losses]
-        return values + [_delta(stats, key, decimals, loss, baseline) for loss in others] if baseline else values
+        return values + [_delta(stats, deltas, key, decimals, loss, baseline) for loss in others] \
+            if baseline else values
 
     return header, cells
 
@@ -245,6 +285,7 @@ def tables(table: pd.DataFrame, baseline: str = DEFAULT_BASELINE) -> list[tuple[
     """
     agg = aggregate(table)
     stats = agg.set_index([*KEYS, "loss"]).sort_index()
+    deltas = paired_differences(table, baseline).set_index([*KEYS, "loss"]).sort_index()
     labels: dict[str, str] = table.attrs.get("labels", {})
     out = []
     for (suite, model), part in agg.groupby(["suite", "model"], sort=False):
@@ -254,7 +295,7 @@ def tables(table: pd.DataFrame, baseline: str = DEFAULT_BASELINE) -> list[tuple[
                           for loss in losses)
         prefix = f"{suite} / {model} ({seeds})"
         id_name = part[part["group"] == "id"]["dataset"].iloc[0]
-        header, cells = _columns(losses, labels, base, stats)
+        header, cells = _columns(losses, labels, base, stats, deltas)
         rows = []
         for metric, (label, higher, dec) in ID_METRICS.items():
             key = (suite, model, "", id_name, "id", metric)
@@ -267,7 +308,7 @@ def tables(table: pd.DataFrame, baseline: str = DEFAULT_BASELINE) -> list[tuple[
         for metric, (label, higher) in OOD_HEADLINE.items():
             full = ["detector"]
             for group in GROUPS:
-                full += _columns(losses, labels, base, stats, prefix=f"{group} ")[0]
+                full += _columns(losses, labels, base, stats, deltas, prefix=f"{group} ")[0]
             rows = []
             for det in detectors:
                 row = [det]
@@ -279,7 +320,7 @@ def tables(table: pd.DataFrame, baseline: str = DEFAULT_BASELINE) -> list[tuple[
 
         full = ["OOD set", "group", "detector"]
         for label, _ in OOD_HEADLINE.values():
-            full += _columns(losses, labels, base, stats, prefix=f"{label.split(' ')[0]} ")[0]
+            full += _columns(losses, labels, base, stats, deltas, prefix=f"{label.split(' ')[0]} ")[0]
         rows = []
         sets = part[~part["group"].isin(["id"]) & ~part["dataset"].str.endswith(" mean")]
         for dataset, group in dict.fromkeys(zip(sets["dataset"], sets["group"], strict=True)):
@@ -321,8 +362,10 @@ NOTES = (
     "(ID positive); the OpenOOD convention (`fpr95_openood`) and AUPR-in/out are in the CSV/JSON "
     "formats. Detectors at their default settings (docs/protocol.md, section 4), no tuning. "
     "HALO's baselines read its logits relative to the abstain class. Runs of different recipes "
-    "or OOD sets are never averaged: the model label names what differs. Δ: a loss's mean minus "
-    "the baseline's."
+    "or OOD sets are never averaged: the model label names what differs. Δ: the mean over seeds of "
+    "each seed's difference to the baseline run of the same seed (same initialisation and data order), "
+    "with its 95% t interval in brackets; * marks an interval that excludes 0. With one seed there is "
+    "no interval; columns without shared seeds are compared unpaired, and say so."
 )
 
 
@@ -356,12 +399,17 @@ def _latex_escape(text: str) -> str:
     return text
 
 
+def _with_deltas(results: list[dict[str, Any]], baseline: str) -> pd.DataFrame:
+    table = tidy(results)
+    return aggregate(table).merge(paired_differences(table, baseline), on=[*KEYS, "loss"], how="left")
+
+
 def _render_csv(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
-    return aggregate(tidy(results)).to_csv(index=False)
+    return _with_deltas(results, baseline).to_csv(index=False)
 
 
 def _render_json(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
-    agg = aggregate(tidy(results))
+    agg = _with_deltas(results, baseline)
     records = json.loads(agg.to_json(orient="records"))
     runs = [{"path": r["_path"], "run": r["run"], "checkpoint_sha256": r["checkpoint"]["sha256"]} for r in results]
     return json.dumps({"schema": "halo-bench/report", "baseline": baseline, "runs": runs, "left_out": left_out,

@@ -17,10 +17,10 @@ import torch
 from typer.testing import CliRunner
 
 from halo_bench.cli import app
+from blocktorch import PRELUDE
 
 runner = CliRunner()
-BLOCK_TORCH = ("import sys; sys.modules['torch'] = None; sys.modules['timm'] = None; "
-               "sys.argv = ['halo-bench'] + sys.argv[1:]; from halo_bench.cli import main; main()")
+BLOCK_TORCH = PRELUDE + "sys.argv = ['halo-bench'] + sys.argv[1:]\nfrom halo_bench.cli import main\nmain()\n"
 
 
 def _run_without_torch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -127,9 +127,10 @@ def test_report_runs_where_torch_cannot_be_imported(tmp_path: Path) -> None:
     import sys
 
     _write(tmp_path, [_result("cce", 0, 90.0, 80.0), _result("halo", 0, 91.0, 85.0)])
-    code = ("import sys; sys.modules['torch'] = None; sys.modules['timm'] = None; "
-            f"sys.argv = ['halo-bench', 'report', {str(tmp_path)!r}, '--format', 'markdown']; "
-            "from halo_bench.cli import main; main()")
+    from blocktorch import PRELUDE
+
+    code = (PRELUDE + f"sys.argv = ['halo-bench', 'report', {str(tmp_path)!r}, '--format', 'markdown']\n"
+            "from halo_bench.cli import main\nmain()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Δ HALO−CCE" in proc.stdout and "+1.00" in proc.stdout  # acc 91 - 90
@@ -143,3 +144,27 @@ def test_three_losses_get_a_delta_each_against_the_baseline(tmp_path: Path) -> N
     assert "+1.00" in line and "+2.50" in line
     other = render(load_results(find_results([tmp_path])), "markdown", baseline="halo")
     assert "Δ CCE−HALO" in other and "Δ LOGITNORM−HALO" in other
+
+
+def test_paired_interval_matches_scipy_t_interval_on_random_runs(tmp_path: Path) -> None:
+    from scipy import stats
+
+    from halo_bench.report import paired_differences
+
+    rng = np.random.default_rng(7)
+    seeds = [0, 1, 2, 3, 4]
+    base_acc, halo_acc = rng.uniform(80, 90, 5), rng.uniform(80, 90, 5)
+    docs = [_result("cce", s, float(a), 80.0) for s, a in zip(seeds, base_acc, strict=True)]
+    docs += [_result("halo", s, float(a), 85.0) for s, a in zip(seeds, halo_acc, strict=True)]
+    docs.append(_result("halo", 9, 99.0, 85.0))  # a seed without a CCE partner is not paired
+    table = tidy(load_results(_write(tmp_path, docs)))
+    row = paired_differences(table, "cce").set_index(["metric", "loss"]).loc[("acc", "halo")]
+    diffs = halo_acc - base_acc
+    lo, hi = stats.t.interval(0.95, len(diffs) - 1, loc=diffs.mean(), scale=stats.sem(diffs))
+    assert row["pairs"] == 5 and row["delta"] == pytest.approx(diffs.mean())
+    assert (row["delta_lo"], row["delta_hi"]) == pytest.approx((lo, hi))
+    markdown = render(load_results(find_results([tmp_path])), "markdown")
+    cell = f"{diffs.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]" + ("*" if lo > 0 or hi < 0 else "")
+    assert cell in markdown
+    far = next(line for line in markdown.splitlines() if line.startswith("| energy"))
+    assert "+5.00 [+5.00, +5.00]*" in far  # AUROC 85 vs 80 on every seed: excludes 0
