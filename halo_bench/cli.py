@@ -215,6 +215,7 @@ def eval_(
 
     ckpt = checkpoint_path(checkpoint)
     reg = load_registry(registry)
+    _check_ood_names(ckpt, reg, _split(ood))
 
     from .evaluate import EvalConfig, evaluate, summarize
 
@@ -277,6 +278,18 @@ def bench(
     text, path = run_bench(cfg)
     typer.echo(text)
     typer.echo(f"report written to {path}")
+
+
+def _check_ood_names(ckpt: Path, reg: Any, ood: list[str] | None) -> None:
+    """OOD names checked against the run's suite (from its config.json) before torch loads."""
+    import json
+
+    try:
+        suite = json.loads((ckpt.parent / "config.json").read_text())["suite"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no readable config beside it: evaluate() checks once the checkpoint is read
+    if ood and suite in reg.suites:
+        reg.resolve_ood(reg.suite(suite), ood)
 
 
 def _losses(value: str) -> list[str]:
