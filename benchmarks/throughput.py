@@ -27,8 +27,9 @@ from halo_bench.data.synthetic import write_cifar_archive
 from halo_bench.detectors import DETECTORS, DetectorContext
 from halo_bench.features import forward_pass
 from halo_bench.models import load_checkpoint
-from halo_bench.registry import load_registry
-from halo_bench.train import TrainConfig, amp_dtype, resolve_device, train
+from halo_bench.data import load_registry
+from halo_bench.devices import amp_dtype, resolve_device
+from halo_bench.train import TrainConfig, train
 
 
 def _sync(device: torch.device) -> None:

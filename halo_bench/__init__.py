@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["HALOHead", "LinearHead", "__version__"]
+__all__ = ["HALOHead", "LinearHead", "LogitNormHead", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("HALOHead", "LinearHead"):
-        from . import heads
+    if name in ("HALOHead", "LinearHead", "LogitNormHead"):
+        from . import losses
 
-        return getattr(heads, name)
+        return getattr(losses, name)
     raise AttributeError(f"module 'halo_bench' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The main job: CCE and HALO on one suite over several seeds, evaluated and reported."""
+"""The main job: every loss on one suite over several seeds, trained, evaluated and reported."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import TrainConfig
 from .console import console
-from .evaluate import EvalConfig, evaluate, summarize
+from .errors import HaloBenchError
 from .io import atomic_write_text
-from .registry import load_registry
-from .report import load_results, render
-from .train import TrainConfig, train
 
 
 @dataclass
@@ -19,7 +17,8 @@ class BenchConfig:
     model: str = "resnet18"
     suite: str = "digits"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    losses: list[str] = field(default_factory=lambda: ["cce", "halo"])
+    losses: list[str] = field(default_factory=lambda: ["cce", "halo"])  # each "name[:knob=value...]"
+    baseline: str | None = None  # default: the first loss
     epochs: int | None = None
     detectors: list[str] | None = None
     out: str = "runs"
@@ -28,25 +27,66 @@ class BenchConfig:
     registry: str | None = None
     data_root: str | None = None
 
+    def train_configs(self) -> list[TrainConfig]:
+        """One training config per (seed, loss), seeds outermost."""
+        from .losses import parse_loss
+
+        parsed = [parse_loss(loss) for loss in self.losses]
+        return [TrainConfig(model=self.model, loss=spec.name, loss_knobs=dict(knobs), suite=self.suite, seed=seed,
+                            epochs=self.epochs, out=self.out, device=self.device, data_root=self.data_root)
+                for seed in self.seeds for spec, knobs in parsed]
+
+    def loss_tags(self) -> list[str]:
+        return list(dict.fromkeys(cfg.loss_tag for cfg in self.train_configs()[: len(self.losses)]))
+
+    def report_path(self) -> Path:
+        """Named by what it covers, so a bench over other losses or seeds never overwrites it."""
+        seeds = "-".join(map(str, self.seeds))
+        return Path(self.out) / f"report-{self.suite}-{self.model}-{'_'.join(self.loss_tags())}-s{seeds}.md"
+
+
+def check_bench(cfg: BenchConfig) -> None:
+    """Every name and value checked before anything trains (and before torch loads)."""
+    from .data import load_registry
+    from .timm_names import check_model_name
+
+    if not cfg.seeds:
+        raise HaloBenchError("--seeds names no seed; give at least one.")
+    if not cfg.losses:
+        raise HaloBenchError("--losses names no loss; give at least one.")
+    registry = load_registry(cfg.registry)
+    configs = cfg.train_configs()
+    for tcfg in configs:
+        tcfg.resolved(registry)
+    tags = cfg.loss_tags()
+    if len(tags) != len(cfg.losses):
+        raise HaloBenchError(f"--losses lists one loss twice ({', '.join(cfg.losses)}).")
+    if cfg.baseline is not None and cfg.baseline not in tags:
+        raise HaloBenchError(f"--baseline {cfg.baseline!r} is not one of the benched losses: {', '.join(tags)}.")
+    check_model_name(cfg.model)
+
 
 def run_bench(cfg: BenchConfig) -> tuple[str, Path]:
     """Train (or reuse) every (loss, seed) run, evaluate each, write and return the report."""
+    from .data import load_registry
+    from .evaluate import EvalConfig, evaluate, summarize
+    from .report import load_results, render
+    from .train import train
+
+    check_bench(cfg)
     registry = load_registry(cfg.registry)
-    registry.suite(cfg.suite)  # fail before any training on a typo
     started = time.perf_counter()
     result_paths = []
-    for seed in cfg.seeds:
-        for loss in cfg.losses:
-            tcfg = TrainConfig(model=cfg.model, loss=loss, suite=cfg.suite, seed=seed, epochs=cfg.epochs,
-                               out=cfg.out, device=cfg.device, data_root=cfg.data_root)
-            trained = train(tcfg, registry, force=cfg.force)
-            results, path = evaluate(EvalConfig(str(trained.checkpoint), detectors=cfg.detectors,
-                                                device=cfg.device, data_root=cfg.data_root), registry)
-            console.print(summarize(results))
-            result_paths.append(path)
-    report = render(load_results(result_paths), "markdown")
+    for tcfg in cfg.train_configs():
+        trained = train(tcfg, registry, force=cfg.force)
+        results, path = evaluate(EvalConfig(str(trained.checkpoint), detectors=cfg.detectors,
+                                            device=cfg.device, data_root=cfg.data_root), registry)
+        console.print(summarize(results))
+        result_paths.append(path)
+    baseline = cfg.baseline or cfg.loss_tags()[0]
+    report = render(load_results(result_paths), "markdown", baseline=baseline)
     minutes = (time.perf_counter() - started) / 60
     report += f"\nWall time: {minutes:.1f} min for {len(result_paths)} runs (training and evaluation).\n"
-    report_path = Path(cfg.out) / f"report-{cfg.suite}-{cfg.model}.md"
+    report_path = cfg.report_path()
     atomic_write_text(report_path, report)
     return report, report_path

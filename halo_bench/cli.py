@@ -33,10 +33,10 @@ RegistryOpt = Annotated[Optional[Path], typer.Option(
     show_default=False)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 DataRootOpt = Annotated[Optional[Path], typer.Option(
-    "--data-root", help="Folder holding the datasets (default: $HALO_BENCH_DATA, else ./data).",
+    "--data-root", "--data-dir", help="Folder holding the datasets (default: $HALO_BENCH_DATA, else ./data).",
     show_default=False)]
 WorkersOpt = Annotated[Optional[int], typer.Option(
-    "--num-workers", min=0, help="DataLoader worker processes (default: 0 for in-memory data, up to 8 for image files).",
+    "--num-workers", "--workers", "-j", min=0, help="DataLoader worker processes (default: 0 for in-memory data, up to 8 for image files).",
     show_default=False)]
 
 
@@ -97,51 +97,98 @@ def _split(value: str | None) -> list[str] | None:
 
 
 def _seeds(value: str) -> list[int]:
+    """Comma-separated seeds: non-negative, no duplicates, at least one."""
     try:
-        return [int(v) for v in value.split(",") if v.strip()]
+        seeds = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise HaloBenchError(f"--seeds takes comma-separated integers, got {value!r}.") from None
+    if not seeds:
+        raise HaloBenchError("--seeds names no seed; give at least one, e.g. --seeds 0,1,2.")
+    if any(seed < 0 for seed in seeds):
+        raise HaloBenchError(f"--seeds must be >= 0, got {value!r}.")
+    duplicates = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if duplicates:
+        raise HaloBenchError(f"--seeds lists seed(s) {', '.join(map(str, duplicates))} twice.")
+    return seeds
+
+
+def _loss_knobs(label_smoothing: float | None, tau: float | None, distill: bool | None,
+                learn_gamma: bool | None) -> dict[str, Any]:
+    """The knob flags the user gave (the loss checks that it has them)."""
+    given = {"label_smoothing": label_smoothing, "tau": tau, "distill": distill, "learn_gamma": learn_gamma}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+LossKnobHelp = "(see `halo-bench losses`)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"halo-bench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version)] = False,
+) -> None:
+    """Train timm classifiers with cross-entropy (CCE), the HALO loss or other registered losses, and
+    compare their calibration and OOD detection against the post-hoc detectors."""
 
 
 @app.command()
 @_user_errors
 def train(
     model: Annotated[str, typer.Argument(help="timm model name, e.g. resnet18 (randomly initialised).")],
-    loss: Annotated[str, typer.Option("--loss", help="Training loss: cce or halo.")] = "halo",
+    loss: Annotated[str, typer.Option("--loss", help="Training loss, optionally with knobs: cce, logitnorm, halo, "
+                                      f"or e.g. cce:label_smoothing=0.1 {LossKnobHelp}.")] = "halo",
     suite: Annotated[str, typer.Option("--suite", help="Suite from the registry; its ID set is trained on.")] = "digits",
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs (default: the suite's recipe).", show_default=False)] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate of the cosine schedule (default: recipe).", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Batch size (default: recipe).", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Batch size (default: recipe).", show_default=False)] = None,
+    momentum: Annotated[Optional[float], typer.Option("--momentum", help="SGD momentum (default: recipe).", show_default=False)] = None,
     weight_decay: Annotated[Optional[float], typer.Option("--weight-decay", help="SGD weight decay, not applied to biases, norms and scalars (default: recipe).", show_default=False)] = None,
-    grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", help="Clip the gradient norm at this value; 0 turns clipping off (default: recipe).", show_default=False)] = None,
+    grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", "--clip-grad", help="Clip the gradient norm at this value; 0 turns clipping off (default: recipe).", show_default=False)] = None,
     warmup_epochs: Annotated[Optional[int], typer.Option("--warmup-epochs", help="Linear warm-up epochs before the cosine decay (default: recipe).", show_default=False)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for initialisation and data order; CCE and HALO of one seed share both.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for initialisation and data order; runs of every loss with one seed share both.")] = 0,
     embed_dim: Annotated[Optional[int], typer.Option("--embed-dim", help="Embedding size D fed to the head (default: number of classes K).", show_default=False)] = None,
-    label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="HALO: label smoothing ls (sets the target mass and the abstain bias).")] = 0.1,
-    distill: Annotated[bool, typer.Option("--distill/--no-distill", help="HALO: self-distilled negative targets, or plain label smoothing.")] = True,
-    learn_gamma: Annotated[bool, typer.Option("--learn-gamma/--freeze-gamma", help="HALO: learn the temperature, or keep its closed-form initial value.")] = True,
+    label_smoothing: Annotated[Optional[float], typer.Option("--label-smoothing", "--smoothing", help="Knob of cce (default 0) and halo (default 0.1): label smoothing; for HALO it also sets the abstain bias.", show_default=False)] = None,
+    tau: Annotated[Optional[float], typer.Option("--tau", help="Knob of logitnorm: the logit-norm temperature (default 0.04).", show_default=False)] = None,
+    distill: Annotated[Optional[bool], typer.Option("--distill/--no-distill", help="Knob of halo: self-distilled negative targets, or plain label smoothing (default: distill).", show_default=False)] = None,
+    learn_gamma: Annotated[Optional[bool], typer.Option("--learn-gamma/--freeze-gamma", help="Knob of halo: learn the temperature, or keep its closed-form initial value (default: learn).", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", help="Parent folder of the run directory <suite>-<model>-<loss>-s<seed>.")] = Path("runs"),
     device: DeviceOpt = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (bf16 where supported); ignored on the CPU.")] = True,
     channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="channels-last memory format on CUDA.")] = True,
-    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone.")] = False,
+    compile: Annotated[bool, typer.Option("--compile", "--torchcompile", help="torch.compile the backbone.")] = False,
     num_workers: WorkersOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Retrain from scratch even if the run directory holds a checkpoint.")] = False,
     data_root: DataRootOpt = None,
     registry: RegistryOpt = None,
 ) -> None:
     """Train MODEL on a suite's ID set; resumes an interrupted run of the same config."""
-    from .registry import load_registry
-    from .train import TrainConfig
+    from .config import TrainConfig
+    from .data import load_registry
+    from .losses import parse_loss
+    from .timm_names import check_model_name
+
+    spec, knobs = parse_loss(loss)
+    knobs.update(_loss_knobs(label_smoothing, tau, distill, learn_gamma))
+    cfg = TrainConfig(model=model, loss=spec.name, suite=suite, seed=seed, epochs=epochs, batch_size=batch_size,
+                      lr=lr, momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip,
+                      warmup_epochs=warmup_epochs, embed_dim=embed_dim, loss_knobs=knobs, device=device, amp=amp,
+                      channels_last=channels_last, compile=compile, num_workers=num_workers, out=str(out),
+                      data_root=str(data_root) if data_root else None)
+    reg = load_registry(registry)
+    cfg.resolved(reg)  # every flag, the suite and the loss's knobs checked before torch loads
+    check_model_name(model)
+
     from .train import train as run_train
 
-    cfg = TrainConfig(model=model, loss=loss, suite=suite, seed=seed, epochs=epochs, batch_size=batch_size,
-                      lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, warmup_epochs=warmup_epochs,
-                      embed_dim=embed_dim, label_smoothing=label_smoothing, distill=distill,
-                      learn_gamma=learn_gamma, device=device, amp=amp, channels_last=channels_last,
-                      compile=compile, num_workers=num_workers, out=str(out),
-                      data_root=str(data_root) if data_root else None)
-    result = run_train(cfg, load_registry(registry), force=force)
+    result = run_train(cfg, reg, force=force)
     typer.echo(str(result.checkpoint))
 
 
@@ -152,23 +199,30 @@ def eval_(
     ood: Annotated[Optional[str], typer.Option("--ood", help="Comma-separated OOD sets, by name or group (near, far) (default: the whole suite).", show_default=False)] = None,
     detectors: Annotated[Optional[str], typer.Option("--detectors", help="Comma-separated detectors (default: all that apply); see `halo-bench detectors`.", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for results.json and scores.csv.gz (default: the checkpoint's folder).", show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Evaluation batch size.")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Evaluation batch size.")] = 256,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Evaluate only the first N images of each split (a smoke run: the results are marked partial and stay out of a report's tables).", show_default=False)] = None,
     device: DeviceOpt = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA for the forward passes.")] = True,
     num_workers: WorkersOpt = None,
     data_root: Annotated[Optional[Path], typer.Option(
-        "--data-root", help="Folder holding the datasets (default: $HALO_BENCH_DATA, else the one the "
+        "--data-root", "--data-dir", help="Folder holding the datasets (default: $HALO_BENCH_DATA, else the one the "
         "checkpoint was trained from).", show_default=False)] = None,
     registry: RegistryOpt = None,
 ) -> None:
     """Evaluate a checkpoint: ID accuracy and calibration, and OOD detection per detector."""
-    from .evaluate import EvalConfig, evaluate, summarize
-    from .registry import load_registry
+    from .data import load_registry
+    from .runs import checkpoint_path
 
-    cfg = EvalConfig(checkpoint=str(checkpoint), ood=_split(ood), detectors=_split(detectors),
+    ckpt = checkpoint_path(checkpoint)
+    reg = load_registry(registry)
+    _check_ood_names(ckpt, reg, _split(ood))
+
+    from .evaluate import EvalConfig, evaluate, summarize
+
+    cfg = EvalConfig(checkpoint=str(ckpt), ood=_split(ood), detectors=_split(detectors),
                      out=str(out) if out else None, device=device, batch_size=batch_size, amp=amp,
-                     data_root=str(data_root) if data_root else None, num_workers=num_workers)
-    results, path = evaluate(cfg, load_registry(registry))
+                     data_root=str(data_root) if data_root else None, num_workers=num_workers, limit=limit)
+    results, path = evaluate(cfg, reg)
     typer.echo(summarize(results))
     typer.echo(str(path))
 
@@ -180,12 +234,16 @@ def report(
     format: Annotated[str, typer.Option("--format", "-f", help="markdown, csv, json or latex.")] = "markdown",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to this file instead of standard output.", show_default=False)] = None,
     runs: Annotated[Path, typer.Option("--runs", help="Folder searched when no RESULTS are given.")] = Path("runs"),
+    baseline: Annotated[str, typer.Option("--baseline", help="The loss every other loss is compared with (a run folder's loss part, e.g. cce or cce+ls0.1).")] = "cce",
+    include_incomplete: Annotated[bool, typer.Option("--include-incomplete", help="Also report runs whose training did not finish (labelled); by default they are left out and listed.")] = False,
 ) -> None:
-    """CCE vs HALO side by side per detector: near/far means, deltas, mean ± std over seeds."""
+    """Every loss side by side per detector, against a baseline: near/far means, deltas, mean ± std over seeds."""
     from .io import atomic_write_text
-    from .report import find_results, load_results, render
+    from .report import check_format, find_results, load_results, render
 
-    text = render(load_results(find_results(results or [], runs)), format)
+    check_format(format)
+    text = render(load_results(find_results(results or [], runs)), format, baseline=baseline,
+                  include_incomplete=include_incomplete)
     if output:
         atomic_write_text(output, text)
         typer.echo(str(output))
@@ -198,8 +256,10 @@ def report(
 def bench(
     model: Annotated[str, typer.Option("--model", help="timm model name.")] = "resnet18",
     suite: Annotated[str, typer.Option("--suite", help="Suite to train and evaluate on.")] = "digits",
-    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds; each trains one CCE and one HALO run.")] = "0,1,2",
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Epochs per run (default: the suite's recipe).", show_default=False)] = None,
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds (>= 0, no repeats); each trains one run per loss.")] = "0,1,2",
+    losses: Annotated[str, typer.Option("--losses", help="Comma-separated losses, each optionally with knobs, e.g. cce,cce:label_smoothing=0.1,logitnorm,halo (see `halo-bench losses`).")] = "cce,halo",
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="The loss the report compares every other with (default: the first of --losses).", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Epochs per run (default: the suite's recipe).", show_default=False)] = None,
     detectors: Annotated[Optional[str], typer.Option("--detectors", help="Comma-separated detectors (default: all).", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for the runs and the report.")] = Path("runs"),
     device: DeviceOpt = "auto",
@@ -218,13 +278,14 @@ def bench(
     account: Annotated[Optional[str], typer.Option("--account", help="slurm: account to charge.", show_default=False)] = None,
     sbatch_line: Annotated[Optional[list[str]], typer.Option("--sbatch-line", help="slurm: extra sbatch option, e.g. --sbatch-line constraint=a100 (repeatable).", show_default=False)] = None,
 ) -> None:
-    """The main job: train CCE and HALO for each seed, evaluate all, print the report."""
-    from .bench import BenchConfig, run_bench
+    """The main job: train every loss for each seed, evaluate all, write and print the report."""
+    from .bench import BenchConfig, check_bench, run_bench
 
-    cfg = BenchConfig(model=model, suite=suite, seeds=_seeds(seeds), epochs=epochs,
-                      detectors=_split(detectors), out=str(out), device=device, force=force,
+    cfg = BenchConfig(model=model, suite=suite, seeds=_seeds(seeds), losses=_losses(losses), baseline=baseline,
+                      epochs=epochs, detectors=_split(detectors), out=str(out), device=device, force=force,
                       registry=str(registry) if registry else None,
                       data_root=str(data_root) if data_root else None)
+    check_bench(cfg)
     cluster = {"max_parallel": max_parallel, "partition": partition, "time": time_limit, "gpus_per_job": gpus_per_job,
                "cpus_per_job": cpus_per_job, "mem_gb": mem_gb, "account": account, "sbatch_lines": sbatch_line}
     if launcher != "inline" or wait or cluster_config or any(v not in (None, []) for v in cluster.values()):
@@ -236,6 +297,45 @@ def bench(
     typer.echo(f"report written to {path}")
 
 
+def _check_ood_names(ckpt: Path, reg: Any, ood: list[str] | None) -> None:
+    """OOD names checked against the run's suite (from its config.json) before torch loads."""
+    import json
+
+    try:
+        suite = json.loads((ckpt.parent / "config.json").read_text())["suite"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no readable config beside it: evaluate() checks once the checkpoint is read
+    if ood and suite in reg.suites:
+        reg.resolve_ood(reg.suite(suite), ood)
+
+
+def _losses(value: str) -> list[str]:
+    items = _split(value)
+    if not items:
+        raise HaloBenchError("--losses names no loss; give at least one, e.g. --losses cce,halo.")
+    return items
+
+
+@app.command("losses")
+def losses_() -> None:
+    """List the training losses, their knobs and defaults."""
+    import dataclasses
+
+    from rich.table import Table
+
+    from .console import console
+    from .losses import LOSSES
+
+    table = Table(title="losses (knobs: --loss NAME:knob=value, or the knob's own flag of `train`)")
+    for col in ("name", "label", "what it trains", "knobs (default): meaning"):
+        table.add_column(col)
+    for spec in LOSSES.values():
+        knobs = "\n".join(f"{f.name} ({f.default}): {f.metadata.get('help', '')}"
+                           for f in dataclasses.fields(spec.knobs)) or "-"
+        table.add_row(spec.name, spec.label, spec.summary, knobs)
+    console.print(table, soft_wrap=False)
+
+
 @app.command()
 @_user_errors
 def datasets(data_root: DataRootOpt = None, registry: RegistryOpt = None) -> None:
@@ -243,8 +343,7 @@ def datasets(data_root: DataRootOpt = None, registry: RegistryOpt = None) -> Non
     from rich.table import Table
 
     from .console import console
-    from .data import how_to_get, presence, resolve_data_root
-    from .registry import load_registry
+    from .data import how_to_get, load_registry, presence, resolve_data_root
 
     reg = load_registry(registry)
     root = resolve_data_root(data_root)
@@ -289,10 +388,16 @@ def download(
     data_root: DataRootOpt = None,
     registry: RegistryOpt = None,
 ) -> None:
-    """Fetch datasets that torchvision can download and verify; print how to get the others."""
+    """Fetch datasets that torchvision can download and verify; print how to get the others.
+
+    A failed download does not stop the others; for each failure it prints the files to
+    fetch by hand (URL, name, MD5) and where to put them.
+    """
+    import shutil
+
     from .console import console
-    from .data import SOURCES, how_to_get, presence, resolve_data_root
-    from .registry import load_registry
+    from .data import SOURCES, how_to_get, load_registry, presence, resolve_data_root
+    from .data.sources import torchvision_files
 
     reg = load_registry(registry)
     root = resolve_data_root(data_root)
@@ -301,18 +406,32 @@ def download(
     for spec in specs.values():
         fetch = SOURCES[spec.source].download
         if fetch is not None:
+            folders = SOURCES[spec.source].locate(spec, root)
+            existed = {folder: folder.exists() for folder in folders}
             console.print(f"{spec.name}: downloading into {root} (torchvision verifies the checksums)")
             try:
                 fetch(spec, root)
-            except (OSError, RuntimeError, ValueError) as exc:
-                raise HaloBenchError(f"{spec.name}: download failed: {exc}") from None
+            except Exception as exc:  # noqa: BLE001  (network, checksum, disk: report and go on)
+                not_fetched.append(spec.name)
+                for folder, was_there in existed.items():  # leave nothing half-made behind
+                    if not was_there and folder.exists():
+                        shutil.rmtree(folder, ignore_errors=True)
+                reason = _strip_worker_traceback(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
+                console.print(f"{spec.name}: download failed ({reason}). To get it by hand:", markup=False)
+                for url, filename, md5, folder in torchvision_files(spec, root):
+                    console.print(f"  {url}\n    -> {folder / filename}  (MD5 {md5})", markup=False)
+                console.print(f"  then run `halo-bench download {spec.name} --data-root {root}` again: "
+                              "torchvision verifies the files and unpacks them without a network.", markup=False)
+                continue
             console.print(f"{spec.name}: [green]ready[/]")
         elif presence(spec, root).status in ("present", "in package"):
             console.print(f"{spec.name}: [green]already present[/]")
         else:
             not_fetched.append(spec.name)
-            console.print(f"{spec.name}: cannot be downloaded automatically. {how_to_get(spec, root)}")
+            console.print(f"{spec.name}: cannot be downloaded automatically. {how_to_get(spec, root)}",
+                          markup=False)
     if not_fetched:
+        console.print(f"still missing: {', '.join(not_fetched)}", markup=False)
         raise typer.Exit(code=1)
 
 
@@ -333,14 +452,6 @@ def detectors() -> None:
         defaults = ", ".join(f"{k}={v:g}" for k, v in cls.defaults.items())
         table.add_row(cls.name, cls.summary, defaults or "-", ", ".join(needs) or "logits/features")
     console.print(table, soft_wrap=False)
-
-
-@app.command()
-def version() -> None:
-    """Print the halo-bench version."""
-    from . import __version__
-
-    typer.echo(__version__)
 
 
 def main() -> None:

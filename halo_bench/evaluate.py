@@ -18,18 +18,17 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .data import LoadOptions, default_workers, load_split, resolve_data_root
+from .data import DatasetMissing, LoadOptions, default_workers, load_registry, load_split, resolve_data_root
 from .detectors import DetectorContext, detectors_for
 from .errors import HaloBenchError
 from .features import SplitOutputs, forward_pass
-from .io import atomic_write_json, atomic_write_with, package_versions, sha256_file, utc_now
+from .io import atomic_write_json, atomic_write_with, sha256_file, utc_now
 from .models import load_checkpoint
-from .registry import Registry, load_registry
-from .train import amp_dtype, resolve_device
-
-RESULTS_SCHEMA = "halo-bench/results"
-RESULTS_VERSION = 1
-SCORES_FILE = "scores.csv.gz"
+from .console import console
+from .devices import amp_dtype, dtype_name, environment, resolve_device
+from .registry import Registry
+from .runs import checkpoint_path
+from .schema import GROUPS, RESULTS_FILE, RESULTS_SCHEMA, RESULTS_VERSION, SCORES_FILE
 
 
 @dataclass
@@ -43,14 +42,17 @@ class EvalConfig:
     amp: bool = True
     data_root: str | None = None  # default: $HALO_BENCH_DATA, else the run's data root
     num_workers: int | None = None  # default: 0 for in-memory data, up to 8 for image files
+    limit: int | None = None  # only the first N images of each split: a smoke run, marked partial
 
 
 def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[str, Any], Path]:
     """Evaluate a checkpoint on its suite; returns the results and the results.json path."""
-    ckpt_path = Path(cfg.checkpoint)
-    if ckpt_path.is_dir():
-        ckpt_path = ckpt_path / "ckpt.pt"
+    ckpt_path = checkpoint_path(cfg.checkpoint)
     model, meta = load_checkpoint(ckpt_path)
+    if not meta.get("complete"):
+        epochs = meta.get("train_config", {}).get("epochs")
+        console.print(f"[yellow]warning:[/] {ckpt_path} is an unfinished run (epoch {meta.get('epochs_done')} of "
+                      f"{epochs}); a report leaves its results out unless --include-incomplete.")
     registry = registry or load_registry()
     if meta["suite"]["name"] not in registry.suites:
         raise HaloBenchError(
@@ -77,9 +79,16 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
     # Default: $HALO_BENCH_DATA, else the data root the run was trained from if it is here, else ./data.
     trained_from = meta.get("data_root") if meta.get("data_root") and Path(meta["data_root"]).is_dir() else None
     options = LoadOptions(resolve_data_root(cfg.data_root, fallback=trained_from))
-    splits: dict[str, tuple[str, Any]] = {suite.id: ("id", load_split(id_spec, "test", data_config, options))}
-    for display, (group, key) in ood_sets.items():
-        splits[display] = (group, load_split(registry.dataset(key), "test", data_config, options))
+    splits: dict[str, tuple[str, Any]] = {}
+    missing = []
+    for display, (group, key) in {suite.id: ("id", suite.id), **ood_sets}.items():
+        try:
+            splits[display] = (group, _first(load_split(registry.dataset(key), "test", data_config, options),
+                                             cfg.limit))
+        except DatasetMissing as exc:  # name every missing set at once, not one per attempt
+            missing.append(str(exc))
+    if missing:
+        raise DatasetMissing(f"{len(missing)} dataset(s) missing:\n" + "\n".join(f"- {m}" for m in missing))
 
     workers = default_workers(id_spec, cfg.num_workers)
     timing: dict[str, float] = {}
@@ -90,8 +99,8 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
                                      workers)
     train_outputs = None
     if any(d.needs_train for d in detectors):  # eval transform: Mahalanobis fits clean features
-        train_outputs = forward_pass(model, load_split(id_spec, "train", data_config, options), device,
-                                     cfg.batch_size, dtype, f"forward {suite.id} (train)", workers)
+        train_outputs = forward_pass(model, _first(load_split(id_spec, "train", data_config, options), cfg.limit),
+                                     device, cfg.batch_size, dtype, f"forward {suite.id} (train)", workers)
     timing["forward_passes"] = time.perf_counter() - started
 
     ctx = DetectorContext(model=model, device=device, data_config=data_config,
@@ -126,8 +135,10 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         "run": meta["run"],
         "checkpoint": {"path": str(ckpt_path), "sha256": sha256_file(ckpt_path),
                        "epochs": meta.get("epochs_done"), "complete": meta.get("complete")},
+        "partial": {"limit": cfg.limit} if cfg.limit else None,
         "model": {"name": meta["model"]["name"], "arch": meta["model"].get("arch"), "loss": meta["model"]["loss"],
                   "embed_dim": meta["model"]["embed_dim"], "head": meta["model"]["head"]},
+        "loss": meta.get("loss", {"name": meta["model"]["loss"], "tag": meta["model"]["loss"]}),
         "seed": meta["train_config"]["seed"],
         "train_config": meta["train_config"],
         "suite": suite.name,
@@ -136,7 +147,7 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         "data_root": str(options.data_root),
         "registry": {"path": str(registry.path), "sha256": registry.sha256},
         "train_registry": meta["registry"],
-        "eval_config": {**asdict(cfg), "amp_dtype": str(dtype).replace("torch.", "") if dtype else None,
+        "eval_config": {**asdict(cfg), "amp_dtype": dtype_name(dtype),
                         "num_workers": workers},
         "datasets": {
             name: {"group": group, "dataset": _dataset_key(name, suite.id, ood_sets), "n": len(outputs[name])}
@@ -154,13 +165,22 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         "ood": ood_results,
         "device": str(device),
         "timing_seconds": {key: round(value, 3) for key, value in timing.items()},
-        "versions": package_versions(),
+        "versions": environment(device),
         "scores_file": SCORES_FILE,
     }
     _write_scores(out_dir / SCORES_FILE, splits, outputs, scores, k)
-    results_path = out_dir / "results.json"
+    results_path = out_dir / RESULTS_FILE
     atomic_write_json(results_path, results)
     return results, results_path
+
+
+def _first(dataset: Any, limit: int | None) -> Any:
+    """The first `limit` samples of a dataset (all of them without a limit)."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    from torch.utils.data import Subset
+
+    return Subset(dataset, range(limit))
 
 
 def _dataset_key(name: str, id_name: str, ood_sets: dict[str, tuple[str, str]]) -> str:
@@ -168,9 +188,9 @@ def _dataset_key(name: str, id_name: str, ood_sets: dict[str, tuple[str, str]]) 
 
 
 def _group_means(per_set: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Unweighted means of each metric over the near and far sets (PROTOCOL.md section 2)."""
+    """Unweighted means of each metric over the near and far sets (docs/protocol.md section 2)."""
     out = {}
-    for group in ("near", "far"):
+    for group in GROUPS:
         rows = [v for v in per_set.values() if v["group"] == group]
         if rows:
             out[group] = {m: float(np.mean([r[m] for r in rows])) for m in metrics.OOD_METRICS}

@@ -24,7 +24,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from .console import console, make_progress
 from .errors import HaloBenchError, unknown_name
 from .evaluate import EvalConfig
 from .io import atomic_write_json, atomic_write_text, sha256_file, utc_now
-from .train import RUNTIME_FIELDS, TrainConfig
+from .config import RUNTIME_FIELDS, TrainConfig
 
 LAUNCHERS = ("inline", "local", "slurm")
 JOBS_DIR = "jobs"  # under --out: each job's logs and submitit's pickles, jobs.json, slot locks
@@ -272,7 +272,7 @@ def run_job(job: RunJob) -> dict[str, Any]:
     import torch
 
     from .evaluate import evaluate, summarize
-    from .registry import load_registry
+    from .data import load_registry
     from .train import train
 
     dist = export_distributed_env()
@@ -348,13 +348,11 @@ def _record_jobs(out: str | os.PathLike[str], records: dict[str, dict[str, Any]]
 
 
 def plan_runs(cfg: BenchConfig, registry: Any) -> list[RunPlan]:
+    """The bench's (seed, loss) runs, as the inline bench trains them, with an absolute --out."""
     plans = []
-    for seed in cfg.seeds:
-        for loss in cfg.losses:
-            tcfg = TrainConfig(model=cfg.model, loss=loss, suite=cfg.suite, seed=seed, epochs=cfg.epochs,
-                               out=str(Path(cfg.out).absolute()), device=cfg.device, data_root=cfg.data_root)
-            resolved = tcfg.resolved(registry)
-            plans.append(RunPlan(tcfg.run_name, tcfg, resolved, Path(tcfg.out) / tcfg.run_name))
+    for tcfg in cfg.train_configs():
+        tcfg = replace(tcfg, out=str(Path(tcfg.out).absolute()))
+        plans.append(RunPlan(tcfg.run_name, tcfg, tcfg.resolved(registry), Path(tcfg.out) / tcfg.run_name))
     return plans
 
 
@@ -372,7 +370,8 @@ def finished_results(plan: RunPlan, detectors: list[str] | None) -> Path | None:
     try:
         doc = json.loads(path.read_text())
         checkpoint = doc["checkpoint"]
-        same = (checkpoint.get("complete") is True and _identity(doc["train_config"]) == plan.resolved.identity()
+        same = (checkpoint.get("complete") is True and not doc.get("partial")
+                and _identity(doc["train_config"]) == plan.resolved.identity()
                 and doc["eval_config"].get("detectors") == detectors)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -577,13 +576,14 @@ class LaunchOutcome:
 def launch_bench(cfg: BenchConfig, cluster: ClusterConfig, launcher: str, wait: bool = False,
                  poll_s: float | None = None) -> LaunchOutcome:
     """Submit the sweep's unfinished runs as jobs; with `wait`, follow them and write the report."""
-    from .registry import load_registry
+    from .bench import check_bench
+    from .data import load_registry
 
     if launcher not in ("local", "slurm"):
         raise HaloBenchError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}.")
     _require_submitit(launcher)
+    check_bench(cfg)  # every name and value, before any submission
     registry = load_registry(cfg.registry)
-    registry.suite(cfg.suite)  # fail before any submission on a typo
     plans = plan_runs(cfg, registry)
     records = read_jobs(cfg.out)
     classify(plans, cfg, JobStates([records[p.name] for p in plans if p.name in records]))
@@ -701,12 +701,13 @@ def _finish(plans: list[RunPlan], cfg: BenchConfig, outcome: LaunchOutcome) -> L
     unfinished = [p for p in plans if p.state != "finished"]
     if finished:
         paths = [finished_results(p, cfg.detectors) for p in finished]
-        report = render(load_results([p for p in paths if p is not None]), "markdown")
+        report = render(load_results([p for p in paths if p is not None]), "markdown",
+                        baseline=cfg.baseline or cfg.loss_tags()[0])
         report += f"\n{len(finished)} of {len(plans)} runs finished"
         if unfinished:
             report += "; not included: " + ", ".join(f"{p.name} ({p.state})" for p in unfinished)
         report += ".\n"
-        report_path = Path(cfg.out) / f"report-{cfg.suite}-{cfg.model}.md"
+        report_path = cfg.report_path()
         atomic_write_text(report_path, report)
         outcome.report, outcome.report_path = report, report_path
     if unfinished:

@@ -1,4 +1,4 @@
-"""OOD-detection and calibration metrics (PROTOCOL.md sections 2 and 3).
+"""OOD-detection and calibration metrics (docs/protocol.md sections 2 and 3).
 
 Pure numpy functions. Scores follow the benchmark convention: higher = more
 in-distribution (ID). OOD metrics here return fractions in [0, 1];
@@ -36,7 +36,7 @@ __all__ = [
 OOD_METRICS: tuple[str, ...] = ("auroc", "fpr95", "fpr95_openood", "aupr_in", "aupr_out")
 
 # Probabilities are clamped here before the log so that a single confident
-# mistake gives a large but finite NLL (PROTOCOL.md section 3).
+# mistake gives a large but finite NLL (docs/protocol.md section 3).
 NLL_CLAMP = 1e-12
 
 # Slack for probabilities that come out of float32/float16 softmaxes slightly
@@ -243,7 +243,7 @@ def aupr_out(score_id: np.ndarray, score_ood: np.ndarray) -> float:
 
 
 def ood_metrics(score_id: np.ndarray, score_ood: np.ndarray) -> dict[str, float]:
-    """All OOD metrics of PROTOCOL.md section 2, in percent, keyed as `OOD_METRICS`."""
+    """All OOD metrics of docs/protocol.md section 2, in percent, keyed as `OOD_METRICS`."""
     sid, sood = _scores(score_id, "score_id"), _scores(score_ood, "score_ood")
     values = {
         "auroc": _auroc(sid, sood),
@@ -336,7 +336,7 @@ def aurc(confidence: np.ndarray, correct: np.ndarray) -> float:
 
 
 def id_metrics(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
-    """ID metrics of PROTOCOL.md section 3 for a K-way (CCE) or K+1-way (HALO) softmax.
+    """ID metrics of docs/protocol.md section 3 for a K-way (CCE) or K+1-way (HALO) softmax.
 
     The prediction is the argmax over the first K columns (first index wins a
     tie); confidence is that column's probability under the full softmax, so

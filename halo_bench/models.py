@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from . import archs  # noqa: F401  (registers the CIFAR variants with timm)
-from .errors import HaloBenchError, unknown_name
-from .heads import HALOHead, LinearHead, head_from_config
+from .errors import HaloBenchError
 from .io import atomic_write_with
+from .losses import get_loss
 
 CHECKPOINT_FORMAT = "halo-bench-checkpoint"
 CHECKPOINT_VERSION = 1
-LOSSES = ("cce", "halo")
 
 
 class Classifier(nn.Module):
@@ -54,13 +54,6 @@ class Classifier(nn.Module):
         return self.head(z), z
 
 
-def check_model_name(name: str) -> None:
-    import timm
-
-    if not timm.is_model(name):
-        raise unknown_name("timm model", name, timm.list_models())
-
-
 def build_model(
     model_name: str,
     loss: str,
@@ -68,18 +61,20 @@ def build_model(
     in_chans: int,
     embed_dim: int | None = None,
     seed: int = 0,
-    head_kwargs: dict[str, Any] | None = None,
+    loss_knobs: dict[str, Any] | None = None,
 ) -> Classifier:
-    """Build a randomly initialised classifier.
+    """Build a randomly initialised classifier with the head of the registered `loss`.
 
-    The backbone and embedding are created from `seed` before the head, so a CCE and
-    a HALO model of the same seed start from identical weights except the head.
+    The backbone and embedding are created from `seed` before the head, so runs of
+    different losses and one seed start from identical weights except the head.
     """
     import timm
 
+    from .timm_names import check_model_name
+
     check_model_name(model_name)
-    if loss not in LOSSES:
-        raise unknown_name("loss", loss, LOSSES)
+    spec = get_loss(loss)
+    knobs = spec.make_knobs(loss_knobs or {})
     embed_dim = num_classes if embed_dim is None else embed_dim
     torch.manual_seed(seed)
     try:
@@ -87,12 +82,10 @@ def build_model(
     except (TypeError, ValueError, RuntimeError) as exc:
         raise HaloBenchError(f"timm could not build {model_name!r}: {exc}") from None
     embed = nn.Linear(backbone.num_features, embed_dim)
-    head_kwargs = dict(head_kwargs or {})
-    head_cls = HALOHead if loss == "halo" else LinearHead
     try:
-        head = head_cls(in_features=embed_dim, num_classes=num_classes, **head_kwargs)
+        head = spec.head_class()(in_features=embed_dim, num_classes=num_classes, **vars(knobs))
     except ValueError as exc:  # e.g. HALO with D < 3: a flag the user can change
-        raise HaloBenchError(f"cannot build the {loss.upper()} head: {exc} (see --embed-dim).") from None
+        raise HaloBenchError(f"cannot build the {spec.label} head: {exc} (see --embed-dim).") from None
     return Classifier(backbone, embed, head)
 
 
@@ -127,7 +120,8 @@ def model_from_meta(meta: dict[str, Any]) -> Classifier:
     arch = spec.get("arch", spec["name"])
     backbone = timm.create_model(arch, pretrained=False, num_classes=0, in_chans=spec["in_chans"])
     embed = nn.Linear(backbone.num_features, spec["embed_dim"])
-    return Classifier(backbone, embed, head_from_config(spec["head"]))
+    head_config = {k: v for k, v in spec["head"].items() if k != "type"}
+    return Classifier(backbone, embed, get_loss(spec["loss"]).head_class()(**head_config))
 
 
 def model_meta(model: Classifier, model_name: str, loss: str, in_chans: int,
@@ -160,20 +154,26 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, meta: dict[s
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a checkpoint dict without unpickling arbitrary objects; validate its format."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "ckpt.pt"
-    if not path.is_file():
-        raise HaloBenchError(f"checkpoint {path} does not exist.")
+    from .runs import checkpoint_path
+
+    path = checkpoint_path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        looks = " It looks like JSON text (a run's config.json or results.json?)." if head[:1] in (b"{", b"[") else ""
+        raise HaloBenchError(
+            f"{path} is not a PyTorch checkpoint (torch.save writes zip archives; this file is not one).{looks} "
+            f"Give the run's {path.with_name('ckpt.pt').name}."
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        detail = next((line.strip() for line in str(exc).splitlines() if "Unsupported" in line), "")
+        found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
+        what = f" ({', '.join(found)})" if found else ""
         raise HaloBenchError(
-            f"refused to load {path}: it holds Python objects other than tensors and plain data, "
-            "and unpickling them could run code"
-            + (f" ({detail[:200]})" if detail else "")
-            + ". Only checkpoints written by halo-bench are accepted."
+            f"refused to load {path}: it holds pickled Python objects{what}, and unpickling them could run "
+            "code, so halo-bench never does. A file saved with torch.save(model) holds the whole model object: "
+            "save model.state_dict() instead. Only checkpoints of tensors and plain data are read."
         ) from None
     except Exception as exc:  # torch.load fails on garbage with many exception types
         raise HaloBenchError(
@@ -204,8 +204,6 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[Classifier, dict[str,
 
 __all__ = [
     "Classifier",
-    "HALOHead",
-    "LinearHead",
     "build_model",
     "load_checkpoint",
     "read_checkpoint",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,23 @@ import yaml
 
 from .errors import HaloBenchError, unknown_name
 
-DEFAULT_REGISTRY = Path(__file__).with_name("datasets.yaml")
 REGISTRY_ENV = "HALO_BENCH_DATASETS"
 GROUPS = ("near", "far")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+# Training augmentations a suite may name (data.transforms implements them).
+AUGMENTATIONS = ("random_crop", "hflip", "random_resized_crop")
+# Checks a dataset entry against its source: source name -> check(spec, where). The data
+# sources supply them (data.load_registry), so this module never imports data/.
+SourceChecks = Mapping[str, Callable[["DatasetSpec", str], None]]
+
+
+def _default_registry() -> Path:
+    """The packaged datasets.yaml (a wheel carries a copy), else the repository's top-level one."""
+    packaged = Path(__file__).with_name("datasets.yaml")
+    return packaged if packaged.is_file() else Path(__file__).resolve().parent.parent / "datasets.yaml"
+
+
+DEFAULT_REGISTRY = _default_registry()
 
 _DATASET_KEYS = {"source", "description", "params", "splits", "classes", "generator", "homepage",
                  "download", "aliases"}
@@ -172,8 +186,11 @@ def registry_path(path: str | os.PathLike[str] | None = None) -> Path:
     return Path(env) if env else DEFAULT_REGISTRY
 
 
-def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
-    """Read and validate a dataset registry."""
+def read_registry(sources: SourceChecks, path: str | os.PathLike[str] | None = None) -> Registry:
+    """Read and validate a dataset registry; `sources` checks each entry's source parameters.
+
+    Use `halo_bench.data.load_registry`, which passes the data sources' checks.
+    """
     path = registry_path(path)
     try:
         raw = path.read_bytes()
@@ -187,7 +204,7 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
         raise HaloBenchError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}.") from None
-    datasets, suites = _validate(doc, str(path))
+    datasets, suites = _validate(doc, str(path), sources)
     return Registry(datasets, suites, path, hashlib.sha256(raw).hexdigest())
 
 
@@ -210,15 +227,13 @@ def _check_keys(entry: dict[str, Any], allowed: set[str], required: set[str], wh
         raise _fail(where, f"missing required key(s) {', '.join(missing)}.")
 
 
-def _validate(doc: Any, where: str) -> tuple[dict[str, DatasetSpec], dict[str, SuiteSpec]]:
-    from .data import SOURCES  # the sources define which datasets can be built
-
+def _validate(doc: Any, where: str, sources: SourceChecks) -> tuple[dict[str, DatasetSpec], dict[str, SuiteSpec]]:
     doc = _mapping(doc, where)
     _check_keys(doc, {"version", "datasets", "suites"}, {"version", "datasets", "suites"}, where)
     if doc["version"] != 1:
         raise _fail(where, f"unsupported registry version {doc['version']!r} (this halo-bench reads 1).")
     datasets = {
-        str(name): _dataset(str(name), entry, f"{where}: datasets.{name}", SOURCES)
+        str(name): _dataset(str(name), entry, f"{where}: datasets.{name}", sources)
         for name, entry in _mapping(doc["datasets"], f"{where}: datasets").items()
     }
     seen: dict[str, str] = {}
@@ -235,7 +250,7 @@ def _validate(doc: Any, where: str) -> tuple[dict[str, DatasetSpec], dict[str, S
     return datasets, suites
 
 
-def _dataset(name: str, entry: Any, where: str, sources: dict[str, Any]) -> DatasetSpec:
+def _dataset(name: str, entry: Any, where: str, sources: SourceChecks) -> DatasetSpec:
     entry = _mapping(entry, where)
     _check_keys(entry, _DATASET_KEYS, {"source", "splits"}, where)
     for key in ("source", "generator", "description", "homepage", "download"):
@@ -276,7 +291,7 @@ def _dataset(name: str, entry: Any, where: str, sources: dict[str, Any]) -> Data
         spec.download.format(root="ROOT", name=name)
     except (KeyError, IndexError, ValueError) as exc:
         raise _fail(f"{where}.download", f"only {{root}} and {{name}} may appear in braces ({exc!r}).") from None
-    sources[source].validate(spec, where)
+    sources[source](spec, where)
     return spec
 
 
@@ -305,8 +320,6 @@ def _suite(name: str, entry: Any, where: str, datasets: dict[str, DatasetSpec]) 
     clash = set(groups["near"]) & set(groups["far"])
     if clash:
         raise _fail(where, f"{', '.join(sorted(clash))} listed as both near and far.")
-    from .data.transforms import AUGMENTATIONS
-
     augment = entry.get("train_augment") or []
     if not (isinstance(augment, list) and all(a in AUGMENTATIONS for a in augment)):
         raise _fail(f"{where}.train_augment", f"expected a list of: {', '.join(AUGMENTATIONS)}.")

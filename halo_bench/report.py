@@ -1,14 +1,15 @@
-"""results.json files -> CCE vs HALO comparison tables (markdown, CSV, JSON, LaTeX).
+"""results.json files -> comparison tables of every loss against a baseline (markdown,
+CSV, JSON, LaTeX).
 
 Everything goes through one tidy table (one row per run, detector, set, metric);
-every format renders that table, so the formats cannot disagree.
+every format renders that table, so the formats cannot disagree. This module reads
+JSON only: it imports neither torch nor timm.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,12 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from .config import RUNTIME_FIELDS
 from .errors import HaloBenchError, unknown_name
-from .evaluate import RESULTS_SCHEMA
-from .train import RUNTIME_FIELDS, TrainConfig
+from .losses import LOSSES
+from .schema import GROUPS, RESULTS_FILE, check_results
 
-LOSS_LABEL = {"cce": "CCE", "halo": "HALO"}
+DEFAULT_BASELINE = "cce"
 # metric -> (label, higher is better, decimals)
 ID_METRICS = {
     "acc": ("acc (%)", True, 2),
@@ -47,14 +49,49 @@ def find_results(paths: Iterable[str | Path], root: str | Path = "runs") -> list
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found.extend(sorted(path.rglob("results.json")))
+            found.extend(sorted(path.rglob(RESULTS_FILE)))
         elif path.is_file():
             found.append(path)
         else:
             raise HaloBenchError(f"{path} does not exist.")
     if not found:
-        raise HaloBenchError(f"no results.json under {', '.join(map(str, paths))}.")
+        from .runs import run_folders
+
+        trained = [run for path in map(Path, paths) if path.is_dir() for run in run_folders(path)]
+        hint = (f" {len(trained)} trained run(s) there have not been evaluated yet: run `halo-bench eval "
+                f"{trained[0] / 'ckpt.pt'}` for each (or `halo-bench bench`, which trains and evaluates)."
+                if trained else " Run `halo-bench bench`, or `halo-bench eval` on a checkpoint, first.")
+        raise HaloBenchError(f"no results.json under {', '.join(map(str, paths))}.{hint}")
     return found
+
+
+def select(results: list[dict[str, Any]], include_incomplete: bool = False
+           ) -> tuple[list[dict[str, Any]], list[str]]:
+    """(results to report, one line per result left out and why).
+
+    Partial evaluations (`eval --limit`) never count; runs whose training did not
+    finish count only with `include_incomplete`, and their loss label then says so.
+    """
+    kept, left_out = [], []
+    for res in results:
+        ckpt = res.get("checkpoint", {})
+        if res.get("partial"):
+            left_out.append(f"{res['run']}: partial evaluation (--limit {res['partial'].get('limit')}), "
+                            f"{res['_path']}")
+        elif not ckpt.get("complete"):
+            epochs = res.get("train_config", {}).get("epochs")
+            what = f"{res['run']}: training unfinished (epoch {ckpt.get('epochs')} of {epochs})"
+            if include_incomplete:
+                res = {**res, "loss": {**res.get("loss", {}), "tag": _loss_tag(res) + " [unfinished]",
+                                       "label": _loss_display(res) + " [unfinished]"}}
+                kept.append(res)
+            else:
+                left_out.append(f"{what}, {res['_path']}; --include-incomplete reports it")
+        else:
+            kept.append(res)
+    if not kept:
+        raise HaloBenchError("nothing to report: every result was left out:\n" + "\n".join(left_out))
+    return kept, left_out
 
 
 def load_results(paths: Iterable[Path]) -> list[dict[str, Any]]:
@@ -64,25 +101,29 @@ def load_results(paths: Iterable[Path]) -> list[dict[str, Any]]:
             doc = json.loads(Path(path).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise HaloBenchError(f"{path}: not a readable results file ({exc}).") from None
-        if not isinstance(doc, dict) or doc.get("schema") != RESULTS_SCHEMA:
-            raise HaloBenchError(f"{path}: not a halo-bench results file (no schema {RESULTS_SCHEMA!r}).")
+        doc = check_results(doc, path)
         doc["_path"] = str(path)
         results.append(doc)
     return results
 
 
-# What a run's loss is, beyond its name: HALO's own knobs, shown in its label when not default.
-HALO_KNOBS = {f.name: f.default for f in fields(TrainConfig) if f.name in ("label_smoothing", "distill", "learn_gamma")}
-# Training-config fields that never split runs into separate groups.
-_NOT_RECIPE = {"seed", "loss", "model", "suite", *HALO_KNOBS, *RUNTIME_FIELDS}
+# Training-config fields that never split runs into separate groups (the loss and its
+# knobs make the columns; label_smoothing, distill, learn_gamma: halo-bench 0.1's knobs).
+_NOT_RECIPE = {"seed", "loss", "model", "suite", "loss_knobs", "label_smoothing", "distill", "learn_gamma",
+               *RUNTIME_FIELDS}
 
 
-def _loss_label(res: dict[str, Any]) -> str:
-    loss = res["model"]["loss"]
-    config = res.get("train_config", {})
-    changed = {k: config[k] for k, default in HALO_KNOBS.items()
-               if loss == "halo" and config.get(k, default) != default}
-    return loss + "".join(f" {k}={v}" for k, v in changed.items())
+def _loss_tag(res: dict[str, Any]) -> str:
+    """The loss and its non-default knobs (`cce`, `cce+ls0.1`): one column of the report."""
+    return str(res.get("loss", {}).get("tag") or res["model"]["loss"])
+
+
+def _loss_display(res: dict[str, Any]) -> str:
+    loss = res.get("loss", {})
+    if loss.get("label"):
+        return str(loss["label"])
+    name = res["model"]["loss"]
+    return LOSSES[name].label if name in LOSSES else name
 
 
 def _recipe(res: dict[str, Any]) -> dict[str, Any]:
@@ -123,8 +164,10 @@ def tidy(results: list[dict[str, Any]]) -> pd.DataFrame:
     """
     rows = []
     latest: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    labels: dict[str, str] = {}
     for res, model in zip(results, _variants(results), strict=True):
-        key = (res["suite"], model, _loss_label(res), res["seed"])
+        labels[_loss_tag(res)] = _loss_display(res)
+        key = (res["suite"], model, _loss_tag(res), res["seed"])
         if key not in latest or res["created"] > latest[key]["created"]:
             latest[key] = res
     for (suite, model, loss, seed), res in latest.items():
@@ -138,12 +181,13 @@ def tidy(results: list[dict[str, Any]]) -> pd.DataFrame:
                     if metric != "group":
                         rows.append({**base, "detector": det, "dataset": dataset, "group": values["group"],
                                      "metric": metric, "value": value})
-            for group in ("near", "far"):
+            for group in GROUPS:
                 for metric, value in det_res.get(group, {}).items():
                     rows.append({**base, "detector": det, "dataset": f"{group} mean", "group": group,
                                  "metric": metric, "value": value})
     table = pd.DataFrame(rows, columns=["suite", "model", "loss", "seed", *KEYS[2:], "value"])
     table.attrs["dropped"] = len(results) - len(latest)
+    table.attrs["labels"] = labels
     return table
 
 
@@ -153,6 +197,35 @@ def aggregate(table: pd.DataFrame) -> pd.DataFrame:
     out = grouped.agg(mean="mean", std=lambda v: v.std(ddof=1) if len(v) > 1 else np.nan, n="count")
     seeds = table.groupby([*KEYS, "loss"], sort=False)["seed"].agg(lambda s: ",".join(map(str, sorted(s))))
     return out.assign(seeds=seeds).reset_index()
+
+
+CONFIDENCE = 0.95
+
+
+def paired_differences(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Per key and loss: the mean of per-seed differences to `baseline` with a 95% t interval.
+
+    Runs of one seed share initialisation and data order across losses, so the
+    difference is taken seed by seed (only seeds both losses have), then averaged;
+    the interval is the t interval over those differences (none for a single seed).
+    """
+    from scipy import stats as st
+
+    base = table[table["loss"] == baseline][[*KEYS, "seed", "value"]]
+    others = table[table["loss"] != baseline]
+    merged = others.merge(base, on=[*KEYS, "seed"], suffixes=("", "_base"))
+    merged = merged.assign(diff=merged["value"] - merged["value_base"])
+    rows = []
+    for key, group in merged.groupby([*KEYS, "loss"], sort=False):
+        diffs = group["diff"].to_numpy(dtype=float)
+        n, mean = len(diffs), float(diffs.mean())
+        half = np.nan
+        if n > 1:
+            sd = float(diffs.std(ddof=1))
+            half = float(st.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / np.sqrt(n) if sd > 0 else 0.0
+        rows.append({**dict(zip([*KEYS, "loss"], key, strict=True)), "delta": mean, "delta_lo": mean - half,
+                     "delta_hi": mean + half, "pairs": n})
+    return pd.DataFrame(rows, columns=[*KEYS, "loss", "delta", "delta_lo", "delta_hi", "pairs"])
 
 
 def _cell(stats: pd.DataFrame, key: tuple, loss: str, decimals: int) -> str:
@@ -165,17 +238,22 @@ def _cell(stats: pd.DataFrame, key: tuple, loss: str, decimals: int) -> str:
     return f"{row['mean']:.{decimals}f}"
 
 
-def _delta(stats: pd.DataFrame, key: tuple, decimals: int, losses: list[str]) -> str:
+def _delta(stats: pd.DataFrame, deltas: pd.DataFrame, key: tuple, decimals: int, loss: str,
+           baseline: str) -> str:
+    """Paired mean difference with its 95% interval, `*` where the interval excludes 0;
+    without shared seeds, the difference of the means, marked unpaired."""
+    if (*key, loss) in deltas.index:
+        row = deltas.loc[(*key, loss)]
+        text = f"{row['delta']:+.{decimals}f}"
+        if row["pairs"] > 1:
+            lo, hi = row["delta_lo"], row["delta_hi"]
+            text += f" [{lo:+.{decimals}f}, {hi:+.{decimals}f}]" + ("*" if lo > 0 or hi < 0 else "")
+        return text
     try:
-        values = [stats.loc[(*key, loss), "mean"] for loss in losses]
+        value, base = stats.loc[(*key, loss), "mean"], stats.loc[(*key, baseline), "mean"]
     except KeyError:
         return "–"
-    return f"{values[1] - values[0]:+.{decimals}f}"
-
-
-def _loss_display(loss: str) -> str:
-    name, *knobs = loss.split(" ")
-    return " ".join([LOSS_LABEL.get(name, name), *knobs])
+    return f"{value - base:+.{decimals}f} (unpaired)"
 
 
 def _seed_union(column: pd.Series) -> str:
@@ -183,61 +261,75 @@ def _seed_union(column: pd.Series) -> str:
     return ",".join(map(str, sorted(seeds)))
 
 
-def tables(table: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) of every table the human-readable formats show, from `tidy` output."""
+def _columns(losses: list[str], labels: dict[str, str], baseline: str | None, stats: pd.DataFrame,
+             deltas: pd.DataFrame, prefix: str = "") -> tuple[list[str], Callable[[tuple, int], list[str]]]:
+    """Header cells and a row-cell function: one column per loss, then a Δ per non-baseline loss."""
+    others = [loss for loss in losses if loss != baseline] if baseline else []
+    header = [f"{prefix}{labels.get(loss, loss)}" for loss in losses]
+    header += [f"{prefix}Δ {labels.get(loss, loss)}−{labels.get(baseline, baseline)}" for loss in others] \
+        if baseline else []
+
+    def cells(key: tuple, decimals: int) -> list[str]:
+        values = [_cell(stats, key, loss, decimals) for loss in losses]
+        return values + [_delta(stats, deltas, key, decimals, loss, baseline) for loss in others] \
+            if baseline else values
+
+    return header, cells
+
+
+def tables(table: pd.DataFrame, baseline: str = DEFAULT_BASELINE) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of every table the human-readable formats show, from `tidy` output.
+
+    Every loss gets a column; each loss other than `baseline` (a loss tag, e.g. `cce`)
+    also gets a Δ column against it, where the baseline was run.
+    """
     agg = aggregate(table)
     stats = agg.set_index([*KEYS, "loss"]).sort_index()
+    deltas = paired_differences(table, baseline).set_index([*KEYS, "loss"]).sort_index()
+    labels: dict[str, str] = table.attrs.get("labels", {})
     out = []
     for (suite, model), part in agg.groupby(["suite", "model"], sort=False):
-        # CCE first, then HALO and any HALO variant (a HALO run with non-default knobs).
-        losses = sorted(dict.fromkeys(part["loss"]), key=lambda loss: (loss.split()[0] != "cce", loss))
-        labels = [_loss_display(loss) for loss in losses]
-        compare = len(losses) == 2 and losses[0] == "cce"
-        seeds = "; ".join(f"{_loss_display(loss)} seeds {_seed_union(part[part['loss'] == loss]['seeds'])}"
+        losses = sorted(dict.fromkeys(part["loss"]), key=lambda loss: (loss != baseline, loss))
+        base = baseline if baseline in losses and len(losses) > 1 else None
+        seeds = "; ".join(f"{labels.get(loss, loss)} seeds {_seed_union(part[part['loss'] == loss]['seeds'])}"
                           for loss in losses)
         prefix = f"{suite} / {model} ({seeds})"
         id_name = part[part["group"] == "id"]["dataset"].iloc[0]
+        header, cells = _columns(losses, labels, base, stats, deltas)
         rows = []
         for metric, (label, higher, dec) in ID_METRICS.items():
             key = (suite, model, "", id_name, "id", metric)
             if not any((*key, loss) in stats.index for loss in losses):
                 continue
-            row = [f"{label} {'↑' if higher else '↓'}", *(_cell(stats, key, loss, dec) for loss in losses)]
-            rows.append(row + ([_delta(stats, key, dec, losses)] if compare else []))
-        delta = [f"Δ {labels[1]}−{labels[0]}"] if compare else []
-        out.append((f"{prefix}: in-distribution ({id_name} test)", ["metric", *labels, *delta], rows))
+            rows.append([f"{label} {'↑' if higher else '↓'}", *cells(key, dec)])
+        out.append((f"{prefix}: in-distribution ({id_name} test)", ["metric", *header], rows))
 
         detectors = [d for d in dict.fromkeys(part["detector"]) if d]
         for metric, (label, higher) in OOD_HEADLINE.items():
-            header = ["detector"]
-            for group in ("near", "far"):
-                header += [f"{group} {lab}" for lab in labels] + ([f"{group} Δ"] if compare else [])
+            full = ["detector"]
+            for group in GROUPS:
+                full += _columns(losses, labels, base, stats, deltas, prefix=f"{group} ")[0]
             rows = []
             for det in detectors:
                 row = [det]
-                for group in ("near", "far"):
-                    key = (suite, model, det, f"{group} mean", group, metric)
-                    row += [_cell(stats, key, loss, 2) for loss in losses]
-                    row += [_delta(stats, key, 2, losses)] if compare else []
+                for group in GROUPS:
+                    row += cells((suite, model, det, f"{group} mean", group, metric), 2)
                 rows.append(row)
             out.append((f"{prefix}: OOD {label} {'↑' if higher else '↓'}, mean over near / far sets",
-                        header, rows))
+                        full, rows))
 
-        header = ["OOD set", "group", "detector"]
+        full = ["OOD set", "group", "detector"]
         for label, _ in OOD_HEADLINE.values():
-            short = label.split(" ")[0]
-            header += [f"{short} {lab}" for lab in labels] + ([f"{short} Δ"] if compare else [])
+            full += _columns(losses, labels, base, stats, deltas, prefix=f"{label.split(' ')[0]} ")[0]
         rows = []
         sets = part[~part["group"].isin(["id"]) & ~part["dataset"].str.endswith(" mean")]
         for dataset, group in dict.fromkeys(zip(sets["dataset"], sets["group"], strict=True)):
             for det in detectors:
                 row = [dataset, group, det]
                 for metric in OOD_HEADLINE:
-                    key = (suite, model, det, dataset, group, metric)
-                    row += [_cell(stats, key, loss, 2) for loss in losses]
-                    row += [_delta(stats, key, 2, losses)] if compare else []
+                    row += cells((suite, model, det, dataset, group, metric), 2)
                 rows.append(row)
-        out.append((f"{prefix}: per OOD set", header, rows))
+        out.append((f"{prefix}: per OOD set", full, rows))
         out.extend(published_tables(suite))
     return out
 
@@ -257,8 +349,10 @@ def published_tables(suite: str) -> list[tuple[str, list[str], list[list[str]]]]
     out = []
     for entry in yaml.safe_load(PUBLISHED.read_text()):
         if entry["suite"] == base:
-            rows = [[row["metric"], str(row.get("cce", "–")), str(row.get("halo", "–"))] for row in entry["rows"]]
-            out.append((f"{suite}: published, {entry['source']}", ["metric", "CCE", "HALO"], rows))
+            losses = list(dict.fromkeys(k for row in entry["rows"] for k in row if k != "metric"))
+            header = ["metric", *(LOSSES[k].label if k in LOSSES else k for k in losses)]
+            rows = [[row["metric"], *(str(row.get(k, "–")) for k in losses)] for row in entry["rows"]]
+            out.append((f"{suite}: published, {entry['source']}", header, rows))
     return out
 
 
@@ -266,27 +360,33 @@ NOTES = (
     "Mean ± sample standard deviation over seeds. Scores: higher = more in-distribution. "
     "FPR@95: fraction of OOD samples accepted at the threshold that keeps 95% of ID samples "
     "(ID positive); the OpenOOD convention (`fpr95_openood`) and AUPR-in/out are in the CSV/JSON "
-    "formats. Detectors at their default settings (PROTOCOL.md section 4), no tuning. "
+    "formats. Detectors at their default settings (docs/protocol.md, section 4), no tuning. "
     "HALO's baselines read its logits relative to the abstain class. Runs of different recipes "
-    "or OOD sets are never averaged: the model label names what differs."
+    "or OOD sets are never averaged: the model label names what differs. Δ: the mean over seeds of "
+    "each seed's difference to the baseline run of the same seed (same initialisation and data order), "
+    "with its 95% t interval in brackets; * marks an interval that excludes 0. With one seed there is "
+    "no interval; columns without shared seeds are compared unpaired, and say so."
 )
 
 
-def _render_markdown(results: list[dict[str, Any]]) -> str:
+def _render_markdown(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
     table = tidy(results)
     parts = ["# halo-bench report", ""]
-    for title, header, rows in tables(table):
+    for title, header, rows in tables(table, baseline):
         parts += [f"## {title}", "", tabulate(rows, header, tablefmt="github", disable_numparse=True), ""]
     parts += [NOTES, ""]
+    if left_out:
+        parts += ["Left out of the tables:", "", *(f"- {line}" for line in left_out), ""]
     dropped = table.attrs["dropped"]
     if dropped:
         parts += [f"{dropped} older evaluation(s) of the same runs were left out; the newest of each counts.", ""]
     return "\n".join(parts)
 
 
-def _render_latex(results: list[dict[str, Any]]) -> str:
+def _render_latex(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
     parts = ["% halo-bench report; needs \\usepackage{booktabs}"]
-    for title, header, rows in tables(tidy(results)):
+    parts += [f"% left out: {line}" for line in left_out]
+    for title, header, rows in tables(tidy(results), baseline):
         body = tabulate(rows, header, tablefmt="latex_booktabs", disable_numparse=True)
         parts += ["\\begin{table}[t]", "\\centering", f"\\caption{{{_latex_escape(title)}}}", body,
                   "\\end{table}", ""]
@@ -299,18 +399,24 @@ def _latex_escape(text: str) -> str:
     return text
 
 
-def _render_csv(results: list[dict[str, Any]]) -> str:
-    return aggregate(tidy(results)).to_csv(index=False)
+def _with_deltas(results: list[dict[str, Any]], baseline: str) -> pd.DataFrame:
+    table = tidy(results)
+    return aggregate(table).merge(paired_differences(table, baseline), on=[*KEYS, "loss"], how="left")
 
 
-def _render_json(results: list[dict[str, Any]]) -> str:
-    agg = aggregate(tidy(results))
+def _render_csv(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
+    return _with_deltas(results, baseline).to_csv(index=False)
+
+
+def _render_json(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
+    agg = _with_deltas(results, baseline)
     records = json.loads(agg.to_json(orient="records"))
     runs = [{"path": r["_path"], "run": r["run"], "checkpoint_sha256": r["checkpoint"]["sha256"]} for r in results]
-    return json.dumps({"schema": "halo-bench/report", "runs": runs, "rows": records}, indent=2) + "\n"
+    return json.dumps({"schema": "halo-bench/report", "baseline": baseline, "runs": runs, "left_out": left_out,
+                       "rows": records}, indent=2) + "\n"
 
 
-FORMATS: dict[str, Callable[[list[dict[str, Any]]], str]] = {
+FORMATS: dict[str, Callable[[list[dict[str, Any]], str, list[str]], str]] = {
     "markdown": _render_markdown,
     "csv": _render_csv,
     "json": _render_json,
@@ -318,7 +424,17 @@ FORMATS: dict[str, Callable[[list[dict[str, Any]]], str]] = {
 }
 
 
-def render(results: list[dict[str, Any]], fmt: str = "markdown") -> str:
+def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise unknown_name("report format", fmt, FORMATS)
-    return FORMATS[fmt](results)
+
+
+def render(results: list[dict[str, Any]], fmt: str = "markdown", baseline: str = DEFAULT_BASELINE,
+           include_incomplete: bool = False) -> str:
+    """The report over `results` in `fmt`, every loss compared with `baseline` (a loss tag).
+
+    Partial and unfinished runs are left out (see `select`) and listed.
+    """
+    check_format(fmt)
+    kept, left_out = select(results, include_incomplete)
+    return FORMATS[fmt](kept, baseline, left_out)

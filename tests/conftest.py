@@ -14,7 +14,7 @@ TINY_MODEL = "test_resnet"
 
 @pytest.fixture(scope="session")
 def registry():
-    from halo_bench.registry import load_registry
+    from halo_bench.data import load_registry
 
     return load_registry()
 

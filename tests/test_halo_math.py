@@ -1,4 +1,4 @@
-"""HALO head and loss against float64 formulas written out here (HALO.md section 7)."""
+"""HALO head and loss against float64 formulas written out here (docs/method.md section 7)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from halo_bench import HALOHead, LinearHead
-from halo_bench.losses import halo_init, radial_nll
+from halo_bench.losses.halo_head import halo_init, radial_nll
 
 
 def _ref_init(k: int, d: int, ls: float) -> tuple[float, float]:
-    """gamma_0 and b written from HALO.md section 3, independently of the module."""
+    """gamma_0 and b written from docs/method.md section 3, independently of the module."""
     r2_target = 1 - 2 / d
     gamma0 = 20 / (2.0 - r2_target)
     p_max, p_min = (1 - ls + ls / k, ls / k) if ls > 0 else (0.99, 0.01 / k)
@@ -43,7 +43,7 @@ def test_gamma0_is_15_for_six_classes() -> None:
 
 
 def test_large_gamma_uses_identity_softplus_inverse() -> None:
-    from halo_bench.losses import inverse_softplus
+    from halo_bench.losses.halo_head import inverse_softplus
 
     assert inverse_softplus(25.0) == 25.0
     assert F.softplus(torch.tensor(inverse_softplus(7.5), dtype=torch.float64)).item() == pytest.approx(7.5)
@@ -106,7 +106,7 @@ def test_centroids_are_centred() -> None:
 
 
 def _ref_loss(head: HALOHead, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """HALO.md sections 2, 4, 5 in float64, with distances computed directly."""
+    """docs/method.md sections 2, 4, 5 in float64, with distances computed directly."""
     x = x.double()
     k, d = head.num_classes, head.in_features
     ls = head.label_smoothing
@@ -142,7 +142,7 @@ def test_loss_matches_float64_reference(seed: int, distill: bool) -> None:
 
 
 def test_distill_target_gives_true_class_the_largest_share() -> None:
-    from halo_bench.losses import halo_targets
+    from halo_bench.losses.halo_head import halo_targets
 
     t = -torch.rand(50, 6) * 10
     y = torch.randint(0, 6, (50,))

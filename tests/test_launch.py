@@ -91,7 +91,7 @@ def test_local_launcher_matches_inline_bench(tmp_path: Path) -> None:
     # idempotent: nothing left to do, the report is rewritten from the finished runs
     again = _bench(*common)
     assert "4 of 4 runs already finished" in again and "submitted" not in again
-    assert (out / f"report-digits-{MODEL}.md").is_file()
+    assert (out / f"report-digits-{MODEL}-cce_halo-s0-1.md").is_file()
 
 
 def test_preempted_killed_and_failed_jobs(tmp_path: Path) -> None:
@@ -142,7 +142,7 @@ def test_preempted_killed_and_failed_jobs(tmp_path: Path) -> None:
     assert trained == list(range(done_at_kill + 1, 6))  # no epoch before the checkpoint again
     history = [json.loads(line)["epoch"] for line in (out / cce / "metrics.jsonl").read_text().splitlines()]
     assert history == [1, 2, 3, 4, 5]
-    report = (out / f"report-digits-{MODEL}.md").read_text()
+    report = (out / f"report-digits-{MODEL}-cce_halo-s0.md").read_text()
     assert f"1 of 2 runs finished; not included: {halo} (failed)" in report
     assert json.loads((out / cce / "results.json").read_text())["checkpoint"]["complete"] is True
 

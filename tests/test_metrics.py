@@ -2,7 +2,7 @@
 
 scikit-learn is the reference for the ranking metrics, NLL and Brier; ECE, AECE
 and AURC are checked against plain-Python loops written here from the
-definitions in PROTOCOL.md, not from the module's code.
+definitions in docs/protocol.md, not from the module's code.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from halo_bench.errors import HaloBenchError
-from halo_bench.registry import DEFAULT_REGISTRY, load_registry
+from halo_bench.data import load_registry
+from halo_bench.registry import DEFAULT_REGISTRY
 
 
 def test_packaged_registry_defines_the_digits_suite(registry) -> None:

@@ -24,15 +24,25 @@ from .base import (
 )
 
 if TYPE_CHECKING:
+    import os
+
     from torch.utils.data import Dataset
 
-    from ..registry import DatasetSpec
+    from ..registry import DatasetSpec, Registry
 
 __all__ = [
     "DATA_ROOT_ENV", "SOURCES", "DatasetMissing", "LoadOptions", "Presence", "Source", "check_labels",
     "default_workers",
-    "how_to_get", "load_split", "presence", "register_source", "resolve_data_root",
+    "how_to_get", "load_registry", "load_split", "presence", "register_source", "resolve_data_root",
 ]
+
+
+def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
+    """Read and validate a dataset registry (`path`, else $HALO_BENCH_DATASETS, else the
+    packaged datasets.yaml), checking each entry against its data source."""
+    from ..registry import read_registry
+
+    return read_registry({name: source.validate for name, source in SOURCES.items()}, path)
 
 
 def load_split(spec: DatasetSpec, split: str, data_config: dict[str, Any],

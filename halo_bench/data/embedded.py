@@ -1,4 +1,4 @@
-"""Offline generators of the `digits` suite (PROTOCOL.md section 5).
+"""Offline generators of the `digits` suite (docs/protocol.md section 5).
 
 Everything comes from files that installed packages ship: scikit-learn's digits
 and the images inside `skimage/data/`. Nothing here touches the network. Every

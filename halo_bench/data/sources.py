@@ -116,6 +116,41 @@ def _validate_torchvision(spec: DatasetSpec, where: str) -> None:
             raise HaloBenchError(f"{where}.splits.{split}.concat: expected a list of keyword mappings.")
 
 
+def torchvision_files(spec: DatasetSpec, root: Path) -> list[tuple[str, str, str, Path]]:
+    """(URL, file name, MD5, folder) of every archive torchvision would fetch for `spec`.
+
+    Read from torchvision's own class attributes, so the manual route a user behind a
+    firewall takes is the one torchvision verifies: put the files in the folder, run
+    `halo-bench download` again, and torchvision checks and unpacks them offline.
+    """
+    import torchvision.datasets as tv
+
+    cls_name = spec.params["class"]
+    cls = getattr(tv, cls_name)
+    folder = _tv_dir(spec, root)
+    parts = [kwargs for split in spec.splits for kwargs in _tv_parts(spec, split)]
+    if cls_name in ("CIFAR10", "CIFAR100"):
+        return [(cls.url, cls.filename, cls.tgz_md5, folder)]
+    if cls_name == "SVHN":
+        return [(*cls.split_list[kwargs.get("split", "train")], folder) for kwargs in parts]
+    if cls_name == "MNIST":
+        wanted = [r for r in cls.resources if any(r[0].startswith("t10k") != kwargs.get("train", True)
+                                                  for kwargs in parts)]
+        return [(cls.mirrors[0] + name, name, md5, folder / "MNIST" / "raw") for name, md5 in wanted]
+    if cls_name == "DTD":
+        return [(cls._URL, cls._URL.rsplit("/", 1)[-1], cls._MD5, folder)]
+    if cls_name == "Places365":
+        out = []
+        for kwargs in parts:
+            name, md5 = cls._IMAGES_META[(kwargs.get("split", "train-standard"), bool(kwargs.get("small", False)))]
+            out.append((cls._BASE_URL + name, name, md5, folder))
+        devkit, md5 = cls._DEVKIT_META["challenge" if any("challenge" in str(k.get("split")) for k in parts)
+                                       else "standard"]
+        out.append((cls._BASE_URL + devkit, devkit, md5, folder))
+        return out
+    return []
+
+
 def _download_torchvision(spec: DatasetSpec, root: Path) -> None:
     import torchvision.datasets
 

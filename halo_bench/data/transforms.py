@@ -10,8 +10,9 @@ import math
 from typing import Any
 
 from ..errors import HaloBenchError
+from ..registry import AUGMENTATIONS
 
-AUGMENTATIONS = ("random_crop", "hflip", "random_resized_crop")
+__all__ = ["AUGMENTATIONS", "eval_transform", "train_transform"]
 
 
 def _interpolation(name: str) -> Any:

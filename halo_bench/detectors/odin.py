@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from ..console import make_progress
 from ..features import SplitOutputs
 from .base import Detector, DetectorContext, register_detector
 
@@ -25,14 +26,23 @@ class ODIN(Detector):
         std = torch.tensor(ctx.data_config["std"], device=ctx.device).view(1, -1, 1, 1)
         model = ctx.model.eval()
         scores = []
-        for x, _ in DataLoader(dataset, batch_size=ctx.batch_size, num_workers=ctx.num_workers):
-            x = x.to(ctx.device).requires_grad_(True)
-            with torch.enable_grad():
-                logits = model(x).float() / t
-                loss = F.cross_entropy(logits, logits[:, :k].argmax(dim=1))
-                (grad,) = torch.autograd.grad(loss, x)
-            x_hat = x.detach() - eps * grad.sign() / std
-            with torch.no_grad():
-                probs = (model(x_hat).double() / t).softmax(dim=1)
-            scores.append(probs[:, :k].max(dim=1).values.cpu())
+        loader = DataLoader(dataset, batch_size=ctx.batch_size, num_workers=ctx.num_workers)
+        with make_progress() as progress:  # ODIN is most of an evaluation's time: show it
+            task = progress.add_task("odin", total=len(loader), status="")
+            for x, _ in loader:
+                scores.append(self._score_batch(ctx, model, x, std, t, eps, k))
+                progress.advance(task)
         return torch.cat(scores).numpy()
+
+    @staticmethod
+    def _score_batch(ctx: DetectorContext, model: torch.nn.Module, x: torch.Tensor, std: torch.Tensor,
+                     t: float, eps: float, k: int) -> torch.Tensor:
+        x = x.to(ctx.device).requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(x).float() / t
+            loss = F.cross_entropy(logits, logits[:, :k].argmax(dim=1))
+            (grad,) = torch.autograd.grad(loss, x)
+        x_hat = x.detach() - eps * grad.sign() / std
+        with torch.no_grad():
+            probs = (model(x_hat).double() / t).softmax(dim=1)
+        return probs[:, :k].max(dim=1).values.cpu()

@@ -1,11 +1,14 @@
-"""Classification heads: `LinearHead` for cross-entropy, `HALOHead` for the HALO loss.
+"""The HALO head and its maths (docs/method.md): distance logits to learned, mean-centred
+class centroids plus a parameter-free abstain class at the origin.
 
-Both map an embedding (N x D) to logits with `forward` and compute their training
-loss with `loss(x, y)`, so a model swaps one for the other and nothing else.
-`abstain` tells evaluation whether the last logit column is HALO's abstain class.
+The formulas are small pure functions so each can be tested against its float64
+definition on its own; `HALOHead` wires them together.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 from typing import Any
 
@@ -13,49 +16,88 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .losses import halo_init, halo_targets, radial_nll, reduce_loss, soft_cross_entropy
+from .functional import reduce_loss, soft_cross_entropy, working_dtype
+
+# Where the radial term starts: ||x - c||^2 / D for unit-variance x and c at init.
+R2_INIT = 2.0
+# The shifted true-class logit should start this many nats above the rest at init.
+INIT_LOGIT_SPREAD = 20.0
+# Guards log(r2) when an embedding sits exactly on its centroid.
+R2_EPS = 1e-6
 
 
-def _working_dtype(x: Tensor) -> torch.dtype:
-    """float32 at least (bf16/fp16 inputs are upcast), float64 when the input is."""
-    return torch.promote_types(x.dtype, torch.float32)
+@dataclass(frozen=True)
+class HALOInit:
+    """Closed-form initial values of a HALO head (docs/method.md section 3)."""
+
+    r2_target: float
+    gamma0: float
+    gamma_raw: float
+    margin: float
+    t_ideal: float
+    abstain_bias: float
 
 
-class LinearHead(nn.Module):
-    """A linear layer trained with categorical cross-entropy (CCE)."""
+def inverse_softplus(y: float) -> float:
+    """`g` with softplus(g) == y; softplus is the identity above 20."""
+    if y > 20.0:
+        return y
+    return y + math.log(-math.expm1(-y))
 
-    abstain = False
 
-    def __init__(
-        self,
-        in_features: int,
-        num_classes: int,
-        label_smoothing: float = 0.0,
-        reduction: str = "mean",
-    ) -> None:
-        super().__init__()
-        self.in_features = in_features
-        self.num_classes = num_classes
-        self.label_smoothing = label_smoothing
-        self.reduction = reduction
-        self.fc = nn.Linear(in_features, num_classes)
+def halo_init(num_classes: int, dim: int, label_smoothing: float = 0.1) -> HALOInit:
+    """Closed-form temperature and abstain bias for K classes in D dimensions."""
+    if num_classes < 2:
+        raise ValueError(f"HALO needs at least 2 classes, got {num_classes}")
+    if dim < 3:
+        # r2_target = 1 - 2/D must be positive for the radial term to have a minimum.
+        raise ValueError(f"HALO needs an embedding of at least 3 dimensions, got {dim}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    k, ls = num_classes, label_smoothing
+    r2_target = 1.0 - 2.0 / dim
+    gamma0 = INIT_LOGIT_SPREAD / (R2_INIT - r2_target)
+    if ls > 0:
+        p_max, p_min = 1.0 - ls + ls / k, ls / k
+    else:
+        p_max, p_min = 0.99, 0.01 / k
+    margin = math.log(p_max / p_min)
+    t_ideal = gamma0 * (1.0 - r2_target)
+    return HALOInit(
+        r2_target=r2_target,
+        gamma0=gamma0,
+        gamma_raw=inverse_softplus(gamma0),
+        margin=margin,
+        t_ideal=t_ideal,
+        abstain_bias=t_ideal - margin,
+    )
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(x)
 
-    def loss(self, x: Tensor, y: Tensor, reduction: str | None = None) -> Tensor:
-        per_sample = F.cross_entropy(
-            self(x).float(), y, label_smoothing=self.label_smoothing, reduction="none"
-        )
-        return reduce_loss(per_sample, reduction or self.reduction)
+def radial_nll(r2: Tensor, dim: int) -> Tensor:
+    """Chi-square negative log-likelihood per dimension, minimal at r2 = 1 - 2/D."""
+    return -((0.5 - 1.0 / dim) * torch.log(r2.clamp_min(R2_EPS)) - r2 / 2.0)
 
-    def config(self) -> dict[str, Any]:
-        return {
-            "type": "linear",
-            "in_features": self.in_features,
-            "num_classes": self.num_classes,
-            "label_smoothing": self.label_smoothing,
-        }
+
+@torch.no_grad()
+def halo_targets(
+    distance_logits: Tensor, target: Tensor, label_smoothing: float, distill: bool
+) -> Tensor:
+    """Soft targets over K+1 classes; the abstain class (last) always gets 0.
+
+    With `distill`, negatives share the smoothing mass by how near the model already
+    puts them (softmax of t_k / ls with the true class pinned at 0); otherwise it is
+    ordinary label smoothing over the K real classes.
+    """
+    n, k = distance_logits.shape
+    onehot = F.one_hot(target, k).to(distance_logits.dtype)
+    if label_smoothing == 0.0:
+        probs = onehot  # both variants reduce to one-hot as ls -> 0
+    elif distill:
+        z = (distance_logits.float() / label_smoothing).masked_fill(onehot.bool(), 0.0)
+        probs = z.softmax(dim=1)
+    else:
+        probs = onehot * (1.0 - label_smoothing) + label_smoothing / k
+    return torch.cat([probs, probs.new_zeros(n, 1)], dim=1)
 
 
 class HALOHead(nn.Module):
@@ -70,6 +112,7 @@ class HALOHead(nn.Module):
     """
 
     abstain = True
+    kind = "halo"
 
     def __init__(
         self,
@@ -106,7 +149,7 @@ class HALOHead(nn.Module):
 
         At least float32 (bf16/fp16 inputs are upcast), float64 when the input is.
         """
-        dtype = _working_dtype(x)
+        dtype = working_dtype(x)
         c = self.centred_centroids().to(dtype)
         x = x.to(dtype)
         dim = x.shape[1]
@@ -130,7 +173,7 @@ class HALOHead(nn.Module):
     def squared_distances(self, x: Tensor) -> Tensor:
         """||x - c_k||^2 / D for every class (N x K), computed directly."""
         with torch.autocast(device_type=x.device.type, enabled=False):
-            dtype = _working_dtype(x)
+            dtype = working_dtype(x)
             c = self.centred_centroids().to(dtype)
             return (x.to(dtype)[:, None, :] - c[None]).pow(2).mean(dim=2)
 
@@ -142,7 +185,7 @@ class HALOHead(nn.Module):
 
     def loss(self, x: Tensor, y: Tensor, reduction: str | None = None) -> Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.to(_working_dtype(x))
+            x = x.to(working_dtype(x))
             x_sq, c_sq, dot, c, gamma = self._terms(x)
             s = gamma * (2.0 * dot - c_sq)
             bias = self.abstain_bias.to(s.dtype).expand(s.shape[0], 1)
@@ -153,22 +196,14 @@ class HALOHead(nn.Module):
             per_sample = ce + radial_nll(r2, x.shape[1])
         return reduce_loss(per_sample, reduction or self.reduction)
 
+    def knobs(self) -> dict[str, Any]:
+        return {"label_smoothing": self.label_smoothing, "distill": self.distill,
+                "learn_gamma": self.learn_gamma}
+
     def config(self) -> dict[str, Any]:
-        return {
-            "type": "halo",
-            "in_features": self.in_features,
-            "num_classes": self.num_classes,
-            "label_smoothing": self.label_smoothing,
-            "distill": self.distill,
-            "learn_gamma": self.learn_gamma,
-        }
+        return {"type": self.kind, "in_features": self.in_features, "num_classes": self.num_classes,
+                **self.knobs()}
 
-
-HEADS: dict[str, type[nn.Module]] = {"linear": LinearHead, "halo": HALOHead}
-
-
-def head_from_config(config: dict[str, Any]) -> nn.Module:
-    """Rebuild a head from `config()` output (as stored in a checkpoint)."""
-    kwargs = dict(config)
-    kind = kwargs.pop("type")
-    return HEADS[kind](**kwargs)
+    def diagnostics(self) -> dict[str, float]:
+        """The learned temperature, the number that shows a HALO run collapsing or not."""
+        return {"gamma": float(self.gamma.detach())}
