@@ -26,14 +26,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .bench import BenchConfig
 from .console import console, make_progress
 from .errors import HaloBenchError, unknown_name
-from .evaluate import EvalConfig
 from .io import atomic_write_json, atomic_write_text, sha256_file, utc_now
 from .config import RUNTIME_FIELDS, TrainConfig
+
+if TYPE_CHECKING:  # evaluate imports torch; the CLI checks everything before torch loads
+    from .evaluate import EvalConfig
 
 LAUNCHERS = ("inline", "local", "slurm")
 JOBS_DIR = "jobs"  # under --out: each job's logs and submitit's pickles, jobs.json, slot locks
@@ -548,6 +550,8 @@ def make_executor(launcher: str, out: str | os.PathLike[str], cluster: ClusterCo
 
 def make_jobs(plans: list[RunPlan], cfg: BenchConfig, cluster: ClusterConfig, launcher: str,
               n_jobs: int) -> list[RunJob]:
+    from .evaluate import EvalConfig
+
     parallel = cluster.parallel(launcher, n_jobs)
     threads = cluster.cpus_per_job
     if launcher == "local" and threads is None:

@@ -256,3 +256,21 @@ def test_other_config_in_the_run_folder_is_refused(tmp_path: Path) -> None:
     output = _bench("--seeds", "0", "--epochs", "2", "--out", str(tmp_path), "--launcher", "local", code=2)
     assert "holds a run with a different configuration" in output
     assert not (tmp_path / "jobs" / "jobs.json").exists()
+
+
+def test_job_settings_fail_before_torch_loads(tmp_path: Path) -> None:
+    """As for every other flag: a mistake is reported without waiting for torch to load."""
+    import subprocess
+    import sys
+
+    from blocktorch import PRELUDE
+
+    cache = {"HALO_BENCH_CACHE": str(tmp_path / "cache")}  # the model-name cache (its first write needs timm)
+    subprocess.run([sys.executable, "-c", "from halo_bench.timm_names import model_names; model_names()"],
+                   check=True, timeout=120, env={**os.environ, **cache})
+    code = PRELUDE + "import sys; from halo_bench.cli import main; sys.argv[0] = 'halo-bench'; main()"
+    for args, message in [(["--launcher", "lokal"], "Did you mean 'local'"),
+                          (["--launcher", "slurm", "--gpus-per-job", "2"], "no multi-GPU")]:
+        proc = subprocess.run([sys.executable, "-c", code, "bench", "--out", str(tmp_path / "runs"), *args],
+                              capture_output=True, text=True, timeout=120, env={**os.environ, **cache})
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
