@@ -266,6 +266,17 @@ def bench(
     force: Annotated[bool, typer.Option("--force", help="Retrain runs that are already complete.")] = False,
     data_root: DataRootOpt = None,
     registry: RegistryOpt = None,
+    launcher: Annotated[str, typer.Option("--launcher", help="inline: every run in this process, one after another; local or slurm: each (loss, seed) run as a submitit job (background processes here, or one SLURM job array); see README 'On a cluster'.")] = "inline",
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="local/slurm: follow the jobs with a progress display and write the report when they end (default: print the job ids and return).")] = False,
+    max_parallel: Annotated[Optional[int], typer.Option("--max-parallel", help="local/slurm: at most this many jobs at once (default: 1 local, all on SLURM).", show_default=False)] = None,
+    cluster_config: Annotated[Optional[Path], typer.Option("--cluster-config", help="local/slurm: YAML file of job settings (partition, time, gpus_per_job, cpus_per_job, mem_gb, account, max_parallel, sbatch_lines, setup, max_requeues); flags override it.", show_default=False)] = None,
+    partition: Annotated[Optional[str], typer.Option("--partition", help="slurm: partition to submit to.", show_default=False)] = None,
+    time_limit: Annotated[Optional[str], typer.Option("--time", help="local/slurm: time limit per job, minutes or H:MM:SS (default 24:00:00 on SLURM, none locally); a job that reaches it is requeued and resumes.", show_default=False)] = None,
+    gpus_per_job: Annotated[Optional[int], typer.Option("--gpus-per-job", help="local/slurm: GPUs per job, 0 or 1 (default 1; more is refused until halo-bench has a DDP path).", show_default=False)] = None,
+    cpus_per_job: Annotated[Optional[int], typer.Option("--cpus-per-job", help="local/slurm: CPU cores (and torch threads) per job (default: SLURM's; locally the cores divided by --max-parallel).", show_default=False)] = None,
+    mem_gb: Annotated[Optional[float], typer.Option("--mem-gb", help="slurm: memory per job in GB.", show_default=False)] = None,
+    account: Annotated[Optional[str], typer.Option("--account", help="slurm: account to charge.", show_default=False)] = None,
+    sbatch_line: Annotated[Optional[list[str]], typer.Option("--sbatch-line", help="slurm: extra sbatch option, e.g. --sbatch-line constraint=a100 (repeatable).", show_default=False)] = None,
 ) -> None:
     """The main job: train every loss for each seed, evaluate all, write and print the report."""
     from .bench import BenchConfig, check_bench, run_bench
@@ -275,6 +286,12 @@ def bench(
                       registry=str(registry) if registry else None,
                       data_root=str(data_root) if data_root else None)
     check_bench(cfg)
+    cluster = {"max_parallel": max_parallel, "partition": partition, "time": time_limit, "gpus_per_job": gpus_per_job,
+               "cpus_per_job": cpus_per_job, "mem_gb": mem_gb, "account": account, "sbatch_lines": sbatch_line}
+    if launcher != "inline" or wait or cluster_config or any(v not in (None, []) for v in cluster.values()):
+        from .launch import run_launcher
+
+        raise typer.Exit(run_launcher(cfg, launcher, wait, cluster_config, cluster, typer.echo))
     text, path = run_bench(cfg)
     typer.echo(text)
     typer.echo(f"report written to {path}")

@@ -1,0 +1,745 @@
+"""`bench --launcher local|slurm`: the bench's runs as submitit jobs, one per (suite, loss, seed).
+
+Each job trains (or resumes) one run and evaluates it, writing the usual run folder
+under the shared `--out`. The jobs go out as one job array (SLURM) or as background
+processes of this machine (local), at most `max_parallel` at a time. What was
+submitted is kept in `<out>/jobs/jobs.json`, so running the same `bench` again can
+tell finished, running, failed and missing runs apart: it skips the finished and
+running ones and resubmits the others, which resume from their last checkpoint.
+
+A job that is preempted or reaches its time limit gets submitit's signal, calls
+`RunJob.checkpoint` and is requeued; `train()` then resumes from the run's ckpt.pt
+(written after every epoch), so at most the epoch in progress is trained again.
+
+submitit is an optional dependency (`pip install "halo-bench[cluster]"`), imported
+only when a job is submitted or inspected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .bench import BenchConfig
+from .console import console, make_progress
+from .errors import HaloBenchError, unknown_name
+from .io import atomic_write_json, atomic_write_text, sha256_file, utc_now
+from .config import RUNTIME_FIELDS, TrainConfig
+
+if TYPE_CHECKING:  # evaluate imports torch; the CLI checks everything before torch loads
+    from .evaluate import EvalConfig
+
+LAUNCHERS = ("inline", "local", "slurm")
+JOBS_DIR = "jobs"  # under --out: each job's logs and submitit's pickles, jobs.json, slot locks
+JOBS_FILE = "jobs.json"
+JOBS_SCHEMA = "halo-bench/jobs"
+INSTALL_HINT = 'pip install "halo-bench[cluster]" (or pip install submitit)'
+# sacct states of a job that may still run (a requeued job shows its latest attempt).
+SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "COMPLETING",
+                "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "UNKNOWN", "READY"}
+DEFAULT_TIME_MIN = 24 * 60  # SLURM
+LOCAL_NO_LIMIT_MIN = 366 * 24 * 60  # local jobs: in effect none (a job waiting for a slot counts)
+ERROR_LINES = 5
+
+
+@dataclass
+class ClusterConfig:
+    """Resources for each job, from `--cluster-config` YAML and flags (flags win)."""
+
+    partition: str | None = None
+    time: int | None = None  # minutes; default: 24 h on SLURM, none locally (a waiting job must not time out)
+    gpus_per_job: int = 1
+    cpus_per_job: int | None = None
+    mem_gb: float | None = None
+    account: str | None = None
+    max_parallel: int | None = None  # default: 1 local, every job at once on SLURM
+    sbatch_lines: list[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)  # shell lines run before each job (module load ...)
+    max_requeues: int = 3  # time-outs after which submitit stops requeuing a job
+
+    def parallel(self, launcher: str, n_jobs: int) -> int:
+        if self.max_parallel is not None:
+            return self.max_parallel
+        return 1 if launcher == "local" else max(1, n_jobs)
+
+
+def parse_time(value: Any, where: str = "--time") -> int:
+    """SLURM-style time limit -> whole minutes: `90` (minutes), `H:MM:SS`, `D-H:MM:SS` or `D-H`."""
+    text = str(value).strip()
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})|(\d+)-(\d+)|(\d+)", text)
+    if isinstance(value, bool) or not match:
+        raise HaloBenchError(f"{where} takes minutes (90), H:MM:SS (4:00:00) or D-H:MM:SS (1-12:00:00), "
+                             f"got {value!r}.")
+    days, hours, minutes, seconds, d2, h2, only = match.groups()
+    if only is not None:
+        total = int(only) * 60
+    elif d2 is not None:
+        total = (int(d2) * 24 + int(h2)) * 3600
+    else:
+        total = ((int(days or 0) * 24 + int(hours)) * 60 + int(minutes)) * 60 + int(seconds)
+    if total <= 0:
+        raise HaloBenchError(f"{where} must be positive, got {value!r}.")
+    return -(-total // 60)
+
+
+def _sbatch_option(line: Any, where: str) -> tuple[str, Any]:
+    """`--constraint=a100`, `constraint=a100`, `#SBATCH --exclusive` -> (key, value or True)."""
+    text = str(line).strip()
+    text = re.sub(r"^#SBATCH\s+", "", text)
+    match = re.fullmatch(r"(?:--)?([A-Za-z][A-Za-z0-9-]*)(?:[= ]\s*(\S.*))?", text)
+    if not isinstance(line, str) or not match:
+        raise HaloBenchError(f"{where}: expected an sbatch option such as --constraint=a100, got {line!r}.")
+    key, value = match.groups()
+    if key.replace("_", "-") in {"array", "output", "error", "signal", "open-mode", "job-name"}:
+        raise HaloBenchError(f"{where}: --{key} is set by halo-bench itself and cannot be overridden.")
+    return key, True if value is None else value
+
+
+_CLUSTER_KEYS = {f.name for f in fields(ClusterConfig)}
+_FLAGS = {"sbatch_lines": "--sbatch-line", "time": "--time"}
+
+
+def cluster_config(path: str | os.PathLike[str] | None = None, **flags: Any) -> ClusterConfig:
+    """Read and validate the YAML file (if any), then apply the flags that were given (not None)."""
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # where each value came from, for the error message
+    if path is not None:
+        import yaml
+
+        try:
+            doc = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise HaloBenchError(f"--cluster-config {path} does not exist.") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise HaloBenchError(f"--cluster-config {path}: not readable YAML ({exc}).") from None
+        if doc is None:
+            doc = {}
+        if not isinstance(doc, dict):
+            raise HaloBenchError(f"{path}: expected a mapping of settings (partition: gpu, time: 4:00:00, ...).")
+        for key, value in doc.items():
+            name = str(key).replace("-", "_")
+            if name not in _CLUSTER_KEYS:
+                close = difflib.get_close_matches(name, sorted(_CLUSTER_KEYS), n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise HaloBenchError(f"{path}: unknown setting {key!r}.{hint} Known: {', '.join(sorted(_CLUSTER_KEYS))}.")
+            values[name], origin[name] = value, f"{path}: {key}"
+    for name, value in flags.items():
+        if name not in _CLUSTER_KEYS:
+            raise TypeError(f"unknown cluster setting {name!r}")
+        if value is not None and not (isinstance(value, list) and not value):
+            values[name], origin[name] = value, _FLAGS.get(name, "--" + name.replace("_", "-"))
+    return _validated(values, origin)
+
+
+def _validated(values: dict[str, Any], origin: dict[str, str]) -> ClusterConfig:
+    def integer(name: str, minimum: int, default: int | None = None) -> int | None:
+        value = values.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise HaloBenchError(f"{origin[name]} must be an integer >= {minimum}, got {value!r}.")
+        return value
+
+    def text(name: str) -> str | None:
+        value = values.get(name)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise HaloBenchError(f"{origin[name]} must be a non-empty string, got {value!r}.")
+        return value
+
+    def lines(name: str) -> list[str]:
+        value = values.get(name) or []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise HaloBenchError(f"{origin[name]} must be a list of strings, got {value!r}.")
+        return list(value)
+
+    mem = values.get("mem_gb")
+    if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float)) or mem <= 0):
+        raise HaloBenchError(f"{origin['mem_gb']} must be a positive number of GB, got {mem!r}.")
+    cfg = ClusterConfig(
+        partition=text("partition"),
+        time=parse_time(values["time"], origin["time"]) if values.get("time") is not None else None,
+        gpus_per_job=integer("gpus_per_job", 0, 1),
+        cpus_per_job=integer("cpus_per_job", 1),
+        mem_gb=float(mem) if mem is not None else None,
+        account=text("account"),
+        max_parallel=integer("max_parallel", 1),
+        sbatch_lines=lines("sbatch_lines"),
+        setup=lines("setup"),
+        max_requeues=integer("max_requeues", 0, 3),
+    )
+    for line in cfg.sbatch_lines:
+        _sbatch_option(line, origin["sbatch_lines"])
+    if cfg.gpus_per_job > 1:
+        raise HaloBenchError(
+            f"{origin['gpus_per_job']} {cfg.gpus_per_job}: halo-bench has no multi-GPU (DistributedDataParallel) "
+            "training path yet, so a job would hold GPUs it cannot use. Use 1: each run gets its own GPU "
+            "and the runs go in parallel as array tasks (--max-parallel)."
+        )
+    return cfg
+
+
+def _require_submitit(launcher: str) -> Any:
+    try:
+        import submitit
+    except ImportError:
+        raise HaloBenchError(f"--launcher {launcher} needs submitit, which is not installed: {INSTALL_HINT}.") from None
+    return submitit
+
+
+# ---------------------------------------------------------------------------------------------
+# The job: what runs on the node.
+
+
+@dataclass
+class RunJob:
+    """One (suite, loss, seed) run: train (or resume) it, then evaluate it.
+
+    A plain-data callable, pickled by submitit. `checkpoint` is submitit's hook for a
+    preempted or timed-out job (as on `submitit.helpers.Checkpointable`): it requeues
+    the same call, and `train()` resumes from the run's last epoch checkpoint.
+    """
+
+    train_config: TrainConfig
+    eval_config: EvalConfig
+    registry: str | None = None
+    threads: int | None = None  # torch CPU threads (default: SLURM's cpus-per-task, else torch's)
+    slots: str | None = None  # local launcher: folder of lock files limiting concurrent jobs
+    max_parallel: int = 1
+    gpus_per_job: int = 0
+
+    def __call__(self) -> dict[str, Any]:
+        return run_job(self)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        from submitit.helpers import DelayedSubmission
+
+        console.print(f"{self.train_config.run_name}: preempted or timed out; requeued, it resumes "
+                      "from its last checkpoint.")
+        return DelayedSubmission(self)
+
+
+def export_distributed_env() -> dict[str, str]:
+    """Set MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK from submitit's job environment.
+
+    Returns the variables set ({} outside a submitit job). CUDA_VISIBLE_DEVICES is left as
+    the scheduler set it.
+    """
+    try:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        dist = TorchDistributedEnvironment()
+    except Exception:  # not inside a submitit job
+        return {}
+    dist.export(set_cuda_visible_devices=False, overwrite=True)
+    return {k: os.environ[k] for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+
+
+@contextlib.contextmanager
+def _slot(folder: str | None, count: int, poll_s: float = 1.0) -> Iterator[int]:
+    """Hold one of `count` lock files under `folder` (released when the process ends, however)."""
+    if folder is None:
+        yield 0
+        return
+    import fcntl
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    while True:
+        for k in range(count):
+            handle = open(Path(folder) / f"slot-{k}.lock", "a+")  # noqa: SIM115
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                continue
+            try:
+                yield k
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+            return
+        time.sleep(poll_s)
+
+
+def run_job(job: RunJob) -> dict[str, Any]:
+    import torch
+
+    from .evaluate import evaluate, summarize
+    from .data import load_registry
+    from .train import train
+
+    dist = export_distributed_env()
+    rank = int(os.environ.get("RANK", "0"))
+    name = job.train_config.run_name
+    if rank != 0:  # no DDP path yet (submission refuses --gpus-per-job > 1): only rank 0 trains
+        return {"run": name, "rank": rank, "skipped": True}
+    threads = job.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
+    if threads:
+        torch.set_num_threads(threads)
+    with _slot(job.slots, job.max_parallel) as slot:
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+        if job.slots and job.gpus_per_job and len(visible) >= (slot + 1) * job.gpus_per_job:
+            # local launcher: slot k gets the k-th group of GPUs (CUDA is not initialised yet)
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(visible[slot * job.gpus_per_job:(slot + 1) * job.gpus_per_job])
+        console.print(f"{name}: job started (slot {slot}, {torch.get_num_threads()} threads, "
+                      f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}, "
+                      f"{dist or 'no submitit environment'})", markup=False)
+        registry = load_registry(job.registry)
+        trained = train(job.train_config, registry)
+        results, path = evaluate(job.eval_config, registry)
+        console.print(summarize(results))
+    return {"run": name, "results": str(path), "epochs_run": trained.epochs_run, "distributed": dist}
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep: what is finished, running, failed or missing; submission; following.
+
+
+@dataclass
+class RunPlan:
+    name: str
+    train_config: TrainConfig  # as submitted (unset recipe fields stay None)
+    resolved: TrainConfig
+    run_dir: Path
+    state: str = "missing"  # finished | running | failed | missing
+    record: dict[str, Any] | None = None
+    detail: str = ""  # failed: the error's last lines; missing: how far a checkpoint got
+
+
+def jobs_folder(out: str | os.PathLike[str]) -> Path:
+    return Path(out).absolute() / JOBS_DIR
+
+
+def read_jobs(out: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    import json
+
+    path = jobs_folder(out) / JOBS_FILE
+    if not path.exists():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HaloBenchError(f"{path}: not readable ({exc}); delete it to forget the submitted jobs.") from None
+    runs = doc.get("runs") if isinstance(doc, dict) and doc.get("schema") == JOBS_SCHEMA else None
+    keys = {"launcher", "job_id", "stderr", "result"}
+    if not isinstance(runs, dict) or not all(isinstance(r, dict) and keys <= set(r) for r in runs.values()):
+        raise HaloBenchError(f"{path}: not a halo-bench jobs file; delete it to forget the submitted jobs.")
+    return runs
+
+
+def _record_jobs(out: str | os.PathLike[str], records: dict[str, dict[str, Any]]) -> None:
+    """Merge `records` into jobs.json under a lock (two benches may share an --out)."""
+    import fcntl
+
+    folder = jobs_folder(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".jobs.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = read_jobs(out)
+        runs.update(records)
+        atomic_write_json(folder / JOBS_FILE, {"schema": JOBS_SCHEMA, "version": 1, "runs": runs})
+
+
+def plan_runs(cfg: BenchConfig, registry: Any) -> list[RunPlan]:
+    """The bench's (seed, loss) runs, as the inline bench trains them, with an absolute --out."""
+    plans = []
+    for tcfg in cfg.train_configs():
+        tcfg = replace(tcfg, out=str(Path(tcfg.out).absolute()))
+        plans.append(RunPlan(tcfg.run_name, tcfg, tcfg.resolved(registry), Path(tcfg.out) / tcfg.run_name))
+    return plans
+
+
+def _identity(train_config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in train_config.items() if k not in RUNTIME_FIELDS}
+
+
+def finished_results(plan: RunPlan, detectors: list[str] | None) -> Path | None:
+    """results.json if it evaluates this run's complete checkpoint, as configured; else None."""
+    import json
+
+    path, ckpt = plan.run_dir / "results.json", plan.run_dir / "ckpt.pt"
+    if not path.is_file() or not ckpt.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        checkpoint = doc["checkpoint"]
+        same = (checkpoint.get("complete") is True and not doc.get("partial")
+                and _identity(doc["train_config"]) == plan.resolved.identity()
+                and doc["eval_config"].get("detectors") == detectors)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return path if same and checkpoint.get("sha256") == sha256_file(ckpt) else None
+
+
+def _check_same_config(plan: RunPlan) -> str:
+    """Refuse a run folder trained with another config (as train() would); say how far it got."""
+    ckpt = plan.run_dir / "ckpt.pt"
+    if not ckpt.is_file():
+        return ""
+    from .models import read_checkpoint
+
+    meta = read_checkpoint(ckpt)["meta"]
+    if _identity(meta.get("train_config", {})) != plan.resolved.identity():
+        raise HaloBenchError(
+            f"{plan.run_dir} holds a run with a different configuration; pass --force to "
+            "overwrite it or --out to train elsewhere."
+        )
+    return f"checkpoint at epoch {meta.get('epochs_done', 0)}/{plan.resolved.epochs}"
+
+
+def _local_alive(job_id: str) -> bool:
+    try:
+        pid = int(job_id)
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.parent.exists():  # Linux: not a zombie, and still a submitit controller (pid reuse)
+        try:
+            return b"submitit" in cmdline.read_bytes()
+        except OSError:
+            return False
+    return True
+
+
+class JobStates:
+    """Whether recorded jobs may still run: local controller processes, or sacct for SLURM."""
+
+    def __init__(self, records: list[dict[str, Any]], live: dict[str, Any] | None = None) -> None:
+        self.live = live or {}  # job id -> submitit Job submitted by this process (reaps its process)
+        self.slurm: dict[str, str] = {}
+        slurm_ids = [r["job_id"] for r in records if r.get("launcher") == "slurm"]
+        if slurm_ids:
+            submitit = _require_submitit("slurm")
+            watcher = submitit.SlurmJob.watcher
+            for job_id in slurm_ids:
+                watcher.register_job(job_id)
+            watcher.update()
+            self.slurm = {job_id: watcher.get_state(job_id, mode="cache") for job_id in slurm_ids}
+
+    def active(self, record: dict[str, Any]) -> bool:
+        job = self.live.get(record["job_id"])
+        if job is not None and record.get("launcher") == "local":
+            return job._process is not None and job._process.poll() is None
+        if record.get("launcher") == "slurm":
+            state = self.slurm.get(record["job_id"], "UNKNOWN").split()[0].upper()
+            return state in SLURM_ACTIVE and not Path(record["result"]).exists()
+        return _local_alive(record["job_id"])
+
+
+def _result(record: dict[str, Any]) -> tuple[str, Any]:
+    """submitit's (outcome, value) for a job that ended normally; ("none", None) if it wrote none."""
+    result = Path(record["result"])
+    if not result.is_file():
+        return "none", None
+    try:
+        import pickle
+
+        with result.open("rb") as handle:  # our own job's file: a (str, str | dict) tuple
+            outcome, value = pickle.load(handle)
+        return str(outcome), value
+    except Exception:  # half-written or foreign
+        return "none", None
+
+
+def _outcome(record: dict[str, Any]) -> str:
+    return _result(record)[0]
+
+
+def failure_detail(record: dict[str, Any], lines: int = ERROR_LINES) -> str:
+    """The failed job's last error lines, from submitit's result file or else its stderr log."""
+    outcome, value = _result(record)
+    text = str(value) if outcome == "error" else ""
+    if not text:
+        stderr = Path(record["stderr"])
+        text = stderr.read_text(errors="replace") if stderr.is_file() else ""
+        if not text:
+            return "no log: the job was killed before it started, or never ran."
+    kept = [line for line in text.splitlines() if line.strip()][-lines:]
+    return "\n".join(kept)
+
+
+def classify(plans: list[RunPlan], cfg: BenchConfig, states: JobStates) -> None:
+    """Set each plan's state; a run already seen finished (while following) is not checked again."""
+    records = read_jobs(cfg.out)
+    for plan in plans:
+        if plan.state == "finished" and records.get(plan.name) == plan.record:
+            continue
+        plan.record = records.get(plan.name)
+        plan.detail = ""
+        if plan.record is not None and states.active(plan.record):
+            plan.state = "running"
+        elif finished_results(plan, cfg.detectors) is not None:
+            plan.state = "finished"
+        elif plan.record is not None and _outcome(plan.record) != "success":
+            plan.state = "failed"
+            plan.detail = failure_detail(plan.record)
+        else:  # never submitted, or its job succeeded but the results are out of date (e.g. --detectors)
+            plan.state = "missing"
+
+
+@contextlib.contextmanager
+def _job_environment() -> Iterator[None]:
+    """Environment the jobs inherit: this halo_bench importable, no progress bars in log files."""
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "HALO_BENCH_PROGRESS")}
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    paths = [p for p in (saved["PYTHONPATH"] or "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join([package_parent] + [p for p in paths if p != package_parent])
+    os.environ["HALO_BENCH_PROGRESS"] = "0"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def make_executor(launcher: str, out: str | os.PathLike[str], cluster: ClusterConfig, n_jobs: int) -> Any:
+    """A submitit executor writing each job's logs to <out>/jobs/<job id>_0_log.{out,err}."""
+    submitit = _require_submitit(launcher)
+    folder = jobs_folder(out)
+    parallel = cluster.parallel(launcher, n_jobs)
+    if launcher == "local":
+        executor = submitit.LocalExecutor(folder=folder, max_num_timeout=cluster.max_requeues)
+        # Every slot's GPUs are visible to each job, which narrows them to its slot's group.
+        gpus = cluster.gpus_per_job * parallel
+        local: dict[str, Any] = {"timeout_min": cluster.time or LOCAL_NO_LIMIT_MIN, "setup": list(cluster.setup)}
+        visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        if visible and all(d.isdigit() for d in visible):  # keep the user's own restriction
+            local["visible_gpus"] = [int(d) for d in visible]
+            gpus = min(gpus, len(visible))
+        executor.update_parameters(gpus_per_node=gpus, **local)
+        return executor
+    try:
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=cluster.max_requeues)
+    except RuntimeError as exc:
+        raise HaloBenchError(f"--launcher slurm: {exc} (no `srun` on PATH; run bench on a SLURM login "
+                             "node, or use --launcher local).") from None
+    params: dict[str, Any] = {
+        "job_name": f"halo-bench-{Path(out).absolute().name}",
+        "time": cluster.time or DEFAULT_TIME_MIN,
+        "nodes": 1,
+        "ntasks_per_node": 1,
+        "array_parallelism": parallel,
+        "signal_delay_s": 120,
+    }
+    optional = {"partition": cluster.partition, "account": cluster.account,
+                "cpus_per_task": cluster.cpus_per_job,
+                "gpus_per_node": cluster.gpus_per_job or None,
+                "mem": f"{int(cluster.mem_gb * 1024)}MB" if cluster.mem_gb else None,
+                "setup": list(cluster.setup) or None,
+                "additional_parameters": dict(_sbatch_option(line, "--sbatch-line") for line in cluster.sbatch_lines)
+                or None}
+    params.update({k: v for k, v in optional.items() if v is not None})
+    executor.update_parameters(**params)
+    return executor
+
+
+def make_jobs(plans: list[RunPlan], cfg: BenchConfig, cluster: ClusterConfig, launcher: str,
+              n_jobs: int) -> list[RunJob]:
+    from .evaluate import EvalConfig
+
+    parallel = cluster.parallel(launcher, n_jobs)
+    threads = cluster.cpus_per_job
+    if launcher == "local" and threads is None:
+        threads = max(1, (os.cpu_count() or 1) // parallel)
+    slots = str(jobs_folder(cfg.out) / "slots") if launcher == "local" else None
+    return [
+        RunJob(train_config=plan.train_config,
+               eval_config=EvalConfig(str(plan.run_dir / "ckpt.pt"), detectors=cfg.detectors, device=cfg.device,
+                                      data_root=cfg.data_root),
+               registry=str(Path(cfg.registry).absolute()) if cfg.registry else None, threads=threads,
+               slots=slots, max_parallel=parallel, gpus_per_job=cluster.gpus_per_job)
+        for plan in plans
+    ]
+
+
+@dataclass
+class LaunchOutcome:
+    lines: list[str]
+    exit_code: int = 0
+    report_path: Path | None = None
+    report: str | None = None
+    submitted: dict[str, str] = field(default_factory=dict)  # run -> job id
+    reported: set[str] = field(default_factory=set)  # ids of the failed jobs already listed
+
+
+def launch_bench(cfg: BenchConfig, cluster: ClusterConfig, launcher: str, wait: bool = False,
+                 poll_s: float | None = None) -> LaunchOutcome:
+    """Submit the sweep's unfinished runs as jobs; with `wait`, follow them and write the report."""
+    from .bench import check_bench
+    from .data import load_registry
+
+    if launcher not in ("local", "slurm"):
+        raise HaloBenchError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}.")
+    _require_submitit(launcher)
+    check_bench(cfg)  # every name and value, before any submission
+    registry = load_registry(cfg.registry)
+    plans = plan_runs(cfg, registry)
+    records = read_jobs(cfg.out)
+    classify(plans, cfg, JobStates([records[p.name] for p in plans if p.name in records]))
+    lines: list[str] = []
+    reported: set[str] = set()
+    _report_failures(plans, lines, reported)
+    todo = [p for p in plans if p.state in ("missing", "failed") or (cfg.force and p.state == "finished")]
+    if not cfg.force:
+        for plan in todo:
+            plan.detail = _check_same_config(plan) or plan.detail
+    for plan in plans:
+        if plan.state == "running":
+            lines.append(f"{plan.name}: still running as job {plan.record['job_id']}; not resubmitted.")
+    skipped = sum(p.state == "finished" for p in plans) if not cfg.force else 0
+    if skipped:
+        lines.append(f"{skipped} of {len(plans)} runs already finished; skipped (--force reruns them).")
+
+    outcome = LaunchOutcome(lines, reported=reported)
+    live: dict[str, Any] = {}
+    if todo:
+        parallel = cluster.parallel(launcher, len(todo))
+        executor = make_executor(launcher, cfg.out, cluster, len(todo))
+        jobs = make_jobs(todo, cfg, cluster, launcher, len(todo))
+        if cfg.force:
+            for plan in todo:
+                _remove_run(plan.run_dir)
+        submitted = _submit(executor, jobs, launcher)
+        records = {}
+        for plan, job in zip(todo, submitted):
+            records[plan.name] = {
+                "launcher": launcher, "job_id": job.job_id, "folder": str(job.paths.folder),
+                "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
+                "result": str(job.paths.result_pickle), "submitted": utc_now(),
+            }
+            live[job.job_id] = job
+            outcome.submitted[plan.name] = job.job_id
+        _record_jobs(cfg.out, records)
+        how = "as a SLURM job array" if launcher == "slurm" and len(todo) > 1 else f"as {launcher} jobs"
+        lines.append(f"submitted {len(todo)} job(s) {how}, at most {parallel} at a time:")
+        width = max(len(p.name) for p in todo)
+        for plan in todo:
+            note = f"  ({plan.detail})" if plan.detail.startswith("checkpoint") else ""
+            lines.append(f"  {plan.name:<{width}}  job {outcome.submitted[plan.name]}{note}")
+    lines.append(f"job logs and state: {jobs_folder(cfg.out)}")
+
+    if wait:
+        plans = follow(plans, cfg, live, poll_s if poll_s is not None else (2.0 if launcher == "local" else 30.0))
+    elif todo or any(p.state == "running" for p in plans):
+        lines.append("Run the same command again to see which runs finished (it resubmits failed ones and "
+                     "writes the report once all are done), or add --wait to follow the jobs.")
+        return outcome
+    return _finish(plans, cfg, outcome)
+
+
+def _submit(executor: Any, jobs: list[RunJob], launcher: str) -> list[Any]:
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+    try:
+        with _job_environment():
+            return executor.submit_array(jobs)
+    except (FailedJobError, FailedSubmissionError) as exc:  # sbatch refused it (partition, account, ...)
+        last = [line for line in str(exc).splitlines() if line.strip()][-ERROR_LINES:]
+        raise HaloBenchError(f"--launcher {launcher}: the submission failed:\n" + "\n".join(last)) from None
+
+
+def _report_failures(plans: list[RunPlan], lines: list[str], reported: set[str]) -> None:
+    """A failed job, once: its log file and the error's last lines."""
+    for plan in plans:
+        if plan.state == "failed" and plan.record is not None and plan.record["job_id"] not in reported:
+            reported.add(plan.record["job_id"])
+            lines.append(f"{plan.name}: job {plan.record['job_id']} failed (log {plan.record['stderr']}):")
+            lines.extend(f"    {line}" for line in plan.detail.splitlines())
+
+
+def _remove_run(run_dir: Path) -> None:
+    """--force: start the run afresh (a requeued job then resumes this new run, never the old one)."""
+    if run_dir.is_dir() and ((run_dir / "ckpt.pt").exists() or (run_dir / "config.json").exists()):
+        shutil.rmtree(run_dir)
+
+
+def follow(plans: list[RunPlan], cfg: BenchConfig, live: dict[str, Any], poll_s: float) -> list[RunPlan]:
+    """Poll until no run of the sweep is running, showing each run's epochs."""
+    records = [r for r in read_jobs(cfg.out).values()]
+    epochs = {p.name: p.resolved.epochs or 1 for p in plans}
+    with make_progress() as progress:
+        overall = progress.add_task("sweep", total=len(plans), status="")
+        tasks = {p.name: progress.add_task(p.name, total=epochs[p.name], status="") for p in plans}
+        while True:
+            classify(plans, cfg, JobStates(records, live))
+            for plan in plans:
+                done = _epochs_done(plan.run_dir)
+                progress.update(tasks[plan.name], completed=min(done, epochs[plan.name]), status=plan.state)
+            counts = {s: sum(p.state == s for p in plans) for s in ("finished", "running", "failed", "missing")}
+            progress.update(overall, completed=counts["finished"],
+                            status=", ".join(f"{n} {s}" for s, n in counts.items() if n))
+            if not counts["running"]:
+                return plans
+            time.sleep(poll_s)
+
+
+def _epochs_done(run_dir: Path) -> int:
+    try:
+        return sum(1 for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip())
+    except OSError:
+        return 0
+
+
+def _finish(plans: list[RunPlan], cfg: BenchConfig, outcome: LaunchOutcome) -> LaunchOutcome:
+    """Report the finished runs (never a running or failed one); list failures with their logs."""
+    from .report import load_results, render
+
+    lines = outcome.lines
+    _report_failures(plans, lines, outcome.reported)
+    finished = [p for p in plans if p.state == "finished"]
+    unfinished = [p for p in plans if p.state != "finished"]
+    if finished:
+        paths = [finished_results(p, cfg.detectors) for p in finished]
+        report = render(load_results([p for p in paths if p is not None]), "markdown",
+                        baseline=cfg.baseline or cfg.loss_tags()[0])
+        report += f"\n{len(finished)} of {len(plans)} runs finished"
+        if unfinished:
+            report += "; not included: " + ", ".join(f"{p.name} ({p.state})" for p in unfinished)
+        report += ".\n"
+        report_path = cfg.report_path()
+        atomic_write_text(report_path, report)
+        outcome.report, outcome.report_path = report, report_path
+    if unfinished:
+        outcome.exit_code = 1
+        lines.append(f"{len(unfinished)} of {len(plans)} runs did not finish: "
+                     + ", ".join(f"{p.name} ({p.state})" for p in unfinished)
+                     + ". Run the same command again to resubmit them; they resume from their checkpoints.")
+    return outcome
+
+
+def run_launcher(cfg: BenchConfig, launcher: str, wait: bool, config_path: str | os.PathLike[str] | None,
+                 flags: dict[str, Any], echo: Callable[[str], Any]) -> int:
+    """`bench` with --launcher and the job flags: validate, submit, print; returns the exit status."""
+    if launcher not in LAUNCHERS:
+        raise unknown_name("launcher", launcher, LAUNCHERS)
+    if launcher == "inline":
+        given = [("--wait", wait), ("--cluster-config", config_path)]
+        given += [("--" + ("sbatch-line" if k == "sbatch_lines" else k.replace("_", "-")), v) for k, v in flags.items()]
+        names = [name for name, value in given if value not in (None, False, [])]
+        raise HaloBenchError(f"{', '.join(names)} only apply to jobs: add --launcher local or --launcher slurm.")
+    slurm_only = [("--" + ("sbatch-line" if k == "sbatch_lines" else k.replace("_", "-")))
+                  for k in ("partition", "mem_gb", "account", "sbatch_lines") if flags.get(k) not in (None, [])]
+    if launcher == "local" and slurm_only:
+        raise HaloBenchError(f"{', '.join(slurm_only)} only apply to --launcher slurm.")
+    outcome = launch_bench(cfg, cluster_config(config_path, **flags), launcher, wait)
+    for line in outcome.lines:
+        echo(line)
+    if outcome.report is not None:
+        echo(outcome.report)
+        echo(f"report written to {outcome.report_path}")
+    return outcome.exit_code

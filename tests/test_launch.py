@@ -1,0 +1,276 @@
+"""`bench --launcher local|slurm`: submitit jobs give the inline bench's numbers, survive kills,
+preemption and failures, and the SLURM launcher writes the sbatch array it should (no cluster)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from halo_bench.cli import app
+from halo_bench.launch import _local_alive
+
+pytest.importorskip("submitit")
+
+runner = CliRunner()
+MODEL = "test_resnet"
+FAST = ["--model", MODEL, "--detectors", "msp,energy", "--device", "cpu"]
+
+
+def _bench(*args: str, code: int = 0) -> str:
+    result = runner.invoke(app, ["bench", *FAST, *args])
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def _jobs(out: Path) -> dict:
+    return json.loads((out / "jobs" / "jobs.json").read_text())["runs"]
+
+
+def _wait_for(predicate, timeout: float = 180.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _epochs_logged(run_dir: Path) -> int:
+    try:
+        return len((run_dir / "metrics.jsonl").read_text().splitlines())
+    except OSError:
+        return 0
+
+
+def _task_pids(controller: int) -> list[int]:
+    """The job's task processes: children of submitit's local controller."""
+    try:
+        return [int(p) for p in Path(f"/proc/{controller}/task/{controller}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _metrics(results_path: Path) -> dict:
+    doc = json.loads(results_path.read_text())
+    return {"id": doc["id_metrics"], "ood": {d: v["sets"] for d, v in doc["ood"].items()}}
+
+
+def test_local_launcher_matches_inline_bench(tmp_path: Path) -> None:
+    import torch
+
+    from halo_bench.bench import BenchConfig, run_bench
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each local job here (--cpus-per-job 1): same float reductions
+    try:
+        run_bench(BenchConfig(model=MODEL, seeds=[0, 1], epochs=1, detectors=["msp", "energy"],
+                              out=str(tmp_path / "inline"), device="cpu"))
+    finally:
+        torch.set_num_threads(threads)
+
+    out = tmp_path / "jobs"
+    common = ["--seeds", "0,1", "--epochs", "1", "--out", str(out), "--launcher", "local"]
+    text = _bench(*common, "--max-parallel", "2", "--cpus-per-job", "1", "--wait")
+    assert "submitted 4 job(s) as local jobs, at most 2 at a time" in text
+    assert "4 of 4 runs finished" in text and "report written to" in text
+    jobs = _jobs(out)
+    assert len({j["job_id"] for j in jobs.values()}) == 4
+    for loss in ("cce", "halo"):
+        for seed in (0, 1):
+            name = f"digits-{MODEL}-{loss}-s{seed}"
+            assert name in text  # job id listing
+            assert _metrics(out / name / "results.json") == _metrics(tmp_path / "inline" / name / "results.json")
+            log = Path(jobs[name]["stderr"]).read_text()
+            assert "'WORLD_SIZE': '1'" in log and "'RANK': '0'" in log  # submitit's distributed env
+    # idempotent: nothing left to do, the report is rewritten from the finished runs
+    again = _bench(*common)
+    assert "4 of 4 runs already finished" in again and "submitted" not in again
+    assert (out / f"report-digits-{MODEL}-cce_halo-s0-1.md").is_file()
+
+
+def test_preempted_killed_and_failed_jobs(tmp_path: Path) -> None:
+    """One sweep, two jobs: the CCE job is preempted (requeued by submitit, resumes in the same
+    job), then killed outright (the next bench resubmits it and it resumes); the HALO job fails
+    and is reported with its log while the CCE job finishes."""
+    out = tmp_path / "runs"
+    out.mkdir()
+    cce, halo = f"digits-{MODEL}-cce-s0", f"digits-{MODEL}-halo-s0"
+    (out / halo).write_text("a file where the run folder should go")  # the HALO job fails
+    common = ["--seeds", "0", "--epochs", "5", "--out", str(out), "--launcher", "local",
+              "--max-parallel", "2", "--cpus-per-job", "1"]
+    text = _bench(*common)
+    assert "submitted 2 job(s)" in text and "--wait" in text
+    jobs = _jobs(out)
+    controller = int(jobs[cce]["job_id"])
+
+    _wait_for(lambda: _epochs_logged(out / cce) >= 1, what="the first epoch")
+    (task,) = _task_pids(controller)
+    os.kill(task, signal.SIGUSR2)  # what SLURM sends before preemption or the time limit
+    log = Path(jobs[cce]["stderr"])
+    _wait_for(lambda: "resuming after epoch" in log.read_text(), what="the requeued task to resume")
+    tasks = _task_pids(controller)
+    assert tasks and task not in tasks  # the same job, a new task process
+    for pid in [*tasks, controller]:  # now a node failure: no signal handler runs
+        os.kill(pid, signal.SIGKILL)
+    done_at_kill = _epochs_logged(out / cce)
+    assert 1 <= done_at_kill < 5, "the job finished before it could be killed"
+    assert "preempted or timed out; requeued" in log.read_text()
+    _wait_for(lambda: not _local_alive(jobs[halo]["job_id"]), what="the failing job")
+
+    text = _bench(*common, "--wait", code=1)
+    # both earlier failures, with their logs and last lines, then the resubmission
+    assert f"{cce}: job {jobs[cce]['job_id']} failed (log {jobs[cce]['stderr']})" in text
+    assert f"{halo}: job {jobs[halo]['job_id']} failed (log {jobs[halo]['stderr']})" in text
+    assert "FileExistsError: [Errno 17] File exists" in text
+    assert f"checkpoint at epoch {done_at_kill}/5" in text and "submitted 2 job(s)" in text
+    # after the wait: HALO failed again (listed with its new job), CCE finished
+    again = _jobs(out)
+    assert again[halo]["job_id"] != jobs[halo]["job_id"]
+    assert f"{halo}: job {again[halo]['job_id']} failed (log {again[halo]['stderr']})" in text
+    assert f"1 of 2 runs finished; not included: {halo} (failed)" in text
+    assert (out / cce / "results.json").is_file() and not (out / halo).is_dir()
+    resumed_log = Path(again[cce]["stderr"]).read_text()
+    assert f"resuming after epoch {done_at_kill}/5" in resumed_log
+    trained = [int(line.split("epoch ")[1].split("/")[0]) for line in resumed_log.splitlines()
+               if f"{cce} epoch " in line]
+    assert trained == list(range(done_at_kill + 1, 6))  # no epoch before the checkpoint again
+    history = [json.loads(line)["epoch"] for line in (out / cce / "metrics.jsonl").read_text().splitlines()]
+    assert history == [1, 2, 3, 4, 5]
+    report = (out / f"report-digits-{MODEL}-cce_halo-s0.md").read_text()
+    assert f"1 of 2 runs finished; not included: {halo} (failed)" in report
+    assert json.loads((out / cce / "results.json").read_text())["checkpoint"]["complete"] is True
+
+
+def _fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sacct_state: str = "") -> Path:
+    """srun, sbatch and sacct stand-ins on PATH: sbatch keeps the script and answers a job id."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    scripts = {
+        "srun": "#!/bin/sh\nexit 0\n",
+        "sbatch": f'#!/bin/sh\ncp "$1" "{tmp_path}/sbatch-$(ls {tmp_path} | grep -c sbatch-).sh"\n'
+                  'echo "Submitted batch job 4242"\n',
+        "sacct": "#!/bin/sh\necho 'JobID|State|NodeList'\n"
+                 + "".join(f"echo '4242_{i}|{sacct_state}|node1'\n" for i in range(4) if sacct_state),
+    }
+    for name, body in scripts.items():
+        path = bin_dir / name
+        path.write_text(body)
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return bin_dir
+
+
+def test_slurm_launcher_submits_one_array(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_slurm(tmp_path, monkeypatch)
+    out = tmp_path / "runs"
+    config = tmp_path / "cluster.yaml"
+    config.write_text("partition: cpu\ntime: '4:00:00'\naccount: proj\nmem_gb: 32\n"
+                      "sbatch_lines: ['--constraint=a100', '#SBATCH --exclusive']\nsetup: ['module load cuda']\n")
+    text = _bench("--seeds", "0,1", "--epochs", "1", "--out", str(out), "--launcher", "slurm",
+                  "--cluster-config", str(config), "--partition", "gpu", "--time", "90", "--gpus-per-job", "1",
+                  "--cpus-per-job", "8", "--max-parallel", "3")
+    assert "submitted 4 job(s) as a SLURM job array, at most 3 at a time" in text
+    assert all(f"job 4242_{i}" in text for i in range(4))
+    script = (tmp_path / "sbatch-0.sh").read_text()
+    for line in ("#SBATCH --array=0-3%3", "#SBATCH --partition=gpu", "#SBATCH --time=90",
+                 "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32768MB",
+                 "#SBATCH --account=proj", "#SBATCH --constraint=a100", "#SBATCH --exclusive",
+                 "#SBATCH --ntasks-per-node=1", "#SBATCH --signal=USR2@120", "module load cuda",
+                 f"#SBATCH --output={out.absolute()}/jobs/%A_%a_0_log.out"):
+        assert line in script.splitlines(), (line, script)
+    assert "srun --unbuffered" in script and "submitit.core._submit" in script
+    assert not (tmp_path / "sbatch-1.sh").exists()  # one sbatch call for the whole array
+    jobs = _jobs(out)
+    assert sorted(j["job_id"] for j in jobs.values()) == [f"4242_{i}" for i in range(4)]
+    assert jobs[f"digits-{MODEL}-cce-s0"]["stderr"] == f"{out.absolute()}/jobs/4242_0_0_log.err"
+
+    # a second bench while sacct says they run: nothing is resubmitted
+    _fake_slurm(tmp_path, monkeypatch, sacct_state="RUNNING")
+    text = _bench("--seeds", "0,1", "--epochs", "1", "--out", str(out), "--launcher", "slurm")
+    assert text.count("still running as job 4242_") == 4 and "submitted 4" not in text
+    assert not (tmp_path / "sbatch-1.sh").exists()
+
+    # once sacct says they failed (no result file), all four go out again as a new array
+    _fake_slurm(tmp_path, monkeypatch, sacct_state="FAILED")
+    text = _bench("--seeds", "0,1", "--epochs", "1", "--out", str(out), "--launcher", "slurm")
+    assert "job 4242_0 failed (log" in text and "no log" in text and "submitted 4 job(s)" in text
+    assert "#SBATCH --array=0-3%4" in (tmp_path / "sbatch-1.sh").read_text()
+
+
+def test_refused_submission_is_one_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = _fake_slurm(tmp_path, monkeypatch)
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: nope' >&2\nexit 1\n")
+    output = _bench("--seeds", "0", "--out", str(tmp_path / "runs"), "--launcher", "slurm", "--partition", "nope",
+                    code=2)
+    assert "the submission failed" in output and "invalid partition specified: nope" in output
+    assert "Traceback" not in output and not (tmp_path / "runs" / "jobs" / "jobs.json").exists()
+
+
+def test_time_limits() -> None:
+    from halo_bench.launch import parse_time
+
+    assert parse_time("90") == 90 and parse_time(30) == 30
+    assert parse_time("4:00:00") == 240 and parse_time("0:00:30") == 1
+    assert parse_time("1-12:00:00") == 36 * 60 and parse_time("2-0") == 48 * 60
+
+
+@pytest.mark.parametrize(("args", "yaml_text", "match"), [
+    (["--launcher", "lokal"], None, "Did you mean 'local'"),
+    (["--partition", "gpu"], None, "--partition only apply to jobs: add --launcher local or --launcher slurm"),
+    (["--launcher", "local", "--partition", "gpu", "--mem-gb", "4"], None, "--partition, --mem-gb only apply to --launcher slurm"),
+    (["--launcher", "local", "--gpus-per-job", "2"], None, "no multi-GPU (DistributedDataParallel) training path"),
+    (["--launcher", "local", "--time", "soon"], None, "--time takes minutes"),
+    (["--launcher", "slurm", "--sbatch-line", "--array=0-9"], None, "set by halo-bench itself"),
+    (["--launcher", "local"], "partitin: gpu\n", "unknown setting 'partitin'. Did you mean 'partition'?"),
+    (["--launcher", "local"], "gpus_per_job: two\n", "gpus_per_job must be an integer >= 0"),
+    (["--launcher", "local"], "- a\n- b\n", "expected a mapping"),
+    (["--launcher", "local"], "time: [1\n", "not readable YAML"),
+])
+def test_job_settings_errors(tmp_path: Path, args: list[str], yaml_text: str | None, match: str) -> None:
+    if yaml_text is not None:
+        (tmp_path / "c.yaml").write_text(yaml_text)
+        args = [*args, "--cluster-config", str(tmp_path / "c.yaml")]
+    output = _bench("--out", str(tmp_path / "runs"), *args, code=2)
+    assert match in output and "Traceback" not in output
+    assert not (tmp_path / "runs" / "jobs").exists()  # nothing submitted
+
+
+def test_without_submitit_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit -> ImportError
+    output = _bench("--out", str(tmp_path), "--launcher", "local", code=2)
+    assert 'pip install "halo-bench[cluster]"' in output
+
+
+def test_other_config_in_the_run_folder_is_refused(tmp_path: Path) -> None:
+    from halo_bench.train import TrainConfig, train
+
+    train(TrainConfig(model=MODEL, loss="cce", epochs=1, out=str(tmp_path), device="cpu"))
+    output = _bench("--seeds", "0", "--epochs", "2", "--out", str(tmp_path), "--launcher", "local", code=2)
+    assert "holds a run with a different configuration" in output
+    assert not (tmp_path / "jobs" / "jobs.json").exists()
+
+
+def test_job_settings_fail_before_torch_loads(tmp_path: Path) -> None:
+    """As for every other flag: a mistake is reported without waiting for torch to load."""
+    import subprocess
+    import sys
+
+    from blocktorch import PRELUDE
+
+    cache = {"HALO_BENCH_CACHE": str(tmp_path / "cache")}  # the model-name cache (its first write needs timm)
+    subprocess.run([sys.executable, "-c", "from halo_bench.timm_names import model_names; model_names()"],
+                   check=True, timeout=120, env={**os.environ, **cache})
+    code = PRELUDE + "import sys; from halo_bench.cli import main; sys.argv[0] = 'halo-bench'; main()"
+    for args, message in [(["--launcher", "lokal"], "Did you mean 'local'"),
+                          (["--launcher", "slurm", "--gpus-per-job", "2"], "no multi-GPU")]:
+        proc = subprocess.run([sys.executable, "-c", code, "bench", "--out", str(tmp_path / "runs"), *args],
+                              capture_output=True, text=True, timeout=120, env={**os.environ, **cache})
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
