@@ -19,6 +19,7 @@ from tabulate import tabulate
 
 from .config import RUNTIME_FIELDS
 from .errors import HaloBenchError, unknown_name
+from .latex import render_table as render_latex_table
 from .losses import LOSSES
 from .schema import GROUPS, RESULTS_FILE, check_results
 
@@ -417,17 +418,13 @@ def _render_markdown(results: list[dict[str, Any]], baseline: str, left_out: lis
 def _render_latex(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
     parts = ["% halo-bench report; needs \\usepackage{booktabs}"]
     parts += [f"% left out: {line}" for line in left_out]
-    for title, header, rows in tables(tidy(results), baseline):
-        body = tabulate(rows, header, tablefmt="latex_booktabs", disable_numparse=True)
-        parts += ["\\begin{table}[t]", "\\centering", f"\\caption{{{_latex_escape(title)}}}", body,
-                  "\\end{table}", ""]
+    parts += ["% bold: the better loss value per row (each metric's direction); " + NOTES]
+    table = tidy(results)
+    labels = list(table.attrs.get("labels", {}).values()) + list(dict.fromkeys(table["loss"]))
+    labels += [spec.label for spec in LOSSES.values()]
+    for title, header, rows in tables(table, baseline):
+        parts.append(render_latex_table(title, header, rows, labels))
     return "\n".join(parts)
-
-
-def _latex_escape(text: str) -> str:
-    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
-        text = text.replace(char, repl)
-    return text
 
 
 def _with_deltas(results: list[dict[str, Any]], baseline: str) -> pd.DataFrame:
