@@ -1,5 +1,5 @@
 """results.json files -> comparison tables of every loss against a baseline (markdown,
-CSV, JSON, LaTeX).
+CSV, JSON, LaTeX, HTML with figures).
 
 Everything goes through one tidy table (one row per run, detector, set, metric);
 every format renders that table, so the formats cannot disagree. This module reads
@@ -238,13 +238,17 @@ def with_bootstrap(deltas: pd.DataFrame, table: pd.DataFrame, baseline: str) -> 
     from .stats import bootstrap_table
 
     boot = bootstrap_table(table, baseline)
-    if boot.empty:
-        return deltas
     merged = deltas.merge(boot, on=[*KEYS, "loss"], how="left", suffixes=("", "_boot"))
+    for column in ("delta_lo", "delta_hi", "delta_lo_boot", "delta_hi_boot"):
+        merged[column] = merged[column].astype(float)
     single = (merged["pairs"] == 1) & merged["delta_lo_boot"].notna()
     merged.loc[single, "delta_lo"] = merged.loc[single, "delta_lo_boot"]
     merged.loc[single, "delta_hi"] = merged.loc[single, "delta_hi_boot"]
-    return merged.drop(columns=["delta_lo_boot", "delta_hi_boot"])
+    merged["interval"] = np.where(merged["pairs"] > 1, "t over seeds",
+                                  np.where(single, "bootstrap over samples", "none"))
+    # * in the tables: the interval excludes 0
+    merged["excludes_zero"] = (merged["delta_lo"] > 0) | (merged["delta_hi"] < 0)
+    return merged.drop(columns=["delta_lo_boot", "delta_hi_boot", "resamples"])
 
 
 def _cell(stats: pd.DataFrame, key: tuple, loss: str, decimals: int) -> str:
@@ -429,7 +433,8 @@ def _render_latex(results: list[dict[str, Any]], baseline: str, left_out: list[s
 
 def _with_deltas(results: list[dict[str, Any]], baseline: str) -> pd.DataFrame:
     table = tidy(results)
-    return aggregate(table).merge(paired_differences(table, baseline), on=[*KEYS, "loss"], how="left")
+    deltas = with_bootstrap(paired_differences(table, baseline), table, baseline)
+    return aggregate(table).merge(deltas, on=[*KEYS, "loss"], how="left")
 
 
 def _render_csv(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
@@ -444,11 +449,18 @@ def _render_json(results: list[dict[str, Any]], baseline: str, left_out: list[st
                        "rows": records}, indent=2) + "\n"
 
 
+def _render_html(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
+    from .html_report import render_html  # imports matplotlib: only when HTML is asked for
+
+    return render_html(results, baseline, left_out)
+
+
 FORMATS: dict[str, Callable[[list[dict[str, Any]], str, list[str]], str]] = {
     "markdown": _render_markdown,
     "csv": _render_csv,
     "json": _render_json,
     "latex": _render_latex,
+    "html": _render_html,
 }
 
 
