@@ -42,9 +42,9 @@ class Plot:
     figure: Figure
     data: dict[str, Any] = field(default_factory=dict)  # what was drawn, for tests and captions
 
-    def png(self, dpi: int = 110) -> bytes:
+    def png(self, dpi: int = 90) -> bytes:
         buffer = io.BytesIO()
-        self.figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+        self.figure.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
         return buffer.getvalue()
 
     def data_uri(self) -> str:
@@ -206,7 +206,7 @@ def _per_seed(part: pd.DataFrame, suite: str, model: str, losses: list[str], lab
         ax.set_xticks(range(len(dets)), [d or "ID test set" for d in dets], rotation=30 if len(dets) > 3 else 0,
                       fontsize=8)
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper right")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     return Plot(_slug(suite, model, "per-seed"), f"{suite} / {model}: per-seed values (dots) and their means "
@@ -247,7 +247,7 @@ def _histograms(scores: _Scores, suite: str, model: str, runs: dict[str, list[in
             ax.hist(sood[np.isfinite(sood)], bins=bins, density=True, alpha=0.55, color="#d62728", label=name)
             ax.set_title(f"{_label(labels, loss)}: ID vs {name}", fontsize=8)
             ax.tick_params(labelsize=7)
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper right")
     return Plot(_slug(suite, model, "hist", det), f"{suite} / {model}: {det} scores, ID test set vs each OOD set "
                 "(density, seeds pooled; higher = more in-distribution)", fig, {"sets": sets})
 

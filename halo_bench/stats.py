@@ -61,104 +61,122 @@ def load_scores(frame: pd.DataFrame, detectors: list[str]) -> Scores:
 
 class _Ood:
     """AUROC and FPR@95 (ID positive, percent) of one (ID, OOD) score pair under resampling
-    weights: counts of each original sample in a resample. Equal to metrics.auroc/fpr95 on
-    the resampled arrays (ties count 1/2; threshold = the k-th largest resampled ID score)."""
+    weights (rows of W and V: how often each original sample occurs in a resample). Equal to
+    metrics.auroc/fpr95 on the resampled arrays (ties count 1/2; the threshold is the k-th
+    largest resampled ID score with k the smallest count reaching 95%)."""
 
     def __init__(self, sid: np.ndarray, sood: np.ndarray) -> None:
         self.order_ood = np.argsort(sood, kind="stable")
-        t = sood[self.order_ood]
-        self.left = np.searchsorted(t, sid, side="left")
-        self.right = np.searchsorted(t, sid, side="right")
+        self.t = sood[self.order_ood]
+        self.left = np.searchsorted(self.t, sid, side="left")
+        self.right = np.searchsorted(self.t, sid, side="right")
         self.order_id = np.argsort(-sid, kind="stable")
         self.sid_desc = sid[self.order_id]
-        self.t = t
 
-    def values(self, w: np.ndarray, v: np.ndarray) -> tuple[float, float]:
-        n, m = w.sum(), v.sum()
-        cumv = np.r_[0.0, np.cumsum(v[self.order_ood])]
-        below = cumv[self.left] + 0.5 * (cumv[self.right] - cumv[self.left])
-        auroc = float(np.dot(w, below) / (n * m))
-        cumw = np.cumsum(w[self.order_id])
-        k = int(np.argmax(cumw / n >= 0.95))
-        threshold = self.sid_desc[k]
-        accepted = m - cumv[np.searchsorted(self.t, threshold, side="left")]
-        return 100.0 * auroc, 100.0 * float(accepted / m)
+    def values(self, w: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n, m = w.sum(axis=1), v.sum(axis=1)
+        cumv = np.concatenate([np.zeros((v.shape[0], 1)), np.cumsum(v[:, self.order_ood], axis=1)], axis=1)
+        below = cumv[:, self.left] + 0.5 * (cumv[:, self.right] - cumv[:, self.left])
+        auroc = (w * below).sum(axis=1) / (n * m)
+        cumw = np.cumsum(w[:, self.order_id], axis=1)
+        k = np.argmax(cumw / n[:, None] >= 0.95, axis=1)
+        pos = np.searchsorted(self.t, self.sid_desc[k], side="left")
+        accepted = m - cumv[np.arange(v.shape[0]), pos]
+        return 100.0 * auroc, 100.0 * accepted / m
 
 
-def _ece_acc(conf: np.ndarray | None, correct: np.ndarray, w: np.ndarray) -> dict[str, float]:
-    n = w.sum()
-    out = {"acc": 100.0 * float(np.dot(w, correct) / n)}
+def _ece_acc(conf: np.ndarray | None, correct: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+    n = w.sum(axis=1)
+    out = {"acc": 100.0 * (w @ correct) / n}
     if conf is not None:
         edges = np.linspace(0.0, 1.0, N_BINS + 1)
         idx = np.clip(np.searchsorted(edges, np.clip(conf, 0.0, 1.0), side="left") - 1, 0, N_BINS - 1)
-        sum_conf = np.bincount(idx, weights=w * conf, minlength=N_BINS)
-        sum_acc = np.bincount(idx, weights=w * correct, minlength=N_BINS)
-        out["ece"] = float(np.abs(sum_acc - sum_conf).sum() / n)
+        onehot = np.zeros((conf.size, N_BINS))
+        onehot[np.arange(conf.size), idx] = 1.0
+        sum_conf = w @ (onehot * conf[:, None])
+        sum_acc = w @ (onehot * correct[:, None])
+        out["ece"] = np.abs(sum_acc - sum_conf).sum(axis=1) / n
     return out
 
 
 def _all_metrics(runs: list[Scores], sets: list[str], w: np.ndarray, vs: list[np.ndarray],
-                 prepared: list[dict[tuple[str, str], _Ood]]) -> list[dict[tuple[str, str, str], float]]:
-    """Per run: (detector, dataset, metric) -> value; ID metrics under detector ''."""
+                 prepared: list[dict[tuple[str, str], _Ood]]) -> list[dict[tuple[str, str, str], np.ndarray]]:
+    """Per run: (detector, dataset, metric) -> values, one per row of the weights; ID metrics
+    under detector ''."""
     out = []
     for run, prep in zip(runs, prepared, strict=True):
-        values: dict[tuple[str, str, str], float] = {}
+        values: dict[tuple[str, str, str], np.ndarray] = {}
         for metric, value in _ece_acc(run.conf, run.correct, w).items():
             values[("", "", metric)] = value
-        per_group: dict[tuple[str, str, str], list[float]] = {}
+        per_group: dict[tuple[str, str, str], list[np.ndarray]] = {}
         for (det, name), ood in prep.items():
-            v = vs[sets.index(name)]
-            auroc, fpr = ood.values(w, v)
+            auroc, fpr = ood.values(w, vs[sets.index(name)])
             group = run.ood[name][0]
             values[(det, name, "auroc")], values[(det, name, "fpr95")] = auroc, fpr
             per_group.setdefault((det, group, "auroc"), []).append(auroc)
             per_group.setdefault((det, group, "fpr95"), []).append(fpr)
         for (det, group, metric), vals in per_group.items():
-            values[(det, f"{group} mean", metric)] = float(np.mean(vals))
+            values[(det, f"{group} mean", metric)] = np.mean(vals, axis=0)
         out.append(values)
     return out
 
 
-def bootstrap_delta(base: Scores, other: Scores, resamples: int = RESAMPLES, seed: int = SEED,
-                    confidence: float = 0.95) -> pd.DataFrame:
+def _counts(indices: list[np.ndarray], size: int) -> np.ndarray:
+    """Rows of per-sample counts, one row per resample's indices."""
+    rows = np.asarray(indices)
+    offsets = (np.arange(rows.shape[0]) * size)[:, None]
+    return np.bincount((rows + offsets).ravel(), minlength=rows.shape[0] * size).reshape(-1, size).astype(float)
+
+
+def bootstrap_delta(base: Scores, other: Scores, resamples: int | None = None, seed: int = SEED,
+                    confidence: float = 0.95, chunk: int = 100) -> pd.DataFrame:
     """Percentile bootstrap interval of other − base for acc, ECE and, per detector both
     runs have, AUROC and FPR@95 per OOD set and per near/far mean.
 
     Columns: detector ('' for ID metrics), dataset (OOD set, '<group> mean', or '' for ID),
     metric, delta (on the full samples), delta_lo, delta_hi, resamples.
     """
+    resamples = RESAMPLES if resamples is None else resamples
     n_id = base.correct.size
     if other.correct.size != n_id:
         raise ValueError(f"the runs have {n_id} and {other.correct.size} ID samples: not paired")
-    sets = [s for s in base.ood if s in other.ood]
-    for name in sets:
-        if len(next(iter(base.ood[name][1].values()), [])) != len(next(iter(other.ood[name][1].values()), [])):
-            raise ValueError(f"the runs have different numbers of {name} samples: not paired")
     dets = [d for d in base.id_scores if d in other.id_scores]
+    sets = [s for s in base.ood if s in other.ood]
+    sizes = []
+    for name in sets:
+        m = {len(r.ood[name][1][d]) for r in (base, other) for d in dets}
+        if len(m) > 1:
+            raise ValueError(f"the runs have different numbers of {name} samples: not paired")
+        sizes.append(m.pop() if m else 0)
+    sets = [s for s, m in zip(sets, sizes, strict=True) if m]
+    sizes = [m for m in sizes if m]
     runs = [base, other]
-    prepared = [{(d, s): _Ood(r.id_scores[d], r.ood[s][1][d]) for d in dets for s in sets} for r in runs]
-    sizes = [len(base.ood[s][1][dets[0]]) if dets else 0 for s in sets]
     if base.conf is None or other.conf is None:
         runs = [Scores(None, r.correct, r.id_scores, r.ood) for r in runs]
+    prepared = [{(d, s): _Ood(r.id_scores[d], r.ood[s][1][d]) for d in dets for s in sets} for r in runs]
 
-    full = _all_metrics(runs, sets, np.ones(n_id), [np.ones(m) for m in sizes], prepared)
+    full = _all_metrics(runs, sets, np.ones((1, n_id)), [np.ones((1, m)) for m in sizes], prepared)
     keys = list(full[0])
-    point = np.array([full[1][k] - full[0][k] for k in keys])
+    point = np.array([float(full[1][k][0] - full[0][k][0]) for k in keys])
     rng = np.random.default_rng(seed)
-    draws = np.empty((resamples, len(keys)))
-    for b in range(resamples):
-        w = np.bincount(rng.integers(0, n_id, n_id), minlength=n_id).astype(float)
-        vs = [np.bincount(rng.integers(0, m, m), minlength=m).astype(float) for m in sizes]
-        vals = _all_metrics(runs, sets, w, vs, prepared)
-        draws[b] = [vals[1][k] - vals[0][k] for k in keys]
+    draws = []
+    for start in range(0, resamples, chunk):
+        ids, oods = [], [[] for _ in sizes]
+        for _ in range(min(chunk, resamples - start)):
+            ids.append(rng.integers(0, n_id, n_id))
+            for j, m in enumerate(sizes):
+                oods[j].append(rng.integers(0, m, m))
+        vals = _all_metrics(runs, sets, _counts(ids, n_id), [_counts(o, m) for o, m in zip(oods, sizes, strict=True)],
+                            prepared)
+        draws.append(np.stack([vals[1][k] - vals[0][k] for k in keys], axis=1))
     alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.percentile(draws, [100 * alpha, 100 * (1 - alpha)], axis=0)
+    lo, hi = np.percentile(np.concatenate(draws), [100 * alpha, 100 * (1 - alpha)], axis=0)
     return pd.DataFrame({"detector": [k[0] for k in keys], "dataset": [k[1] for k in keys],
                          "metric": [k[2] for k in keys], "delta": point, "delta_lo": lo, "delta_hi": hi,
                          "resamples": resamples})
 
 
-def bootstrap_table(table: pd.DataFrame, baseline: str, resamples: int = RESAMPLES,
+def bootstrap_table(table: pd.DataFrame, baseline: str, resamples: int | None = None,
                     seed: int = SEED) -> pd.DataFrame:
     """Bootstrap intervals for every (suite, model, loss) whose only pairing with `baseline` is
     one shared seed, where both runs' scores.csv.gz files are beside their results.json.
