@@ -123,8 +123,7 @@ def _reliability(scores: _Scores, suite: str, model: str, runs: dict[str, list[i
         ece = float(np.nansum(np.abs(acc - mean_conf) * count) / count.sum())
         ax.bar(edges[:-1], np.nan_to_num(acc), width=width, align="edge", color="#1f77b4", edgecolor="white",
                label="accuracy")
-        ax.bar(edges[:-1], np.nan_to_num(mean_conf - acc), bottom=np.nan_to_num(acc), width=width, align="edge",
-               color="#d62728", alpha=0.3, label="gap to confidence")
+        ax.plot(edges[:-1] + width / 2, mean_conf, "o", ms=4, color="#d62728", label="mean confidence")
         ax.plot([0, 1], [0, 1], "k--", lw=1)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (msp)", ylabel="accuracy",
                title=f"{_label(labels, loss)}: ECE {ece:.4f}\n({n_runs} seed{'s' if n_runs > 1 else ''} pooled)")
@@ -206,7 +205,7 @@ def _per_seed(part: pd.DataFrame, suite: str, model: str, losses: list[str], lab
         ax.set_xticks(range(len(dets)), [d or "ID test set" for d in dets], rotation=30 if len(dets) > 3 else 0,
                       fontsize=8)
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="best")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     return Plot(_slug(suite, model, "per-seed"), f"{suite} / {model}: per-seed values (dots) and their means "
