@@ -82,7 +82,9 @@ def figures(table: pd.DataFrame, baseline: str) -> list[Plot]:
         color = {loss: COLORS[i % len(COLORS)] for i, loss in enumerate(losses)}
         runs = {loss: sorted(set(part[part["loss"] == loss]["seed"])) for loss in losses}
         where = f"{suite} / {model}"
-        out.append(_per_seed(part, suite, model, losses, labels, color))
+        plot = _per_seed(part, suite, model, losses, labels, color)
+        if plot:
+            out.append(plot)
         plot = _reliability(scores, suite, model, runs, labels)
         if plot:
             out.append(plot)
@@ -164,7 +166,7 @@ def _published(suite: str) -> dict[tuple[str, str, str], dict[str, float]]:
 
 
 def _per_seed(part: pd.DataFrame, suite: str, model: str, losses: list[str], labels: dict[str, str],
-              color: dict[str, str]) -> Plot:
+              color: dict[str, str]) -> Plot | None:
     from .report import ID_METRICS, OOD_HEADLINE
 
     panels: list[tuple[str, str, str, str]] = []  # (title, detector filter, dataset, metric)
@@ -176,6 +178,8 @@ def _per_seed(part: pd.DataFrame, suite: str, model: str, losses: list[str], lab
             if ((part["dataset"] == f"{group} mean") & (part["metric"] == metric)).any():
                 panels.append((f"{group}: {label.split(',')[0]} {'↑' if higher else '↓'}", "*", f"{group} mean",
                                metric))
+    if not panels:
+        return None
     published = _published(suite)
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)

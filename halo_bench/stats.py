@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import HaloBenchError
 from .schema import SCORES_FILE
 
 RESAMPLES = 1000
@@ -40,8 +41,17 @@ class Scores:
 
 
 def read_scores(path: str | Path) -> pd.DataFrame:
-    with gzip.open(path, "rt") as handle:
-        return pd.read_csv(handle)
+    """A scores.csv.gz file, or a HaloBenchError naming it."""
+    try:
+        with gzip.open(path, "rt") as handle:
+            frame = pd.read_csv(handle)
+    except (OSError, EOFError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
+        raise HaloBenchError(f"{path}: not a readable scores file ({exc}); re-run `halo-bench eval` on its "
+                             "checkpoint, or move it away to report without it.") from None
+    missing = [c for c in ("dataset", "group", "label", "pred") if c not in frame.columns]
+    if missing:
+        raise HaloBenchError(f"{path}: scores file lacks column(s) {', '.join(missing)}; re-run `halo-bench eval`.")
+    return frame
 
 
 def scores_path(results_path: str | Path) -> Path:

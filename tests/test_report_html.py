@@ -292,3 +292,12 @@ def test_bootstrap_refuses_runs_on_different_samples() -> None:
     one = Scores(None, np.ones(5), {}, {})
     with pytest.raises(ValueError, match="not paired"):
         bootstrap_delta(one, Scores(None, np.ones(6), {}, {}))
+
+
+def test_a_broken_scores_file_is_a_user_error(tmp_path: Path) -> None:
+    from halo_bench.errors import HaloBenchError
+
+    paths = [_run(tmp_path, "cce", 0, 0.5, n_id=30, n_ood=20), _run(tmp_path, "halo", 0, 2.5, n_id=30, n_ood=20)]
+    paths[1].with_name(SCORES_FILE).write_bytes(b"not gzip")
+    with pytest.raises(HaloBenchError, match="not a readable scores file"):
+        _render(paths, "markdown")
