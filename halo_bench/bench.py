@@ -70,7 +70,6 @@ def run_bench(cfg: BenchConfig) -> tuple[str, Path]:
     """Train (or reuse) every (loss, seed) run, evaluate each, write and return the report."""
     from .data import load_registry
     from .evaluate import EvalConfig, evaluate, summarize
-    from .report import load_results, render
     from .train import train
 
     check_bench(cfg)
@@ -84,9 +83,22 @@ def run_bench(cfg: BenchConfig) -> tuple[str, Path]:
         console.print(summarize(results))
         result_paths.append(path)
     baseline = cfg.baseline or cfg.loss_tags()[0]
-    report = render(load_results(result_paths), "markdown", baseline=baseline)
     minutes = (time.perf_counter() - started) / 60
-    report += f"\nWall time: {minutes:.1f} min for {len(result_paths)} runs (training and evaluation).\n"
+    wall = f"Wall time: {minutes:.1f} min for {len(result_paths)} runs (training and evaluation)."
     report_path = cfg.report_path()
+    return write_reports(result_paths, baseline, report_path, wall), report_path
+
+
+def write_reports(result_paths: list[Path], baseline: str, report_path: Path, footer: str = "") -> str:
+    """The markdown report at `report_path` and the HTML one beside it (same name, .html);
+    returns the markdown."""
+    from .report import load_results, render
+
+    results = load_results(result_paths)
+    report = render(results, "markdown", baseline=baseline) + (f"\n{footer}\n" if footer else "")
     atomic_write_text(report_path, report)
-    return report, report_path
+    page = render(results, "html", baseline=baseline)
+    if footer:
+        page = page.replace("</body>", f"<p>{footer}</p>\n</body>")
+    atomic_write_text(report_path.with_suffix(".html"), page)
+    return report

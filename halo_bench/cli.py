@@ -231,19 +231,25 @@ def eval_(
 @_user_errors
 def report(
     results: Annotated[Optional[list[Path]], typer.Argument(help="results.json files or folders to search (default: every results.json under --runs).", show_default=False)] = None,
-    format: Annotated[str, typer.Option("--format", "-f", help="markdown, csv, json or latex.")] = "markdown",
+    format: Annotated[str, typer.Option("--format", "-f", help="markdown, csv, json, latex (booktabs, better value bold) or html (one self-contained file: tables and figures embedded, opens offline).")] = "markdown",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to this file instead of standard output.", show_default=False)] = None,
     runs: Annotated[Path, typer.Option("--runs", help="Folder searched when no RESULTS are given.")] = Path("runs"),
     baseline: Annotated[str, typer.Option("--baseline", help="The loss every other loss is compared with (a run folder's loss part, e.g. cce or cce+ls0.1).")] = "cce",
     include_incomplete: Annotated[bool, typer.Option("--include-incomplete", help="Also report runs whose training did not finish (labelled); by default they are left out and listed.")] = False,
+    plots: Annotated[Optional[Path], typer.Option("--plots", help="Also write every figure of the HTML report to this folder, each as PNG and PDF (for a paper).", show_default=False)] = None,
 ) -> None:
     """Every loss side by side per detector, against a baseline: near/far means, deltas, mean ± std over seeds."""
     from .io import atomic_write_text
     from .report import check_format, find_results, load_results, render
 
     check_format(format)
-    text = render(load_results(find_results(results or [], runs)), format, baseline=baseline,
-                  include_incomplete=include_incomplete)
+    loaded = load_results(find_results(results or [], runs))
+    text = render(loaded, format, baseline=baseline, include_incomplete=include_incomplete)
+    if plots:
+        from .plots import report_plots, write_plots  # imports matplotlib: only when asked for
+
+        written = write_plots(report_plots(loaded, baseline, include_incomplete), plots)
+        typer.echo(f"{len(written)} figure file(s) written to {plots}", err=True)
     if output:
         atomic_write_text(output, text)
         typer.echo(str(output))
@@ -295,6 +301,7 @@ def bench(
     text, path = run_bench(cfg)
     typer.echo(text)
     typer.echo(f"report written to {path}")
+    typer.echo(f"HTML report (tables and figures, opens offline in a browser) written to {path.with_suffix('.html')}")
 
 
 def _check_ood_names(ckpt: Path, reg: Any, ood: list[str] | None) -> None:

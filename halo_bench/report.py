@@ -1,5 +1,5 @@
 """results.json files -> comparison tables of every loss against a baseline (markdown,
-CSV, JSON, LaTeX).
+CSV, JSON, LaTeX, HTML with figures).
 
 Everything goes through one tidy table (one row per run, detector, set, metric);
 every format renders that table, so the formats cannot disagree. This module reads
@@ -19,6 +19,7 @@ from tabulate import tabulate
 
 from .config import RUNTIME_FIELDS
 from .errors import HaloBenchError, unknown_name
+from .latex import render_table as render_latex_table
 from .losses import LOSSES
 from .schema import GROUPS, RESULTS_FILE, check_results
 
@@ -165,6 +166,7 @@ def tidy(results: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     latest: dict[tuple[str, str, str, int], dict[str, Any]] = {}
     labels: dict[str, str] = {}
+    paths: dict[tuple[str, str, str, int], str] = {}
     for res, model in zip(results, _variants(results), strict=True):
         labels[_loss_tag(res)] = _loss_display(res)
         key = (res["suite"], model, _loss_tag(res), res["seed"])
@@ -172,6 +174,7 @@ def tidy(results: list[dict[str, Any]]) -> pd.DataFrame:
             latest[key] = res
     for (suite, model, loss, seed), res in latest.items():
         base = {"suite": suite, "model": model, "loss": loss, "seed": seed}
+        paths[(suite, model, loss, seed)] = res.get("_path", "")
         for metric, value in res["id_metrics"].items():
             rows.append({**base, "detector": "", "dataset": res["id_dataset"], "group": "id",
                          "metric": metric, "value": value})
@@ -188,6 +191,7 @@ def tidy(results: list[dict[str, Any]]) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=["suite", "model", "loss", "seed", *KEYS[2:], "value"])
     table.attrs["dropped"] = len(results) - len(latest)
     table.attrs["labels"] = labels
+    table.attrs["paths"] = paths  # scores.csv.gz lies beside each: stats.bootstrap_table reads it
     return table
 
 
@@ -228,6 +232,25 @@ def paired_differences(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*KEYS, "loss", "delta", "delta_lo", "delta_hi", "pairs"])
 
 
+def with_bootstrap(deltas: pd.DataFrame, table: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """`paired_differences` output with single-pair rows given a bootstrap interval over test
+    samples (stats.bootstrap_table) where both runs' scores.csv.gz are there."""
+    from .stats import bootstrap_table
+
+    boot = bootstrap_table(table, baseline)
+    merged = deltas.merge(boot, on=[*KEYS, "loss"], how="left", suffixes=("", "_boot"))
+    for column in ("delta_lo", "delta_hi", "delta_lo_boot", "delta_hi_boot"):
+        merged[column] = merged[column].astype(float)
+    single = (merged["pairs"] == 1) & merged["delta_lo_boot"].notna()
+    merged.loc[single, "delta_lo"] = merged.loc[single, "delta_lo_boot"]
+    merged.loc[single, "delta_hi"] = merged.loc[single, "delta_hi_boot"]
+    merged["interval"] = np.where(merged["pairs"] > 1, "t over seeds",
+                                  np.where(single, "bootstrap over samples", "none"))
+    # * in the tables: the interval excludes 0
+    merged["excludes_zero"] = (merged["delta_lo"] > 0) | (merged["delta_hi"] < 0)
+    return merged.drop(columns=["delta_lo_boot", "delta_hi_boot", "resamples"])
+
+
 def _cell(stats: pd.DataFrame, key: tuple, loss: str, decimals: int) -> str:
     try:
         row = stats.loc[(*key, loss)]
@@ -245,9 +268,10 @@ def _delta(stats: pd.DataFrame, deltas: pd.DataFrame, key: tuple, decimals: int,
     if (*key, loss) in deltas.index:
         row = deltas.loc[(*key, loss)]
         text = f"{row['delta']:+.{decimals}f}"
-        if row["pairs"] > 1:
-            lo, hi = row["delta_lo"], row["delta_hi"]
+        lo, hi = row["delta_lo"], row["delta_hi"]
+        if row["pairs"] > 1 or not (np.isnan(lo) or np.isnan(hi)):
             text += f" [{lo:+.{decimals}f}, {hi:+.{decimals}f}]" + ("*" if lo > 0 or hi < 0 else "")
+            text += " (bootstrap)" if row["pairs"] == 1 else ""
         return text
     try:
         value, base = stats.loc[(*key, loss), "mean"], stats.loc[(*key, baseline), "mean"]
@@ -259,6 +283,13 @@ def _delta(stats: pd.DataFrame, deltas: pd.DataFrame, key: tuple, decimals: int,
 def _seed_union(column: pd.Series) -> str:
     seeds = {int(seed) for cell in column for seed in str(cell).split(",")}
     return ",".join(map(str, sorted(seeds)))
+
+
+def _n_seeds(column: pd.Series) -> str:
+    """How many seeds back a loss's numbers, and which: `3 seeds 0,1,2`."""
+    seeds = _seed_union(column)
+    count = len(seeds.split(","))
+    return f"{count} seed{'s' if count > 1 else ''} {seeds}"
 
 
 def _columns(losses: list[str], labels: dict[str, str], baseline: str | None, stats: pd.DataFrame,
@@ -285,13 +316,14 @@ def tables(table: pd.DataFrame, baseline: str = DEFAULT_BASELINE) -> list[tuple[
     """
     agg = aggregate(table)
     stats = agg.set_index([*KEYS, "loss"]).sort_index()
-    deltas = paired_differences(table, baseline).set_index([*KEYS, "loss"]).sort_index()
+    deltas = with_bootstrap(paired_differences(table, baseline), table, baseline)
+    deltas = deltas.set_index([*KEYS, "loss"]).sort_index()
     labels: dict[str, str] = table.attrs.get("labels", {})
     out = []
     for (suite, model), part in agg.groupby(["suite", "model"], sort=False):
         losses = sorted(dict.fromkeys(part["loss"]), key=lambda loss: (loss != baseline, loss))
         base = baseline if baseline in losses and len(losses) > 1 else None
-        seeds = "; ".join(f"{labels.get(loss, loss)} seeds {_seed_union(part[part['loss'] == loss]['seeds'])}"
+        seeds = "; ".join(f"{labels.get(loss, loss)} {_n_seeds(part[part['loss'] == loss]['seeds'])}"
                           for loss in losses)
         prefix = f"{suite} / {model} ({seeds})"
         id_name = part[part["group"] == "id"]["dataset"].iloc[0]
@@ -364,8 +396,12 @@ NOTES = (
     "HALO's baselines read its logits relative to the abstain class. Runs of different recipes "
     "or OOD sets are never averaged: the model label names what differs. Δ: the mean over seeds of "
     "each seed's difference to the baseline run of the same seed (same initialisation and data order), "
-    "with its 95% t interval in brackets; * marks an interval that excludes 0. With one seed there is "
-    "no interval; columns without shared seeds are compared unpaired, and say so."
+    "with its 95% t interval in brackets; * marks an interval that excludes 0. With one shared seed the "
+    "interval, marked (bootstrap), is a 95% percentile bootstrap over test samples instead: 1000 resamples "
+    "(seed 0) of the ID set and of each OOD set, the same resampled samples for both runs, from their "
+    "scores.csv.gz (acc and ECE from the msp column; no interval without it or without the scores files). "
+    "Columns without shared seeds are compared unpaired, and say so. Each title says how many seeds back "
+    "each loss's numbers."
 )
 
 
@@ -386,22 +422,19 @@ def _render_markdown(results: list[dict[str, Any]], baseline: str, left_out: lis
 def _render_latex(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
     parts = ["% halo-bench report; needs \\usepackage{booktabs}"]
     parts += [f"% left out: {line}" for line in left_out]
-    for title, header, rows in tables(tidy(results), baseline):
-        body = tabulate(rows, header, tablefmt="latex_booktabs", disable_numparse=True)
-        parts += ["\\begin{table}[t]", "\\centering", f"\\caption{{{_latex_escape(title)}}}", body,
-                  "\\end{table}", ""]
+    parts += ["% bold: the better loss value per row (each metric's direction); " + NOTES]
+    table = tidy(results)
+    labels = list(table.attrs.get("labels", {}).values()) + list(dict.fromkeys(table["loss"]))
+    labels += [spec.label for spec in LOSSES.values()]
+    for title, header, rows in tables(table, baseline):
+        parts.append(render_latex_table(title, header, rows, labels))
     return "\n".join(parts)
-
-
-def _latex_escape(text: str) -> str:
-    for char, repl in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
-        text = text.replace(char, repl)
-    return text
 
 
 def _with_deltas(results: list[dict[str, Any]], baseline: str) -> pd.DataFrame:
     table = tidy(results)
-    return aggregate(table).merge(paired_differences(table, baseline), on=[*KEYS, "loss"], how="left")
+    deltas = with_bootstrap(paired_differences(table, baseline), table, baseline)
+    return aggregate(table).merge(deltas, on=[*KEYS, "loss"], how="left")
 
 
 def _render_csv(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
@@ -416,11 +449,18 @@ def _render_json(results: list[dict[str, Any]], baseline: str, left_out: list[st
                        "rows": records}, indent=2) + "\n"
 
 
+def _render_html(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
+    from .html_report import render_html  # imports matplotlib: only when HTML is asked for
+
+    return render_html(results, baseline, left_out)
+
+
 FORMATS: dict[str, Callable[[list[dict[str, Any]], str, list[str]], str]] = {
     "markdown": _render_markdown,
     "csv": _render_csv,
     "json": _render_json,
     "latex": _render_latex,
+    "html": _render_html,
 }
 
 

@@ -1,0 +1,252 @@
+"""Bootstrap intervals over test samples for single-seed comparisons (no torch, no matplotlib).
+
+With one seed per loss there is no t interval over seeds; the sampling error of the
+test sets is then what a reader can still see. `bootstrap_delta` resamples the ID
+test set and each OOD set with replacement (the same resampled indices for both
+losses: they were scored on the same samples, so the difference is paired at the
+sample level) and recomputes the headline metrics of both runs.
+
+Resampling protocol (a reference implementation only needs this to agree):
+``rng = np.random.default_rng(seed)``; for each of the `resamples` rounds, first the ID
+indices ``rng.integers(0, n_id, n_id)``, then, for each OOD set in the given order,
+``rng.integers(0, n_set, n_set)``. The interval is the 2.5 and 97.5 percentiles
+(numpy's default linear interpolation) of the resampled differences.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
+import pandas as pd
+
+from .errors import HaloBenchError
+from .schema import SCORES_FILE
+
+RESAMPLES = 1000
+SEED = 0
+N_BINS = 15  # ECE bins, as metrics.id_metrics
+CONFIDENCE_COLUMN = "msp"  # for ID rows: the top-label probability ECE is computed from
+
+
+@dataclass
+class Scores:
+    """One run's per-sample scores: ID confidence/correctness and per-detector scores per split."""
+
+    conf: np.ndarray | None  # msp on the ID set (None without the msp detector)
+    correct: np.ndarray  # pred == label on the ID set, 0/1
+    id_scores: dict[str, np.ndarray]  # detector -> ID scores
+    ood: dict[str, tuple[str, dict[str, np.ndarray]]]  # set -> (group, detector -> scores)
+
+
+def read_scores(path: str | Path) -> pd.DataFrame:
+    """A scores.csv.gz file, or a HaloBenchError naming it."""
+    try:
+        with gzip.open(path, "rt") as handle:
+            frame = pd.read_csv(handle)
+    except (OSError, EOFError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
+        raise HaloBenchError(f"{path}: not a readable scores file ({exc}); re-run `halo-bench eval` on its "
+                             "checkpoint, or move it away to report without it.") from None
+    missing = [c for c in ("dataset", "group", "label", "pred") if c not in frame.columns]
+    if missing:
+        raise HaloBenchError(f"{path}: scores file lacks column(s) {', '.join(missing)}; re-run `halo-bench eval`.")
+    return frame
+
+
+def scores_path(results_path: str | Path) -> Path:
+    return Path(results_path).with_name(SCORES_FILE)
+
+
+def load_scores(frame: pd.DataFrame, detectors: list[str]) -> Scores:
+    ids = frame[frame["group"] == "id"]
+    conf = ids[CONFIDENCE_COLUMN].to_numpy(float) if CONFIDENCE_COLUMN in ids else None
+    correct = (ids["pred"].to_numpy() == ids["label"].to_numpy()).astype(float)
+    dets = [d for d in detectors if d in frame.columns]
+    ood = {}
+    for name, part in frame[frame["group"] != "id"].groupby("dataset", sort=False):
+        ood[str(name)] = (str(part["group"].iloc[0]), {d: part[d].to_numpy(float) for d in dets})
+    return Scores(conf, correct, {d: ids[d].to_numpy(float) for d in dets}, ood)
+
+
+class _Ood:
+    """AUROC and FPR@95 (ID positive, percent) of one (ID, OOD) score pair under resampling
+    weights (rows of W and V: how often each original sample occurs in a resample). Equal to
+    metrics.auroc/fpr95 on the resampled arrays (ties count 1/2; the threshold is the k-th
+    largest resampled ID score with k the smallest count reaching 95%)."""
+
+    def __init__(self, sid: np.ndarray, sood: np.ndarray) -> None:
+        self.order_ood = np.argsort(sood, kind="stable")
+        self.t = sood[self.order_ood]
+        self.left = np.searchsorted(self.t, sid, side="left")
+        self.right = np.searchsorted(self.t, sid, side="right")
+        self.order_id = np.argsort(-sid, kind="stable")
+        self.sid_desc = sid[self.order_id]
+
+    def values(self, w: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n, m = w.sum(axis=1), v.sum(axis=1)
+        cumv = np.concatenate([np.zeros((v.shape[0], 1)), np.cumsum(v[:, self.order_ood], axis=1)], axis=1)
+        below = cumv[:, self.left] + 0.5 * (cumv[:, self.right] - cumv[:, self.left])
+        auroc = (w * below).sum(axis=1) / (n * m)
+        cumw = np.cumsum(w[:, self.order_id], axis=1)
+        k = np.argmax(cumw / n[:, None] >= 0.95, axis=1)
+        pos = np.searchsorted(self.t, self.sid_desc[k], side="left")
+        accepted = m - cumv[np.arange(v.shape[0]), pos]
+        return 100.0 * auroc, 100.0 * accepted / m
+
+
+def _ece_acc(conf: np.ndarray | None, correct: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+    n = w.sum(axis=1)
+    out = {"acc": 100.0 * (w @ correct) / n}
+    if conf is not None:
+        edges = np.linspace(0.0, 1.0, N_BINS + 1)
+        idx = np.clip(np.searchsorted(edges, np.clip(conf, 0.0, 1.0), side="left") - 1, 0, N_BINS - 1)
+        onehot = np.zeros((conf.size, N_BINS))
+        onehot[np.arange(conf.size), idx] = 1.0
+        sum_conf = w @ (onehot * conf[:, None])
+        sum_acc = w @ (onehot * correct[:, None])
+        out["ece"] = np.abs(sum_acc - sum_conf).sum(axis=1) / n
+    return out
+
+
+def _all_metrics(runs: list[Scores], sets: list[str], w: np.ndarray, vs: list[np.ndarray],
+                 prepared: list[dict[tuple[str, str], _Ood]]) -> list[dict[tuple[str, str, str], np.ndarray]]:
+    """Per run: (detector, dataset, metric) -> values, one per row of the weights; ID metrics
+    under detector ''."""
+    out = []
+    for run, prep in zip(runs, prepared, strict=True):
+        values: dict[tuple[str, str, str], np.ndarray] = {}
+        for metric, value in _ece_acc(run.conf, run.correct, w).items():
+            values[("", "", metric)] = value
+        per_group: dict[tuple[str, str, str], list[np.ndarray]] = {}
+        for (det, name), ood in prep.items():
+            auroc, fpr = ood.values(w, vs[sets.index(name)])
+            group = run.ood[name][0]
+            values[(det, name, "auroc")], values[(det, name, "fpr95")] = auroc, fpr
+            per_group.setdefault((det, group, "auroc"), []).append(auroc)
+            per_group.setdefault((det, group, "fpr95"), []).append(fpr)
+        for (det, group, metric), vals in per_group.items():
+            values[(det, f"{group} mean", metric)] = np.mean(vals, axis=0)
+        out.append(values)
+    return out
+
+
+def _counts(indices: list[np.ndarray], size: int) -> np.ndarray:
+    """Rows of per-sample counts, one row per resample's indices."""
+    rows = np.asarray(indices)
+    offsets = (np.arange(rows.shape[0]) * size)[:, None]
+    return np.bincount((rows + offsets).ravel(), minlength=rows.shape[0] * size).reshape(-1, size).astype(float)
+
+
+def bootstrap_delta(base: Scores, other: Scores, resamples: int | None = None, seed: int = SEED,
+                    confidence: float = 0.95, chunk: int = 100) -> pd.DataFrame:
+    """Percentile bootstrap interval of other − base for acc, ECE and, per detector both
+    runs have, AUROC and FPR@95 per OOD set and per near/far mean.
+
+    Columns: detector ('' for ID metrics), dataset (OOD set, '<group> mean', or '' for ID),
+    metric, delta (on the full samples), delta_lo, delta_hi, resamples.
+    """
+    resamples = RESAMPLES if resamples is None else resamples
+    n_id = base.correct.size
+    if other.correct.size != n_id:
+        raise ValueError(f"the runs have {n_id} and {other.correct.size} ID samples: not paired")
+    dets = [d for d in base.id_scores if d in other.id_scores]
+    sets = [s for s in base.ood if s in other.ood]
+    sizes = []
+    for name in sets:
+        m = {len(r.ood[name][1][d]) for r in (base, other) for d in dets}
+        if len(m) > 1:
+            raise ValueError(f"the runs have different numbers of {name} samples: not paired")
+        sizes.append(m.pop() if m else 0)
+    sets = [s for s, m in zip(sets, sizes, strict=True) if m]
+    sizes = [m for m in sizes if m]
+    runs = [base, other]
+    if base.conf is None or other.conf is None:
+        runs = [Scores(None, r.correct, r.id_scores, r.ood) for r in runs]
+    prepared = [{(d, s): _Ood(r.id_scores[d], r.ood[s][1][d]) for d in dets for s in sets} for r in runs]
+
+    full = _all_metrics(runs, sets, np.ones((1, n_id)), [np.ones((1, m)) for m in sizes], prepared)
+    keys = list(full[0])
+    point = np.array([float(full[1][k][0] - full[0][k][0]) for k in keys])
+    rng = np.random.default_rng(seed)
+    draws = []
+    for start in range(0, resamples, chunk):
+        ids, oods = [], [[] for _ in sizes]
+        for _ in range(min(chunk, resamples - start)):
+            ids.append(rng.integers(0, n_id, n_id))
+            for j, m in enumerate(sizes):
+                oods[j].append(rng.integers(0, m, m))
+        vals = _all_metrics(runs, sets, _counts(ids, n_id), [_counts(o, m) for o, m in zip(oods, sizes, strict=True)],
+                            prepared)
+        draws.append(np.stack([vals[1][k] - vals[0][k] for k in keys], axis=1))
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.percentile(np.concatenate(draws), [100 * alpha, 100 * (1 - alpha)], axis=0)
+    return pd.DataFrame({"detector": [k[0] for k in keys], "dataset": [k[1] for k in keys],
+                         "metric": [k[2] for k in keys], "delta": point, "delta_lo": lo, "delta_hi": hi,
+                         "resamples": resamples})
+
+
+def bootstrap_table(table: pd.DataFrame, baseline: str, resamples: int | None = None,
+                    seed: int = SEED) -> pd.DataFrame:
+    """Bootstrap intervals for every (suite, model, loss) whose only pairing with `baseline` is
+    one shared seed, where both runs' scores.csv.gz files are beside their results.json.
+
+    `table` is `report.tidy` output (its attrs["paths"] names each run's results.json).
+    Columns: report.KEYS, loss, delta_lo, delta_hi, resamples.
+    """
+    paths: dict[tuple, str] = table.attrs.get("paths", {})
+    columns = ["suite", "model", "detector", "dataset", "group", "metric", "loss", "delta_lo", "delta_hi",
+               "resamples"]
+    frames = []
+    cache: dict[str, pd.DataFrame] = {}
+
+    def scores(path: str, dets: list[str]) -> Scores | None:
+        file = scores_path(path)
+        if not file.is_file():
+            return None
+        if path not in cache:
+            cache[path] = read_scores(file)
+        return load_scores(cache[path], dets)
+
+    for (suite, model), part in table.groupby(["suite", "model"], sort=False):
+        seeds = {loss: set(p["seed"]) for loss, p in part.groupby("loss")}
+        if baseline not in seeds:
+            continue
+        dets = [d for d in dict.fromkeys(part["detector"]) if d]
+        groups = dict(zip(part["dataset"], part["group"], strict=False))
+        for loss, own in seeds.items():
+            shared = sorted(own & seeds[baseline])
+            if loss == baseline or len(shared) != 1:
+                continue
+            run_seed = shared[0]
+            base_path = paths.get((suite, model, baseline, run_seed))
+            other_path = paths.get((suite, model, loss, run_seed))
+            if not base_path or not other_path:
+                continue
+            base, other = scores(base_path, dets), scores(other_path, dets)
+            if base is None or other is None:
+                continue
+            try:
+                boot = bootstrap_delta(base, other, resamples, seed)
+            except ValueError:
+                continue  # different test samples: no paired resampling
+            id_name = part[part["group"] == "id"]["dataset"].iloc[0]
+            boot["dataset"] = [d if d else id_name for d in boot["dataset"]]
+            boot["group"] = [("id" if not det else groups.get(d, d.split(" ")[0]))
+                             for det, d in zip(boot["detector"], boot["dataset"], strict=True)]
+            frames.append(boot.assign(suite=suite, model=model, loss=loss)[columns])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def reliability_bins(conf: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(edges, accuracy, mean confidence, count) per equal-width bin (lo, hi], as metrics.ece
+    bins them; empty bins give NaN accuracy and confidence."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.searchsorted(edges, np.clip(conf, 0.0, 1.0), side="left") - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.bincount(idx, weights=correct, minlength=n_bins) / count
+        mean_conf = np.bincount(idx, weights=conf, minlength=n_bins) / count
+    return edges, acc, mean_conf, count
+
