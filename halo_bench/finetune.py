@@ -99,3 +99,37 @@ def cached_loader(features: TensorDataset, batch_size: int, generator: torch.Gen
 
 def features_of(model: Classifier, x: Tensor) -> Tensor:
     return model.backbone(x)
+
+
+def with_halo_head(model: nn.Module, num_classes: int, embed_dim: int | None = None, loss: str = "halo",
+                   freeze_backbone: bool = False, **knobs: Any) -> Classifier:
+    """Put a HALO head (or any registered loss's head) on a timm model, for your own training loop.
+
+    The model's classifier is removed (`reset_classifier(0)`: its forward then returns the
+    pooled pre-logits features), a linear embedding to `embed_dim` (default `num_classes`)
+    and the head follow. The result is a `Classifier`: `model(x)` gives the logits (HALO:
+    K+1 columns, the last the abstain class), `model.head.loss(model.forward_features(x), y)`
+    the training loss, `model.head.diagnostics()` what is worth logging. `knobs` are the
+    loss's knobs (`halo-bench losses`), e.g. label_smoothing=0.1.
+    """
+    from .errors import HaloBenchError
+    from .losses import get_loss
+
+    if not hasattr(model, "reset_classifier") or not hasattr(model, "num_features"):
+        raise HaloBenchError("with_halo_head takes a timm model (one with reset_classifier and num_features).")
+    model.reset_classifier(0)
+    spec = get_loss(loss)
+    dim = num_classes if embed_dim is None else embed_dim
+    head = spec.head_class()(in_features=dim, num_classes=num_classes, **vars(spec.make_knobs(knobs)))
+    features = getattr(model, "head_hidden_size", None) or model.num_features
+    classifier = Classifier(model, nn.Linear(features, dim), head)
+    if freeze_backbone:
+        freeze(classifier)
+    return classifier
+
+
+def freeze(model: Classifier) -> None:
+    """Freeze the backbone as timm does (`timm.utils.model.freeze`: BatchNorm -> FrozenBatchNorm2d)."""
+    from timm.utils.model import freeze as timm_freeze
+
+    timm_freeze(model.backbone)
