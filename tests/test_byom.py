@@ -251,3 +251,23 @@ def test_new_flags_are_checked_before_torch_loads(tmp_path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert result.returncode == 2 and "does not exist" in result.stdout + result.stderr, result
+
+
+def test_the_readme_library_example_runs() -> None:
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "with_halo_head" in b]
+    assert blocks
+    scope: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), scope)  # noqa: S102  (our own README)
+    assert scope["logits"].shape == (8, 7) and scope["abstain"].shape == (8,)
+
+
+def test_with_halo_head_freezes_the_backbone_as_timm_does() -> None:
+    from halo_bench import with_halo_head
+
+    model = with_halo_head(_tiny(1, 5, 7), num_classes=4, loss="cce", freeze_backbone=True)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 4)
