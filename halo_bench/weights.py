@@ -208,7 +208,6 @@ def create_pretrained(name: str, in_chans: int, num_classes: int = 0) -> tuple[A
         raise HaloBenchError(
             f"timm's pretrained weights {full!r} are not in the Hugging Face cache ({hub_cache_dir()}) and "
             f"{why}. Fetch them on a machine with a network: {fetch_command(full, repo_id or full)}")
-    before = _state_keys(timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans))
     try:
         model = timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans,
                                   pretrained_cfg_overlay=overlay or None)
@@ -220,7 +219,6 @@ def create_pretrained(name: str, in_chans: int, num_classes: int = 0) -> tuple[A
     if num_classes != cfg.num_classes and cfg.classifier:
         report.dropped = [f"{c}.*" for c in ([cfg.classifier] if isinstance(cfg.classifier, str)
                                               else cfg.classifier)]
-    del before
     return model, report
 
 
