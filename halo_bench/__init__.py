@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["HALOHead", "LinearHead", "LogitNormHead", "__version__"]
+__all__ = ["HALOHead", "LinearHead", "LogitNormHead", "__version__", "with_halo_head"]
 
 
 def __getattr__(name: str) -> Any:
@@ -16,4 +16,8 @@ def __getattr__(name: str) -> Any:
         from . import losses
 
         return getattr(losses, name)
+    if name == "with_halo_head":
+        from .finetune import with_halo_head
+
+        return with_halo_head
     raise AttributeError(f"module 'halo_bench' has no attribute {name!r}")

@@ -142,7 +142,8 @@ def _main(
 @app.command()
 @_user_errors
 def train(
-    model: Annotated[str, typer.Argument(help="timm model name, e.g. resnet18 (randomly initialised).")],
+    model: Annotated[str, typer.Argument(help="timm model name, e.g. resnet18 (randomly initialised unless "
+                                         "--pretrained or --init-from), or name.tag with --pretrained.")],
     loss: Annotated[str, typer.Option("--loss", help="Training loss, optionally with knobs: cce, logitnorm, halo, "
                                       f"or e.g. cce:label_smoothing=0.1 {LossKnobHelp}.")] = "halo",
     suite: Annotated[str, typer.Option("--suite", help="Suite from the registry; its ID set is trained on.")] = "digits",
@@ -168,6 +169,12 @@ def train(
     force: Annotated[bool, typer.Option("--force", help="Retrain from scratch even if the run directory holds a checkpoint.")] = False,
     data_root: DataRootOpt = None,
     registry: RegistryOpt = None,
+    pretrained: Annotated[bool, typer.Option("--pretrained", help="Start from timm's pretrained weights for MODEL (name or name.tag), read from the Hugging Face cache; the model's own data config (input size, mean, std, ...) is used.")] = False,
+    init_from: Annotated[Optional[Path], typer.Option("--init-from", "--initial-checkpoint", help="Start from a local weights file: a state_dict (.pth, .bin, .safetensors), a timm train.py checkpoint or a halo-bench ckpt.pt (its backbone and embedding, and its head for the same loss). Never unpickles objects.", show_default=False)] = None,
+    use_ema: Annotated[bool, typer.Option("--use-ema", help="With --init-from: take the timm checkpoint's state_dict_ema.")] = False,
+    freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Train only the embedding and the head, on backbone features computed once (backbone in eval mode, no augmentation).")] = False,
+    backbone_lr_scale: Annotated[Optional[float], typer.Option("--backbone-lr-scale", help="Backbone learning rate = --lr x this (default: 0.1 with loaded weights, else 1).", show_default=False)] = None,
+    img_size: Annotated[Optional[int], typer.Option("--img-size", help="Input height and width (default: the pretrained model's, else the suite's).", show_default=False)] = None,
 ) -> None:
     """Train MODEL on a suite's ID set; resumes an interrupted run of the same config."""
     from .config import TrainConfig
@@ -181,10 +188,12 @@ def train(
                       lr=lr, momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip,
                       warmup_epochs=warmup_epochs, embed_dim=embed_dim, loss_knobs=knobs, device=device, amp=amp,
                       channels_last=channels_last, compile=compile, num_workers=num_workers, out=str(out),
-                      data_root=str(data_root) if data_root else None)
+                      data_root=str(data_root) if data_root else None, pretrained=pretrained,
+                      init_from=str(_weights_file(init_from)) if init_from else None, use_ema=use_ema,
+                      freeze_backbone=freeze_backbone, backbone_lr_scale=backbone_lr_scale, img_size=img_size)
     reg = load_registry(registry)
     cfg.resolved(reg)  # every flag, the suite and the loss's knobs checked before torch loads
-    check_model_name(model)
+    check_model_name(model, pretrained=pretrained)
 
     from .train import train as run_train
 
@@ -208,20 +217,37 @@ def eval_(
         "--data-root", "--data-dir", help="Folder holding the datasets (default: $HALO_BENCH_DATA, else the one the "
         "checkpoint was trained from).", show_default=False)] = None,
     registry: RegistryOpt = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Evaluate a classifier trained elsewhere: CHECKPOINT is its weights file (state_dict, .safetensors or timm checkpoint) and this its timm model name; needs --suite.", show_default=False)] = None,
+    suite: Annotated[Optional[str], typer.Option("--suite", help="With --model: the suite to evaluate the foreign classifier on (its class count must match).", show_default=False)] = None,
+    use_ema: Annotated[bool, typer.Option("--use-ema", help="With --model: take the timm checkpoint's state_dict_ema.")] = False,
 ) -> None:
-    """Evaluate a checkpoint: ID accuracy and calibration, and OOD detection per detector."""
+    """Evaluate a checkpoint: ID accuracy and calibration, and OOD detection per detector.
+
+    With --model NAME --suite S: evaluate a timm classifier trained elsewhere, as it is."""
     from .data import load_registry
     from .runs import checkpoint_path
 
-    ckpt = checkpoint_path(checkpoint)
+    if (model is None) != (suite is None) or (use_ema and model is None):
+        raise HaloBenchError("--model and --suite go together (a foreign classifier: eval FILE --model NAME "
+                             "--suite S); --use-ema needs them.")
+    ckpt = _weights_file(checkpoint) if model else checkpoint_path(checkpoint)
     reg = load_registry(registry)
-    _check_ood_names(ckpt, reg, _split(ood))
+    if model is not None and suite is not None:
+        from .timm_names import check_model_name
+
+        check_model_name(model, pretrained=True)
+        reg.suite(suite)
+        if _split(ood):
+            reg.resolve_ood(reg.suite(suite), _split(ood))
+    else:
+        _check_ood_names(ckpt, reg, _split(ood))
 
     from .evaluate import EvalConfig, evaluate, summarize
 
     cfg = EvalConfig(checkpoint=str(ckpt), ood=_split(ood), detectors=_split(detectors),
                      out=str(out) if out else None, device=device, batch_size=batch_size, amp=amp,
-                     data_root=str(data_root) if data_root else None, num_workers=num_workers, limit=limit)
+                     data_root=str(data_root) if data_root else None, num_workers=num_workers, limit=limit,
+                     model=model, suite=suite, use_ema=use_ema)
     results, path = evaluate(cfg, reg)
     typer.echo(summarize(results))
     typer.echo(str(path))
@@ -314,6 +340,17 @@ def _check_ood_names(ckpt: Path, reg: Any, ood: list[str] | None) -> None:
         return  # no readable config beside it: evaluate() checks once the checkpoint is read
     if ood and suite in reg.suites:
         reg.resolve_ood(reg.suite(suite), ood)
+
+
+def _weights_file(path: Path) -> Path:
+    """A weights file the user named, checked before torch loads (a run folder means its ckpt.pt)."""
+    path = path.expanduser()
+    if path.is_dir() and (path / "ckpt.pt").is_file():
+        path = path / "ckpt.pt"
+    if not path.is_file():
+        raise HaloBenchError(f"weights file {path} does not exist; give a .pth/.pth.tar/.bin/.safetensors file "
+                             "or a halo-bench run folder.")
+    return path.resolve()
 
 
 def _losses(value: str) -> list[str]:

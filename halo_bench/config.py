@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import HaloBenchError
@@ -13,6 +15,13 @@ if TYPE_CHECKING:
     from .registry import Registry
 
 # Config fields that do not change what is trained, so a run may resume with others.
+FINETUNE_LR_FACTOR = 0.1  # full fine-tuning: the suite's lr x 0.1 for the new layers ...
+FINETUNE_BACKBONE_LR_SCALE = 0.1  # ... and x 0.1 again for the loaded backbone
+
+# What a run saved before these fields existed trained with (so it still resumes).
+BYOM_DEFAULTS = {"pretrained": False, "init_from": None, "use_ema": False, "freeze_backbone": False,
+                 "backbone_lr_scale": 1.0, "img_size": None}
+
 RUNTIME_FIELDS = {"device", "amp", "channels_last", "compile", "num_workers", "out", "data_root"}
 
 
@@ -45,6 +54,13 @@ class TrainConfig:
     num_workers: int | None = None  # default: 0 for in-memory data, up to 8 for image files
     out: str = "runs"
     data_root: str | None = None  # default: $HALO_BENCH_DATA, else ./data
+    # Bring your own model (halo_bench/weights.py, halo_bench/finetune.py); all change what is trained.
+    pretrained: bool = False  # timm's pretrained weights for `model` (name or name.tag)
+    init_from: str | None = None  # a local weights file: state_dict, timm checkpoint, halo-bench ckpt
+    use_ema: bool = False  # take a timm checkpoint's state_dict_ema
+    freeze_backbone: bool = False  # only the embedding and head train, on cached backbone features
+    backbone_lr_scale: float | None = None  # backbone lr multiplier (default: 0.1 with loaded weights)
+    img_size: int | None = None  # input height = width (default: the model's, else the suite's)
 
     def resolved(self, registry: Registry) -> TrainConfig:
         """A copy with every unset recipe field filled from the suite's recipe and every
@@ -58,6 +74,13 @@ class TrainConfig:
         if values["grad_clip"] is not None and values["grad_clip"] <= 0:
             values["grad_clip"] = None  # --grad-clip 0 turns clipping off
         values["loss_knobs"] = _asdict(get_loss(self.loss).make_knobs(self.loss_knobs))
+        if self.loaded_weights:  # the fine-tuning recipe: docs in README "Bring your own model"
+            if self.lr is None and not self.freeze_backbone:
+                values["lr"] = recipe.get("lr", 0.05) * FINETUNE_LR_FACTOR
+            if values["backbone_lr_scale"] is None:
+                values["backbone_lr_scale"] = FINETUNE_BACKBONE_LR_SCALE
+        elif values["backbone_lr_scale"] is None:
+            values["backbone_lr_scale"] = 1.0
         resolved = TrainConfig(**values)
         resolved.check()
         return resolved
@@ -80,6 +103,16 @@ class TrainConfig:
             (self.warmup_epochs is not None and self.warmup_epochs < 0, "--warmup-epochs must be >= 0"),
             (self.embed_dim is not None and self.embed_dim < 1, "--embed-dim must be at least 1"),
             (self.num_workers is not None and self.num_workers < 0, "--num-workers must be >= 0"),
+            (self.pretrained and self.init_from is not None,
+             "--pretrained and --init-from both name weights; give one"),
+            (self.use_ema and self.init_from is None, "--use-ema chooses a checkpoint's EMA weights; it needs "
+             "--init-from FILE"),
+            (self.freeze_backbone and not self.loaded_weights, "--freeze-backbone keeps the backbone's weights "
+             "as loaded; it needs --pretrained or --init-from FILE"),
+            (self.backbone_lr_scale is not None and not (math.isfinite(self.backbone_lr_scale)
+                                                         and self.backbone_lr_scale >= 0),
+             "--backbone-lr-scale must be a finite number >= 0"),
+            (self.img_size is not None and self.img_size < 1, "--img-size must be at least 1"),
         ]
         for bad, message in problems:
             if bad:
@@ -92,8 +125,31 @@ class TrainConfig:
         return spec.tag(_asdict(spec.make_knobs(self.loss_knobs)))
 
     @property
+    def loaded_weights(self) -> bool:
+        return self.pretrained or self.init_from is not None
+
+    @property
+    def weights_tag(self) -> str:
+        """How the run folder names loaded weights: `+pretrained`, `+init-<stem>`, `+frozen`, `+ema`."""
+        tag = ""
+        if self.pretrained and "." not in self.model:
+            tag += "+pretrained"
+        if self.init_from is not None:
+            stem = Path(self.init_from).name.split(".")[0]
+            if stem == "ckpt":  # a halo-bench run: name it by its folder
+                stem = Path(self.init_from).parent.name
+            tag += "+init-" + (re.sub(r"[^A-Za-z0-9_.]+", "_", stem) or "file")
+        if self.use_ema:
+            tag += "+ema"
+        if self.freeze_backbone:
+            tag += "+frozen"
+        if self.img_size is not None:
+            tag += f"+{self.img_size}px"
+        return tag
+
+    @property
     def run_name(self) -> str:
-        return f"{self.suite}-{self.model}-{self.loss_tag}-s{self.seed}"
+        return f"{self.suite}-{self.model}{self.weights_tag}-{self.loss_tag}-s{self.seed}"
 
     def identity(self) -> dict[str, Any]:
         """The fields that must match for a checkpoint to be resumed by this config."""

@@ -43,12 +43,22 @@ class EvalConfig:
     data_root: str | None = None  # default: $HALO_BENCH_DATA, else the run's data root
     num_workers: int | None = None  # default: 0 for in-memory data, up to 8 for image files
     limit: int | None = None  # only the first N images of each split: a smoke run, marked partial
+    model: str | None = None  # a foreign timm classifier: its architecture (with `suite`)
+    suite: str | None = None  # the suite a foreign classifier is evaluated on
+    use_ema: bool = False  # a foreign timm checkpoint's state_dict_ema
 
 
 def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[str, Any], Path]:
     """Evaluate a checkpoint on its suite; returns the results and the results.json path."""
     ckpt_path = checkpoint_path(cfg.checkpoint)
-    model, meta = load_checkpoint(ckpt_path)
+    if cfg.model:  # a classifier trained elsewhere, evaluated as it is (halo_bench/weights.py)
+        from .weights import foreign_run
+
+        registry = registry or load_registry()
+        model, meta = foreign_run(ckpt_path, cfg.model, cfg.suite or "digits", registry, cfg.use_ema)
+        console.print(model.weights_report.summary(), markup=False)
+    else:
+        model, meta = load_checkpoint(ckpt_path)
     if not meta.get("complete"):
         epochs = meta.get("train_config", {}).get("epochs")
         console.print(f"[yellow]warning:[/] {ckpt_path} is an unfinished run (epoch {meta.get('epochs_done')} of "
@@ -127,7 +137,8 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
             per_set[display] = {"group": group, **values}
         ood_results[det.name] = {"sets": per_set, **_group_means(per_set)}
 
-    out_dir = Path(cfg.out) if cfg.out else ckpt_path.parent
+    out_dir = Path(cfg.out) if cfg.out else Path("runs") / meta["run"] if cfg.model else ckpt_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
     results = {
         "schema": RESULTS_SCHEMA,
         "schema_version": RESULTS_VERSION,
@@ -141,6 +152,7 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         "loss": meta.get("loss", {"name": meta["model"]["loss"], "tag": meta["model"]["loss"]}),
         "seed": meta["train_config"]["seed"],
         "train_config": meta["train_config"],
+        "weights": meta.get("weights"),
         "suite": suite.name,
         "id_dataset": suite.id,
         "data_config": data_config,

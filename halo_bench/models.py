@@ -62,6 +62,9 @@ def build_model(
     embed_dim: int | None = None,
     seed: int = 0,
     loss_knobs: dict[str, Any] | None = None,
+    pretrained: bool = False,
+    init_from: str | None = None,
+    use_ema: bool = False,
 ) -> Classifier:
     """Build a randomly initialised classifier with the head of the registered `loss`.
 
@@ -72,21 +75,36 @@ def build_model(
 
     from .timm_names import check_model_name
 
-    check_model_name(model_name)
+    check_model_name(model_name, pretrained=pretrained)
     spec = get_loss(loss)
     knobs = spec.make_knobs(loss_knobs or {})
     embed_dim = num_classes if embed_dim is None else embed_dim
     torch.manual_seed(seed)
-    try:
-        backbone = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_chans)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise HaloBenchError(f"timm could not build {model_name!r}: {exc}") from None
+    report, halo_state = None, None
+    if pretrained or init_from:  # weights in, timm's way (halo_bench/weights.py)
+        from .weights import backbone_from_file, create_pretrained
+
+        if init_from:
+            backbone, report, halo_state = backbone_from_file(model_name, init_from, in_chans, use_ema)
+        else:
+            backbone, report = create_pretrained(model_name, in_chans)
+    else:
+        try:
+            backbone = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_chans)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise HaloBenchError(f"timm could not build {model_name!r}: {exc}") from None
     embed = nn.Linear(backbone.num_features, embed_dim)
     try:
         head = spec.head_class()(in_features=embed_dim, num_classes=num_classes, **vars(knobs))
     except ValueError as exc:  # e.g. HALO with D < 3: a flag the user can change
         raise HaloBenchError(f"cannot build the {spec.label} head: {exc} (see --embed-dim).") from None
-    return Classifier(backbone, embed, head)
+    model = Classifier(backbone, embed, head)
+    if halo_state is not None and report is not None:
+        from .weights import load_halo_parts
+
+        report.head_loaded = load_halo_parts(model, halo_state, loss)
+    model.weights_report = report  # type: ignore[assignment]  (None: randomly initialised)
+    return model
 
 
 @torch.no_grad()

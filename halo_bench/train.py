@@ -15,7 +15,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .archs import resolve_arch
-from .config import RUNTIME_FIELDS, TrainConfig
+from .config import BYOM_DEFAULTS, RUNTIME_FIELDS, TrainConfig
 from .console import console, make_progress
 from .data import LoadOptions, check_labels, default_workers, load_split, resolve_data_root
 from .devices import amp_dtype, dtype_name, environment, resolve_device
@@ -71,6 +71,9 @@ class Setup:
     memory_format: torch.memory_format | None
     workers: int
     data_root: Path
+    data_config: dict[str, Any] = field(default_factory=dict)  # the model's own, or the suite's
+    frozen: bool = False  # --freeze-backbone: `loader` and `test_data` hold cached backbone features
+    eval_model: Classifier | None = None  # what reads `test_data` (the head alone when frozen)
 
 
 @dataclass
@@ -114,7 +117,7 @@ def find_resumable(cfg: TrainConfig, ckpt_path: Path, force: bool) -> tuple[dict
     if force or not ckpt_path.exists():
         return None, False
     state = read_checkpoint(ckpt_path)
-    saved = state["meta"].get("train_config", {})
+    saved = {**BYOM_DEFAULTS, **state["meta"].get("train_config", {})}
     if {k: v for k, v in saved.items() if k not in RUNTIME_FIELDS} != cfg.identity():
         raise HaloBenchError(
             f"{ckpt_path.parent} holds a run with a different configuration; pass --force to "
@@ -128,18 +131,33 @@ def build(cfg: TrainConfig, registry: Registry) -> Setup:
     suite = registry.suite(cfg.suite)
     id_spec = registry.dataset(suite.id)
     device = resolve_device(cfg.device)
+    from . import finetune
+
     channels = suite.data_config["input_size"][0]
     num_classes = len(id_spec.classes or ())
-    arch = resolve_arch(cfg.model, suite.arch_variant)
-    model = build_model(arch, cfg.loss, num_classes, channels, cfg.embed_dim, cfg.seed, cfg.loss_knobs)
-    probe_input(model, suite.data_config["input_size"], arch)
+    arch = cfg.model if cfg.loaded_weights else resolve_arch(cfg.model, suite.arch_variant)
+    if cfg.pretrained:  # the model keeps its own input channels; the data is adapted to them
+        from .weights import pretrained_channels
+
+        channels = pretrained_channels(arch)
+    model = build_model(arch, cfg.loss, num_classes, channels, cfg.embed_dim, cfg.seed, cfg.loss_knobs,
+                        pretrained=cfg.pretrained, init_from=cfg.init_from, use_ema=cfg.use_ema)
+    report = getattr(model, "weights_report", None)
+    if report is not None:
+        console.print(report.summary(), markup=False)
+    data_config = finetune.model_data_config(suite.data_config, model.backbone, cfg.pretrained, cfg.img_size)
+    data_config["input_size"][0] = channels
+    probe_input(model, data_config["input_size"], arch)
+    if cfg.freeze_backbone:
+        finetune.freeze_backbone(model)
     # Same data order and dropout stream for every loss of a seed, whatever the head drew.
     torch.manual_seed(cfg.seed)
     loader_gen = torch.Generator().manual_seed(cfg.seed)
 
     data_root = resolve_data_root(cfg.data_root)
-    train_data = load_split(id_spec, "train", suite.data_config, LoadOptions(data_root, suite.train_augment))
-    test_data = load_split(id_spec, "test", suite.data_config, LoadOptions(data_root))
+    augment = () if cfg.freeze_backbone else suite.train_augment  # cached features: no augmentation
+    train_data = load_split(id_spec, "train", data_config, LoadOptions(data_root, augment))
+    test_data = load_split(id_spec, "test", data_config, LoadOptions(data_root))
     for dataset in (train_data, test_data):
         check_labels(id_spec, dataset, num_classes)
     assert cfg.batch_size is not None
@@ -153,14 +171,31 @@ def build(cfg: TrainConfig, registry: Registry) -> Setup:
     memory_format = torch.channels_last if cfg.channels_last and device.type == "cuda" else None
     if memory_format is not None:
         model.to(memory_format=memory_format)
+    dtype = amp_dtype(device, cfg.amp)
+    eval_model = None
+    if cfg.freeze_backbone:  # the frozen backbone runs once per split; the head trains on its output
+        started = time.perf_counter()
+        train_data = finetune.backbone_features(model.backbone, train_data, device, max(256, cfg.batch_size),
+                                                dtype, workers)
+        test_data = finetune.backbone_features(model.backbone, test_data, device, max(256, cfg.batch_size),
+                                               dtype, workers)
+        loader = finetune.cached_loader(train_data, cfg.batch_size, loader_gen, drop_last)
+        eval_model = finetune.HeadOnly(model)
+        console.print(f"backbone features cached: {len(train_data)} train, {len(test_data)} test "
+                      f"({time.perf_counter() - started:.1f} s)", markup=False)
     return Setup(model, arch, suite, train_data, test_data, loader, loader_gen, device,
-                 amp_dtype(device, cfg.amp), memory_format, workers, data_root)
+                 dtype, memory_format, workers, data_root, data_config, cfg.freeze_backbone, eval_model)
 
 
 def make_optimisation(cfg: TrainConfig, setup: Setup) -> Optimisation:
     """SGD over the trainable parameters, warm-up + cosine per step, fp16's loss scaler."""
     assert cfg.epochs is not None and cfg.lr is not None
-    optimizer = torch.optim.SGD(param_groups(setup.model, cfg.weight_decay or 0.0), lr=cfg.lr,
+    from .finetune import param_groups as scaled_groups
+
+    scale = 1.0 if cfg.backbone_lr_scale is None else cfg.backbone_lr_scale
+    groups = (param_groups(setup.model, cfg.weight_decay or 0.0) if scale == 1.0
+              else scaled_groups(setup.model, cfg.weight_decay or 0.0, scale, cfg.lr))
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr,
                                 momentum=cfg.momentum or 0.0, nesterov=bool(cfg.nesterov and cfg.momentum))
     steps = len(setup.loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -173,7 +208,9 @@ def run_meta(cfg: TrainConfig, setup: Setup, registry: Registry) -> dict[str, An
     """What the checkpoint and config.json say about the run (plain data only)."""
     id_spec = registry.dataset(setup.suite.id)
     spec = get_loss(cfg.loss)
-    channels = setup.suite.data_config["input_size"][0]
+    data_config = setup.data_config or dict(setup.suite.data_config)
+    channels = data_config["input_size"][0]
+    report = getattr(setup.model, "weights_report", None)
     return {
         "train_config": asdict(cfg),
         "run": cfg.run_name,
@@ -183,7 +220,8 @@ def run_meta(cfg: TrainConfig, setup: Setup, registry: Registry) -> dict[str, An
         "suite": setup.suite.to_dict(),
         "id_dataset": id_spec.to_dict(),
         "classes": list(id_spec.classes or ()),
-        "data_config": dict(setup.suite.data_config),
+        "data_config": dict(data_config),
+        "weights": report.to_dict() if report is not None else None,
         "data_root": str(setup.data_root),
         "train_augment": list(setup.suite.train_augment),
         "registry": {"path": str(registry.path), "sha256": registry.sha256},
@@ -228,7 +266,8 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
 
     setup = build(cfg, registry)
     opt = make_optimisation(cfg, setup)
-    backbone = torch.compile(setup.model.backbone) if cfg.compile else setup.model.backbone
+    backbone = setup.model.backbone if not setup.frozen else nn.Identity()  # frozen: cached features
+    backbone = torch.compile(backbone) if cfg.compile and not setup.frozen else backbone
     meta = run_meta(cfg, setup, registry)
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -262,15 +301,17 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
 def train_epoch(cfg: TrainConfig, setup: Setup, opt: Optimisation, backbone: nn.Module, epoch: int,
                 run_dir: Path, advance: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """One pass over the training data, then the monitoring test pass; returns the epoch's row."""
+    from .finetune import set_train_mode
+
     model = setup.model
-    model.train()
+    set_train_mode(model, setup.frozen)
     started = time.perf_counter()
     loss_sum = torch.zeros((), device=setup.device)
     correct = torch.zeros((), device=setup.device, dtype=torch.long)
     seen = 0
     for step, (x, y) in enumerate(setup.loader):
         x, y = x.to(setup.device, non_blocking=True), y.to(setup.device, non_blocking=True)
-        if setup.memory_format is not None:
+        if setup.memory_format is not None and not setup.frozen:
             x = x.contiguous(memory_format=setup.memory_format)
         try:
             loss, hits = train_step(model, backbone, x, y, opt.optimizer, opt.scaler, cfg.grad_clip, setup.dtype)
@@ -289,9 +330,9 @@ def train_epoch(cfg: TrainConfig, setup: Setup, opt: Optimisation, backbone: nn.
         "epoch": epoch + 1,
         "loss": float(loss_sum) / seen,
         "train_acc": 100.0 * float(correct) / seen,
-        **evaluate_accuracy(model, setup.test_data, setup.device, setup.dtype, max(256, cfg.batch_size),
+        **evaluate_accuracy(setup.eval_model or model, setup.test_data, setup.device, setup.dtype, max(256, cfg.batch_size),
                             setup.workers),
-        "lr": opt.optimizer.param_groups[0]["lr"],
+        "lr": max(group["lr"] for group in opt.optimizer.param_groups),
         "seconds": round(seconds, 3),
         "images_per_second": round(seen / seconds, 1),
         **model.head.diagnostics(),
