@@ -103,8 +103,8 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         if det.needs_train:
             det.fit(ctx)
         for name, (_, dataset) in splits.items():
-            scores[name][det.name] = det.score(ctx, outputs[name], dataset)
-        timing[f"detector_{det.name}"] = time.perf_counter() - started
+            scores[name][det.label] = det.score(ctx, outputs[name], dataset)
+        timing[f"detector_{det.label}"] = time.perf_counter() - started
 
     k = model.num_classes
     id_out = outputs[suite.id]
@@ -114,9 +114,9 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
     for det in detectors:
         per_set = {}
         for display, (group, _) in ood_sets.items():
-            values = metrics.ood_metrics(scores[suite.id][det.name], scores[display][det.name])
+            values = metrics.ood_metrics(scores[suite.id][det.label], scores[display][det.label])
             per_set[display] = {"group": group, **values}
-        ood_results[det.name] = {"sets": per_set, **_group_means(per_set)}
+        ood_results[det.label] = {"sets": per_set, **_group_means(per_set)}
 
     out_dir = Path(cfg.out) if cfg.out else ckpt_path.parent
     results = {
@@ -142,7 +142,7 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
             name: {"group": group, "dataset": _dataset_key(name, suite.id, ood_sets), "n": len(outputs[name])}
             for name, (group, _) in splits.items()
         },
-        "detectors": {det.name: det.settings() for det in detectors},
+        "detectors": {det.label: det.settings() for det in detectors},
         "metrics_conventions": {
             "score": "higher = more in-distribution",
             "fpr95": "ID positive: fraction of OOD with score >= the threshold keeping 95% of ID",
