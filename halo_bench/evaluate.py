@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
+from .cache import CACHE_DIR, CacheKey, FeatureCache
 from .data import LoadOptions, default_workers, load_split, resolve_data_root
 from .detectors import DetectorContext, detectors_for
 from .errors import HaloBenchError
@@ -43,6 +44,7 @@ class EvalConfig:
     amp: bool = True
     data_root: str | None = None  # default: $HALO_BENCH_DATA, else the run's data root
     num_workers: int | None = None  # default: 0 for in-memory data, up to 8 for image files
+    cache: bool = True  # read and write forward passes in <checkpoint folder>/feature-cache
 
 
 def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[str, Any], Path]:
@@ -84,14 +86,24 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
     workers = default_workers(id_spec, cfg.num_workers)
     timing: dict[str, float] = {}
     outputs: dict[str, SplitOutputs] = {}
+    checkpoint_sha = sha256_file(ckpt_path)
+    cache = FeatureCache(ckpt_path.parent / CACHE_DIR if cfg.cache else None)
+    dtype_name = str(dtype).replace("torch.", "") if dtype else None
+
+    def one_pass(key: str, split: str, dataset: Any, description: str) -> SplitOutputs:
+        spec = registry.dataset(key)
+        source = {"source": spec.source, "generator": spec.generator, "params": spec.split_params(split)}
+        cache_key = CacheKey(checkpoint_sha, key, split, source, str(options.data_root), data_config, dtype_name)
+        return cache.get(cache_key, lambda: forward_pass(model, dataset, device, cfg.batch_size, dtype,
+                                                          description, workers), len(dataset))
+
     started = time.perf_counter()
     for name, (_, dataset) in splits.items():
-        outputs[name] = forward_pass(model, dataset, device, cfg.batch_size, dtype, f"forward {name}",
-                                     workers)
+        outputs[name] = one_pass(_dataset_key(name, suite.id, ood_sets), "test", dataset, f"forward {name}")
     train_outputs = None
-    if any(d.needs_train for d in detectors):  # eval transform: Mahalanobis fits clean features
-        train_outputs = forward_pass(model, load_split(id_spec, "train", data_config, options), device,
-                                     cfg.batch_size, dtype, f"forward {suite.id} (train)", workers)
+    if any(d.needs_train for d in detectors):  # eval transform: the fits read clean features
+        train_outputs = one_pass(suite.id, "train", load_split(id_spec, "train", data_config, options),
+                                 f"forward {suite.id} (train)")
     timing["forward_passes"] = time.perf_counter() - started
 
     ctx = DetectorContext(model=model, device=device, data_config=data_config,
@@ -124,7 +136,7 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         "schema_version": RESULTS_VERSION,
         "created": utc_now(),
         "run": meta["run"],
-        "checkpoint": {"path": str(ckpt_path), "sha256": sha256_file(ckpt_path),
+        "checkpoint": {"path": str(ckpt_path), "sha256": checkpoint_sha,
                        "epochs": meta.get("epochs_done"), "complete": meta.get("complete")},
         "model": {"name": meta["model"]["name"], "arch": meta["model"].get("arch"), "loss": meta["model"]["loss"],
                   "embed_dim": meta["model"]["embed_dim"], "head": meta["model"]["head"]},
@@ -152,6 +164,8 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         },
         "id_metrics": id_metrics,
         "ood": ood_results,
+        "feature_cache": {"folder": str(cache.folder) if cache.folder else None, "read": cache.hits,
+                          "computed": cache.misses},
         "device": str(device),
         "timing_seconds": {key: round(value, 3) for key, value in timing.items()},
         "versions": package_versions(),
