@@ -159,6 +159,7 @@ def eval_(
     data_root: Annotated[Optional[Path], typer.Option(
         "--data-root", help="Folder holding the datasets (default: $HALO_BENCH_DATA, else the one the "
         "checkpoint was trained from).", show_default=False)] = None,
+    tune: Annotated[bool, typer.Option("--tune", help="Also report each detector with its hyperparameters chosen by AUROC on the suite's ID-validation vs OOD-validation sets (never test data), as NAME[tuned] rows; the defaults stay the main rows.")] = False,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse and store forward passes in <checkpoint folder>/feature-cache (keyed by the checkpoint's hash, dataset, split and transform); --no-cache runs every pass and writes nothing.")] = True,
     registry: RegistryOpt = None,
 ) -> None:
@@ -168,7 +169,7 @@ def eval_(
 
     cfg = EvalConfig(checkpoint=str(checkpoint), ood=_split(ood), detectors=_split(detectors),
                      out=str(out) if out else None, device=device, batch_size=batch_size, amp=amp,
-                     data_root=str(data_root) if data_root else None, num_workers=num_workers, cache=cache)
+                     data_root=str(data_root) if data_root else None, num_workers=num_workers, cache=cache, tune=tune)
     results, path = evaluate(cfg, load_registry(registry))
     typer.echo(summarize(results))
     typer.echo(str(path))

@@ -19,6 +19,7 @@ import pandas as pd
 
 from . import metrics
 from .cache import CACHE_DIR, CacheKey, FeatureCache
+from .calibration import temperature_scaled_metrics
 from .data import LoadOptions, default_workers, load_split, resolve_data_root
 from .detectors import DetectorContext, detectors_for
 from .errors import HaloBenchError
@@ -26,6 +27,7 @@ from .features import SplitOutputs, forward_pass
 from .io import atomic_write_json, atomic_write_with, package_versions, sha256_file, utc_now
 from .models import load_checkpoint
 from .registry import Registry, load_registry
+from .tune import ValidationData, tune_detector
 from .train import amp_dtype, resolve_device
 
 RESULTS_SCHEMA = "halo-bench/results"
@@ -45,6 +47,7 @@ class EvalConfig:
     data_root: str | None = None  # default: $HALO_BENCH_DATA, else the run's data root
     num_workers: int | None = None  # default: 0 for in-memory data, up to 8 for image files
     cache: bool = True  # read and write forward passes in <checkpoint folder>/feature-cache
+    tune: bool = False  # add NAME[tuned] rows: hyperparameters chosen on the suite's validation sets
 
 
 def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[str, Any], Path]:
@@ -104,6 +107,22 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
     if any(d.needs_train for d in detectors):  # eval transform: the fits read clean features
         train_outputs = one_pass(suite.id, "train", load_split(id_spec, "train", data_config, options),
                                  f"forward {suite.id} (train)")
+    if cfg.tune and not suite.ood_val:
+        raise HaloBenchError(
+            f"--tune needs validation data, and suite {suite.name!r} has none (an ID 'val' split and "
+            "'ood_val' sets in the registry); tuning on test data would inflate the numbers. Use a suite "
+            "with validation sets (digits, cifar10-openood, cifar100-openood) or drop --tune."
+        )
+    validation = None
+    if "val" in id_spec.splits:  # temperature scaling always; --tune also reads the OOD-val sets
+        id_val = load_split(id_spec, "val", data_config, options)
+        ood_val = {}
+        if cfg.tune:
+            for display, key in suite.ood_val.items():
+                ds = load_split(registry.dataset(key), "val", data_config, options)
+                ood_val[display] = (one_pass(key, "val", ds, f"forward {display} (val)"), ds)
+        validation = ValidationData(one_pass(suite.id, "val", id_val, f"forward {suite.id} (val)"), id_val,
+                                    ood_val)
     timing["forward_passes"] = time.perf_counter() - started
 
     ctx = DetectorContext(model=model, device=device, data_config=data_config,
@@ -117,11 +136,27 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         for name, (_, dataset) in splits.items():
             scores[name][det.label] = det.score(ctx, outputs[name], dataset)
         timing[f"detector_{det.label}"] = time.perf_counter() - started
+    if cfg.tune:
+        assert validation is not None
+        for det in list(detectors):
+            started = time.perf_counter()
+            tuned = tune_detector(det, ctx, validation)
+            if tuned is None:
+                continue
+            if tuned.needs_train:
+                tuned.fit(ctx)
+            for name, (_, dataset) in splits.items():
+                scores[name][tuned.label] = tuned.score(ctx, outputs[name], dataset)
+            detectors.append(tuned)
+            timing[f"detector_{tuned.label}"] = time.perf_counter() - started
 
     k = model.num_classes
     id_out = outputs[suite.id]
     probs = id_out.logits.double().softmax(dim=1).numpy()
     id_metrics = metrics.id_metrics(probs, id_out.labels.numpy(), k)
+    if validation is not None:  # the one-scalar calibration baseline, fitted on ID val
+        id_metrics.update(temperature_scaled_metrics(validation.id_outputs.logits, validation.id_outputs.labels,
+                                                     id_out.logits, id_out.labels, k))
     ood_results: dict[str, Any] = {}
     for det in detectors:
         per_set = {}

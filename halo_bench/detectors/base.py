@@ -88,6 +88,7 @@ class Detector:
         self.params: dict[str, float] = {**self.defaults, **params}
         self.explicit = frozenset(params)  # parameters the user set
         self.label = self.name  # the key in results; `detectors_for` names non-default settings
+        self.tuning: dict[str, Any] | None = None  # set by --tune: the search on validation data
 
     def int_param(self, key: str) -> int:
         return int(self.params[key])
@@ -102,9 +103,12 @@ class Detector:
         raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
-        return {"detector": self.name, "params": dict(self.params), "reads": self.reads,
-                "halo_only": self.halo_only, "needs_train": self.needs_train,
-                "needs_inputs": self.needs_inputs}
+        out = {"detector": self.name, "params": dict(self.params), "reads": self.reads,
+               "halo_only": self.halo_only, "needs_train": self.needs_train,
+               "needs_inputs": self.needs_inputs}
+        if self.tuning is not None:
+            out["tuning"] = self.tuning
+        return out
 
 
 DETECTORS: dict[str, type[Detector]] = {}
