@@ -72,6 +72,12 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         )
     ood_sets = registry.resolve_ood(suite, cfg.ood)
     detectors = detectors_for(cfg.detectors, model.abstain)
+    if cfg.tune and not suite.ood_val:
+        raise HaloBenchError(
+            f"--tune needs validation data, and suite {suite.name!r} has none (an ID 'val' split and "
+            "'ood_val' sets in the registry); tuning on test data would inflate the numbers. Use a suite "
+            "with validation sets (digits, cifar10-openood, cifar100-openood) or drop --tune."
+        )
     data_config = meta["data_config"]  # the transform the model was trained with
     device = resolve_device(cfg.device)
     dtype = amp_dtype(device, cfg.amp)
@@ -107,12 +113,6 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
     if any(d.needs_train for d in detectors):  # eval transform: the fits read clean features
         train_outputs = one_pass(suite.id, "train", load_split(id_spec, "train", data_config, options),
                                  f"forward {suite.id} (train)")
-    if cfg.tune and not suite.ood_val:
-        raise HaloBenchError(
-            f"--tune needs validation data, and suite {suite.name!r} has none (an ID 'val' split and "
-            "'ood_val' sets in the registry); tuning on test data would inflate the numbers. Use a suite "
-            "with validation sets (digits, cifar10-openood, cifar100-openood) or drop --tune."
-        )
     validation = None
     if "val" in id_spec.splits:  # temperature scaling always; --tune also reads the OOD-val sets
         id_val = load_split(id_spec, "val", data_config, options)
@@ -189,6 +189,12 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
             name: {"group": group, "dataset": _dataset_key(name, suite.id, ood_sets), "n": len(outputs[name])}
             for name, (group, _) in splits.items()
         },
+        "validation": None if validation is None else {
+            "id": {"dataset": suite.id, "split": "val", "n": len(validation.id_outputs)},
+            "ood": {display: {"dataset": suite.ood_val[display], "split": "val", "n": len(out)}
+                    for display, (out, _) in validation.ood.items()},
+            "used_for": ["temperature scaling"] + (["--tune"] if cfg.tune else []),
+        },
         "detectors": {det.label: det.settings() for det in detectors},
         "metrics_conventions": {
             "score": "higher = more in-distribution",
@@ -251,8 +257,12 @@ def _write_scores(path: Path, splits: dict[str, tuple[str, Any]], outputs: dict[
 def summarize(results: dict[str, Any]) -> str:
     """A few lines for the terminal: accuracy, ECE and near/far AUROC per detector."""
     idm = results["id_metrics"]
-    lines = [f"{results['run']}: acc {idm['acc']:.2f}%  ECE {idm['ece']:.4f}  NLL {idm['nll']:.4f}"]
+    lines = [f"{results['run']}: acc {idm['acc']:.2f}%  ECE {idm['ece']:.4f}  NLL {idm['nll']:.4f}"
+             + (f"  (temperature-scaled, T {idm['ts_temperature']:.3g}: ECE {idm['ts_ece']:.4f}  NLL "
+                f"{idm['ts_nll']:.4f})" if "ts_temperature" in idm else "")]
     for name, res in results["ood"].items():
         parts = [f"{g} AUROC {res[g]['auroc']:.2f} FPR95 {res[g]['fpr95']:.2f}" for g in ("near", "far") if g in res]
+        chosen = results.get("detectors", {}).get(name, {}).get("tuning", {}).get("chosen")
+        parts += [", ".join(f"{k}={v:g}" for k, v in chosen.items())] if chosen else []
         lines.append(f"  {name:<14} " + "  ".join(parts))
     return "\n".join(lines)
