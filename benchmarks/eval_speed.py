@@ -10,7 +10,9 @@ prints the wall time of
 3. pytorch-ood 0.4 running the same detectors its users' way: each detector fitted with
    `fit(train_loader)` and scored with `predict(x)` batch by batch, so each runs the model itself.
 
-Goal: (1, cold) <= 1.2 x (2), and >= 3 x faster than (3).
+Goal: (1, cold) <= 1.2 x (2), and >= 3 x faster than (3). With `--repeat N` every measurement
+runs N times and the fastest counts (the usual defence against a busy machine; a cold run
+deletes the feature cache first).
 
     python benchmarks/eval_speed.py                                  # 5,000 train / 2,000 + 2,000 test
     python benchmarks/eval_speed.py --n-train 50000 --n-test 10000 --device cuda
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +32,7 @@ import torchvision.datasets.cifar as tv_cifar
 from tabulate import tabulate
 from torch.utils.data import DataLoader
 
+from halo_bench.cache import CACHE_DIR
 from halo_bench.data import LoadOptions, load_split
 from halo_bench.data.synthetic import write_cifar_archive
 from halo_bench.detectors import DETECTORS, DetectorContext
@@ -104,6 +108,7 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=2000, help="images in the ID test set and in the OOD set")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeat", type=int, default=1, help="time each measurement this many times, keep the fastest")
     parser.add_argument("--workdir", default=None, help="keep the data and runs here (default: a temp dir)")
     args = parser.parse_args()
     os.environ.setdefault("HALO_BENCH_PROGRESS", "0")
@@ -126,12 +131,17 @@ def main() -> None:
                              data_root=str(data), num_workers=0, cache=cache)
             return evaluate(cfg, registry)[0]
 
-        started = time.perf_counter()
-        cold = halo_bench_eval(True, "eval-cold")
-        t_cold = time.perf_counter() - started
-        started = time.perf_counter()
-        warm = halo_bench_eval(True, "eval-warm")
-        t_warm = time.perf_counter() - started
+        t_cold = t_warm = float("inf")
+        for _ in range(args.repeat):
+            shutil.rmtree(run.checkpoint.parent / CACHE_DIR, ignore_errors=True)
+            started = time.perf_counter()
+            res = halo_bench_eval(True, "eval-cold")
+            if time.perf_counter() - started < t_cold:
+                t_cold, cold = time.perf_counter() - started, res
+            started = time.perf_counter()
+            res = halo_bench_eval(True, "eval-warm")
+            if time.perf_counter() - started < t_warm:
+                t_warm, warm = time.perf_counter() - started, res
         device = torch.device(cold["device"])
         dtype = getattr(torch, cold["eval_config"]["amp_dtype"]) if cold["eval_config"]["amp_dtype"] else None
         model.to(device).eval()
@@ -140,20 +150,26 @@ def main() -> None:
         splits = {"cifar10 test": load_split(registry.dataset("cifar10"), "test", suite.data_config, options),
                   "cifar100 test": load_split(registry.dataset("cifar100"), "test", suite.data_config, options)}
         train_ds = load_split(registry.dataset("cifar10"), "train", suite.data_config, options)
-        bare = {}
+        bare: dict[str, float] = {}
         outputs = {}
-        for name, ds in [*splits.items(), ("cifar10 train", train_ds)]:
-            bare[f"forward {name}"] = _timed(lambda ds=ds, name=name: outputs.__setitem__(
-                name, forward_pass(model, ds, device, args.batch_size, dtype, show_progress=False)), device)
         ctx = DetectorContext(model=model, device=device, data_config=suite.data_config,
                               batch_size=args.batch_size, amp_dtype=dtype)
         odin = DETECTORS["odin"]()
-        bare["ODIN passes"] = sum(_timed(lambda ds=ds, name=name: odin.score(ctx, outputs[name], ds), device)
-                                  for name, ds in splits.items())
+        for _ in range(args.repeat):
+            for name, ds in [*splits.items(), ("cifar10 train", train_ds)]:
+                seconds = _timed(lambda ds=ds, name=name: outputs.__setitem__(
+                    name, forward_pass(model, ds, device, args.batch_size, dtype, show_progress=False)), device)
+                bare[f"forward {name}"] = min(seconds, bare.get(f"forward {name}", float("inf")))
+            seconds = sum(_timed(lambda ds=ds, name=name: odin.score(ctx, outputs[name], ds), device)
+                          for name, ds in splits.items())
+            bare["ODIN passes"] = min(seconds, bare.get("ODIN passes", float("inf")))
         t_bare = sum(bare.values())
 
         loaders = {name: DataLoader(ds, batch_size=args.batch_size) for name, ds in splits.items()}
-        per_detector = pytorch_ood_way(model, meta, loaders, DataLoader(train_ds, batch_size=args.batch_size), device)
+        per_detector: dict[str, float] = {}
+        for _ in range(args.repeat):
+            times = pytorch_ood_way(model, meta, loaders, DataLoader(train_ds, batch_size=args.batch_size), device)
+            per_detector = {k: min(v, per_detector.get(k, float("inf"))) for k, v in times.items()}
         t_ood = sum(per_detector.values())
 
     n_images = 2 * args.n_test + args.n_train
@@ -174,8 +190,11 @@ def main() -> None:
                     for name, sec in per_detector.items()],
                    ["detector", "pytorch-ood s (fit + predict)", "halo-bench s (on cached features)"],
                    tablefmt="github"))
-    print(f"halo-bench cold: forward passes {cold['timing_seconds']['forward_passes']:.1f}s; "
-          f"warm cache read {warm['feature_cache']['read']}")
+    print("bare cost: " + ", ".join(f"{k} {v:.1f}s" for k, v in bare.items()))
+    print(f"halo-bench cold: forward passes {cold['timing_seconds']['forward_passes']:.1f}s, "
+          f"ODIN {cold['timing_seconds']['detector_odin']:.1f}s; warm: forward passes "
+          f"{warm['timing_seconds']['forward_passes']:.1f}s (cache read: {', '.join(warm['feature_cache']['read'])}), "
+          f"ODIN {warm['timing_seconds']['detector_odin']:.1f}s; repeats {args.repeat} (fastest kept)")
 
 
 if __name__ == "__main__":

@@ -311,7 +311,7 @@ def detectors() -> None:
 
     table = Table(title="detectors (score: higher = more in-distribution)")
     for col in ("name", "score", "reads", "defaults", "--tune grid", "needs"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("name", "reads"))
     for cls in DETECTORS.values():
         needs = [n for n, on in (("HALO model", cls.halo_only), ("ID-train pass", cls.needs_train),
                                  ("gradient passes", cls.needs_inputs)) if on]

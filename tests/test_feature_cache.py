@@ -33,7 +33,7 @@ def calls(monkeypatch) -> dict[str, int]:
 
 
 def _eval(ckpt: Path, out: Path, detectors: str, **kwargs):
-    # One OOD set keeps it fast: ID test, noise and (for fitted detectors) ID train.
+    # One OOD set keeps it fast: ID test, noise, ID val and (for fitted detectors) ID train.
     return evaluate(EvalConfig(checkpoint=str(ckpt), detectors=detectors.split(","), out=str(out), device="cpu",
                                ood=["noise"], **kwargs))[0]
 
@@ -51,12 +51,12 @@ def test_second_eval_runs_no_forward_pass(tiny_runs, registry, tmp_path: Path, c
     assert calls["backbone"] > 0
     assert first["feature_cache"]["read"] == [] and "digits/train" in first["feature_cache"]["computed"]
     files = sorted((ckpt.parent / CACHE_DIR).glob("*.pt"))
-    assert len(files) == 3  # ID test, noise, ID train
+    assert len(files) == 4  # ID test, noise, ID train, ID val (temperature scaling)
 
     calls["backbone"] = 0
     second = _eval(ckpt, tmp_path / "b", "energy,vim,react,ash,gen,mds,rmds,mahalanobis,knn:k=10")
     assert calls["backbone"] == 0, "a cached split ran the model again"
-    assert second["feature_cache"]["computed"] == [] and len(second["feature_cache"]["read"]) == 3
+    assert second["feature_cache"]["computed"] == [] and len(second["feature_cache"]["read"]) == 4
     assert second["id_metrics"] == first["id_metrics"]
     cold = _eval(ckpt, tmp_path / "c", "knn", cache=False)  # the same numbers without the cache
     assert calls["backbone"] > 0 and cold["feature_cache"]["folder"] is None
@@ -81,6 +81,6 @@ def test_cache_key_separates_checkpoints(tiny_runs, tmp_path: Path, calls) -> No
     shutil.copy(tiny_runs["halo"], ckpt)
     calls["backbone"] = 0
     res = _eval(ckpt, tmp_path / "b", "msp")
-    assert len(list((ckpt.parent / CACHE_DIR).glob("*.pt"))) == 4
+    assert len(list((ckpt.parent / CACHE_DIR).glob("*.pt"))) == 6  # (ID test, noise, ID val) x 2 checkpoints
     assert res["feature_cache"]["read"] == [] and calls["backbone"] > 0
     assert torch.load(next((ckpt.parent / CACHE_DIR).glob("*.pt")), weights_only=True)["key"]["checkpoint_sha256"]
