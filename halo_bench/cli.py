@@ -206,7 +206,7 @@ def train(
 def eval_(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint file (ckpt.pt) or its run directory.")],
     ood: Annotated[Optional[str], typer.Option("--ood", help="Comma-separated OOD sets, by name or group (near, far) (default: the whole suite).", show_default=False)] = None,
-    detectors: Annotated[Optional[str], typer.Option("--detectors", help="Comma-separated detectors (default: all that apply); see `halo-bench detectors`.", show_default=False)] = None,
+    detectors: Annotated[Optional[str], typer.Option("--detectors", help="Comma-separated detectors, each optionally with settings NAME:PARAM=VALUE[:PARAM=VALUE], e.g. knn:k=100,odin:temperature=1000:eps=0.0014 (default: all that apply, at their defaults); see `halo-bench detectors`.", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for results.json and scores.csv.gz (default: the checkpoint's folder).", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Evaluation batch size.")] = 256,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Evaluate only the first N images of each split (a smoke run: the results are marked partial and stay out of a report's tables).", show_default=False)] = None,
@@ -216,6 +216,8 @@ def eval_(
     data_root: Annotated[Optional[Path], typer.Option(
         "--data-root", "--data-dir", help="Folder holding the datasets (default: $HALO_BENCH_DATA, else the one the "
         "checkpoint was trained from).", show_default=False)] = None,
+    tune: Annotated[bool, typer.Option("--tune", help="Also report each detector with its hyperparameters chosen by AUROC on the suite's ID-validation vs OOD-validation sets (never test data), as NAME[tuned] rows; the defaults stay the main rows.")] = False,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse and store forward passes in <checkpoint folder>/feature-cache (keyed by the checkpoint's hash, dataset, split and transform); --no-cache runs every pass and writes nothing.")] = True,
     registry: RegistryOpt = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Evaluate a classifier trained elsewhere: CHECKPOINT is its weights file (state_dict, .safetensors or timm checkpoint) and this its timm model name; needs --suite.", show_default=False)] = None,
     suite: Annotated[Optional[str], typer.Option("--suite", help="With --model: the suite to evaluate the foreign classifier on (its class count must match).", show_default=False)] = None,
@@ -247,7 +249,7 @@ def eval_(
     cfg = EvalConfig(checkpoint=str(ckpt), ood=_split(ood), detectors=_split(detectors),
                      out=str(out) if out else None, device=device, batch_size=batch_size, amp=amp,
                      data_root=str(data_root) if data_root else None, num_workers=num_workers, limit=limit,
-                     model=model, suite=suite, use_ema=use_ema)
+                     model=model, suite=suite, use_ema=use_ema, cache=cache, tune=tune)
     results, path = evaluate(cfg, reg)
     typer.echo(summarize(results))
     typer.echo(str(path))
@@ -488,14 +490,18 @@ def detectors() -> None:
     from .detectors import DETECTORS
 
     table = Table(title="detectors (score: higher = more in-distribution)")
-    for col in ("name", "score", "defaults", "needs"):
-        table.add_column(col)
+    for col in ("name", "score", "reads", "defaults", "--tune grid", "needs"):
+        table.add_column(col, no_wrap=col in ("name", "reads"))
     for cls in DETECTORS.values():
         needs = [n for n, on in (("HALO model", cls.halo_only), ("ID-train pass", cls.needs_train),
                                  ("gradient passes", cls.needs_inputs)) if on]
         defaults = ", ".join(f"{k}={v:g}" for k, v in cls.defaults.items())
-        table.add_row(cls.name, cls.summary, defaults or "-", ", ".join(needs) or "logits/features")
+        grid = "; ".join(f"{k} in {{{', '.join(f'{v:g}' for v in values)}}}" for k, values in cls.tune_grid.items())
+        table.add_row(cls.name, cls.summary, cls.reads, defaults or "-", grid or "-", ", ".join(needs) or "-")
     console.print(table, soft_wrap=False)
+    console.print("Set parameters with --detectors NAME:PARAM=VALUE, e.g. knn:k=100,odin:temperature=1000:eps=0.0014; "
+                  "a detector with non-default settings is reported as NAME[PARAM=VALUE]. 'penultimate' = the "
+                  "backbone's pooled features (OpenOOD's); 'embedding' = the layer the head reads.", soft_wrap=True)
 
 
 def main() -> None:

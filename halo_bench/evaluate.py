@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
+from .cache import CACHE_DIR, CacheKey, FeatureCache
+from .calibration import temperature_scaled_metrics
 from .data import DatasetMissing, LoadOptions, default_workers, load_registry, load_split, resolve_data_root
 from .detectors import DetectorContext, detectors_for
 from .errors import HaloBenchError
@@ -29,6 +31,7 @@ from .devices import amp_dtype, dtype_name, environment, resolve_device
 from .registry import Registry
 from .runs import checkpoint_path
 from .schema import GROUPS, RESULTS_FILE, RESULTS_SCHEMA, RESULTS_VERSION, SCORES_FILE
+from .tune import ValidationData, tune_detector
 
 
 @dataclass
@@ -46,6 +49,8 @@ class EvalConfig:
     model: str | None = None  # a foreign timm classifier: its architecture (with `suite`)
     suite: str | None = None  # the suite a foreign classifier is evaluated on
     use_ema: bool = False  # a foreign timm checkpoint's state_dict_ema
+    cache: bool = True  # read and write forward passes in <checkpoint folder>/feature-cache
+    tune: bool = False  # add NAME[tuned] rows: hyperparameters chosen on the suite's validation sets
 
 
 def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[str, Any], Path]:
@@ -79,6 +84,12 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         )
     ood_sets = registry.resolve_ood(suite, cfg.ood)
     detectors = detectors_for(cfg.detectors, model.abstain)
+    if cfg.tune and not suite.ood_val:
+        raise HaloBenchError(
+            f"--tune needs validation data, and suite {suite.name!r} has none (an ID 'val' split and "
+            "'ood_val' sets in the registry); tuning on test data would inflate the numbers. Use a suite "
+            "with validation sets (digits, cifar10-openood, cifar100-openood) or drop --tune."
+        )
     data_config = meta["data_config"]  # the transform the model was trained with
     device = resolve_device(cfg.device)
     dtype = amp_dtype(device, cfg.amp)
@@ -103,14 +114,35 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
     workers = default_workers(id_spec, cfg.num_workers)
     timing: dict[str, float] = {}
     outputs: dict[str, SplitOutputs] = {}
+    checkpoint_sha = sha256_file(ckpt_path)
+    # A --limit smoke run neither reads nor writes the cache: its passes cover part of a split.
+    cache = FeatureCache(ckpt_path.parent / CACHE_DIR if cfg.cache and not cfg.limit else None)
+    precision = dtype_name(dtype)
+
+    def one_pass(key: str, split: str, dataset: Any, description: str) -> SplitOutputs:
+        spec = registry.dataset(key)
+        source = {"source": spec.source, "generator": spec.generator, "params": spec.split_params(split)}
+        cache_key = CacheKey(checkpoint_sha, key, split, source, str(options.data_root), data_config, precision)
+        return cache.get(cache_key, lambda: forward_pass(model, dataset, device, cfg.batch_size, dtype,
+                                                          description, workers), len(dataset))
+
     started = time.perf_counter()
     for name, (_, dataset) in splits.items():
-        outputs[name] = forward_pass(model, dataset, device, cfg.batch_size, dtype, f"forward {name}",
-                                     workers)
+        outputs[name] = one_pass(_dataset_key(name, suite.id, ood_sets), "test", dataset, f"forward {name}")
     train_outputs = None
-    if any(d.needs_train for d in detectors):  # eval transform: Mahalanobis fits clean features
-        train_outputs = forward_pass(model, _first(load_split(id_spec, "train", data_config, options), cfg.limit),
-                                     device, cfg.batch_size, dtype, f"forward {suite.id} (train)", workers)
+    if any(d.needs_train for d in detectors):  # eval transform: the fits read clean features
+        train_outputs = one_pass(suite.id, "train", _first(load_split(id_spec, "train", data_config, options),
+                                                           cfg.limit), f"forward {suite.id} (train)")
+    validation = None
+    if "val" in id_spec.splits:  # temperature scaling always; --tune also reads the OOD-val sets
+        id_val = load_split(id_spec, "val", data_config, options)
+        ood_val = {}
+        if cfg.tune:
+            for display, key in suite.ood_val.items():
+                ds = load_split(registry.dataset(key), "val", data_config, options)
+                ood_val[display] = (one_pass(key, "val", ds, f"forward {display} (val)"), ds)
+        validation = ValidationData(one_pass(suite.id, "val", id_val, f"forward {suite.id} (val)"), id_val,
+                                    ood_val)
     timing["forward_passes"] = time.perf_counter() - started
 
     ctx = DetectorContext(model=model, device=device, data_config=data_config,
@@ -122,20 +154,36 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         if det.needs_train:
             det.fit(ctx)
         for name, (_, dataset) in splits.items():
-            scores[name][det.name] = det.score(ctx, outputs[name], dataset)
-        timing[f"detector_{det.name}"] = time.perf_counter() - started
+            scores[name][det.label] = det.score(ctx, outputs[name], dataset)
+        timing[f"detector_{det.label}"] = time.perf_counter() - started
+    if cfg.tune:
+        assert validation is not None
+        for det in list(detectors):
+            started = time.perf_counter()
+            tuned = tune_detector(det, ctx, validation)
+            if tuned is None:
+                continue
+            if tuned.needs_train:
+                tuned.fit(ctx)
+            for name, (_, dataset) in splits.items():
+                scores[name][tuned.label] = tuned.score(ctx, outputs[name], dataset)
+            detectors.append(tuned)
+            timing[f"detector_{tuned.label}"] = time.perf_counter() - started
 
     k = model.num_classes
     id_out = outputs[suite.id]
     probs = id_out.logits.double().softmax(dim=1).numpy()
     id_metrics = metrics.id_metrics(probs, id_out.labels.numpy(), k)
+    if validation is not None:  # the one-scalar calibration baseline, fitted on ID val
+        id_metrics.update(temperature_scaled_metrics(validation.id_outputs.logits, validation.id_outputs.labels,
+                                                     id_out.logits, id_out.labels, k))
     ood_results: dict[str, Any] = {}
     for det in detectors:
         per_set = {}
         for display, (group, _) in ood_sets.items():
-            values = metrics.ood_metrics(scores[suite.id][det.name], scores[display][det.name])
+            values = metrics.ood_metrics(scores[suite.id][det.label], scores[display][det.label])
             per_set[display] = {"group": group, **values}
-        ood_results[det.name] = {"sets": per_set, **_group_means(per_set)}
+        ood_results[det.label] = {"sets": per_set, **_group_means(per_set)}
 
     out_dir = Path(cfg.out) if cfg.out else Path("runs") / meta["run"] if cfg.model else ckpt_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -144,7 +192,7 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         "schema_version": RESULTS_VERSION,
         "created": utc_now(),
         "run": meta["run"],
-        "checkpoint": {"path": str(ckpt_path), "sha256": sha256_file(ckpt_path),
+        "checkpoint": {"path": str(ckpt_path), "sha256": checkpoint_sha,
                        "epochs": meta.get("epochs_done"), "complete": meta.get("complete")},
         "partial": {"limit": cfg.limit} if cfg.limit else None,
         "model": {"name": meta["model"]["name"], "arch": meta["model"].get("arch"), "loss": meta["model"]["loss"],
@@ -159,13 +207,19 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         "data_root": str(options.data_root),
         "registry": {"path": str(registry.path), "sha256": registry.sha256},
         "train_registry": meta["registry"],
-        "eval_config": {**asdict(cfg), "amp_dtype": dtype_name(dtype),
+        "eval_config": {**asdict(cfg), "amp_dtype": precision,
                         "num_workers": workers},
         "datasets": {
             name: {"group": group, "dataset": _dataset_key(name, suite.id, ood_sets), "n": len(outputs[name])}
             for name, (group, _) in splits.items()
         },
-        "detectors": {det.name: det.settings() for det in detectors},
+        "validation": None if validation is None else {
+            "id": {"dataset": suite.id, "split": "val", "n": len(validation.id_outputs)},
+            "ood": {display: {"dataset": suite.ood_val[display], "split": "val", "n": len(out)}
+                    for display, (out, _) in validation.ood.items()},
+            "used_for": ["temperature scaling"] + (["--tune"] if cfg.tune else []),
+        },
+        "detectors": {det.label: det.settings() for det in detectors},
         "metrics_conventions": {
             "score": "higher = more in-distribution",
             "fpr95": "ID positive: fraction of OOD with score >= the threshold keeping 95% of ID",
@@ -175,6 +229,8 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         },
         "id_metrics": id_metrics,
         "ood": ood_results,
+        "feature_cache": {"folder": str(cache.folder) if cache.folder else None, "read": cache.hits,
+                          "computed": cache.misses},
         "device": str(device),
         "timing_seconds": {key: round(value, 3) for key, value in timing.items()},
         "versions": environment(device),
@@ -234,8 +290,12 @@ def _write_scores(path: Path, splits: dict[str, tuple[str, Any]], outputs: dict[
 def summarize(results: dict[str, Any]) -> str:
     """A few lines for the terminal: accuracy, ECE and near/far AUROC per detector."""
     idm = results["id_metrics"]
-    lines = [f"{results['run']}: acc {idm['acc']:.2f}%  ECE {idm['ece']:.4f}  NLL {idm['nll']:.4f}"]
+    lines = [f"{results['run']}: acc {idm['acc']:.2f}%  ECE {idm['ece']:.4f}  NLL {idm['nll']:.4f}"
+             + (f"  (temperature-scaled, T {idm['ts_temperature']:.3g}: ECE {idm['ts_ece']:.4f}  NLL "
+                f"{idm['ts_nll']:.4f})" if "ts_temperature" in idm else "")]
     for name, res in results["ood"].items():
         parts = [f"{g} AUROC {res[g]['auroc']:.2f} FPR95 {res[g]['fpr95']:.2f}" for g in ("near", "far") if g in res]
+        chosen = results.get("detectors", {}).get(name, {}).get("tuning", {}).get("chosen")
+        parts += [", ".join(f"{k}={v:g}" for k, v in chosen.items())] if chosen else []
         lines.append(f"  {name:<14} " + "  ".join(parts))
     return "\n".join(lines)

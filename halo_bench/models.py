@@ -53,6 +53,17 @@ class Classifier(nn.Module):
         z = self.forward_features(x)
         return self.head(z), z
 
+    def forward_penultimate(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Logits, embedding and the backbone's pooled penultimate features (what OpenOOD's
+        feature-based postprocessors read), from one pass."""
+        h = self.backbone(x)
+        z = self.embed(h)
+        return self.head(z), z, h
+
+    def logits_from_penultimate(self, h: Tensor) -> Tensor:
+        """The logits of given penultimate features: embed then head, no backbone."""
+        return self.head(self.embed(h))
+
 
 def build_model(
     model_name: str,

@@ -38,7 +38,8 @@ DEFAULT_REGISTRY = _default_registry()
 
 _DATASET_KEYS = {"source", "description", "params", "splits", "classes", "generator", "homepage",
                  "download", "aliases"}
-_SUITE_KEYS = {"description", "id", "near", "far", "data_config", "recipe", "arch_variant", "train_augment"}
+_SUITE_KEYS = {"description", "id", "near", "far", "data_config", "recipe", "arch_variant", "train_augment",
+               "ood_val"}
 _DATA_CONFIG_KEYS = {"input_size", "mean", "std", "interpolation", "crop_pct"}
 # name -> (accepted types, check, what the check means)
 _RECIPE_FIELDS: dict[str, tuple[tuple[type, ...], Any, str]] = {
@@ -106,6 +107,13 @@ class SuiteSpec:
     description: str = ""
     arch_variant: str | None = None  # e.g. "cifar": build resnet18 as timm's resnet18_cifar
     train_augment: tuple[str, ...] = ()
+    # OOD-validation sets (display name -> dataset, read at its `val` split), set against the ID
+    # dataset's `val` split for temperature scaling and --tune; never a test split.
+    ood_val: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def has_validation(self) -> bool:
+        return bool(self.ood_val)
 
     def ood_sets(self) -> dict[str, tuple[str, str]]:
         """Display name -> (group, dataset name), near sets first."""
@@ -124,6 +132,7 @@ class SuiteSpec:
             "recipe": self.recipe,
             "arch_variant": self.arch_variant,
             "train_augment": list(self.train_augment),
+            "ood_val": self.ood_val,
         }
 
 
@@ -320,6 +329,15 @@ def _suite(name: str, entry: Any, where: str, datasets: dict[str, DatasetSpec]) 
     clash = set(groups["near"]) & set(groups["far"])
     if clash:
         raise _fail(where, f"{', '.join(sorted(clash))} listed as both near and far.")
+    ood_val = {str(k): v for k, v in _mapping(entry.get("ood_val") or {}, f"{where}.ood_val").items()}
+    for display, key in ood_val.items():
+        if not isinstance(key, str) or key not in datasets:
+            raise _fail(f"{where}.ood_val.{display}", str(unknown_name("dataset", str(key), datasets)))
+        if key == id_name or "val" not in datasets[key].splits:
+            raise _fail(f"{where}.ood_val.{display}", f"an OOD-validation set must be another dataset with a "
+                        f"'val' split; {key!r} is not.")
+    if ood_val and "val" not in id_spec.splits:
+        raise _fail(f"{where}.ood_val", f"OOD-validation sets need a 'val' split of the ID dataset {id_name!r}.")
     augment = entry.get("train_augment") or []
     if not (isinstance(augment, list) and all(a in AUGMENTATIONS for a in augment)):
         raise _fail(f"{where}.train_augment", f"expected a list of: {', '.join(AUGMENTATIONS)}.")
@@ -336,6 +354,7 @@ def _suite(name: str, entry: Any, where: str, datasets: dict[str, DatasetSpec]) 
         description=str(entry.get("description", "")),
         arch_variant=variant,
         train_augment=tuple(augment),
+        ood_val=ood_val,
     )
 
 

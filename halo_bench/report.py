@@ -33,7 +33,13 @@ ID_METRICS = {
     "brier": ("Brier", False, 4),
     "aurc": ("AURC", False, 4),
     "abstain_rate": ("abstain rate (%)", False, 2),
+    # Temperature scaling fitted on the ID-validation split (suites that have one).
+    "ts_temperature": ("TS temperature (fitted on ID val)", None, 3),
+    "ts_ece": ("ECE after TS", False, 4),
+    "ts_nll": ("NLL after TS", False, 4),
+    "ts_brier": ("Brier after TS", False, 4),
 }
+TUNED = "[tuned]"  # label suffix of detectors whose hyperparameters --tune chose
 OOD_HEADLINE = {"auroc": ("AUROC (%)", True), "fpr95": ("FPR@95 (%), ID positive", False)}
 KEYS = ["suite", "model", "detector", "dataset", "group", "metric"]
 
@@ -188,6 +194,10 @@ def tidy(results: list[dict[str, Any]]) -> pd.DataFrame:
                 for metric, value in det_res.get(group, {}).items():
                     rows.append({**base, "detector": det, "dataset": f"{group} mean", "group": group,
                                  "metric": metric, "value": value})
+            tuning = res.get("detectors", {}).get(det, {}).get("tuning")
+            for param, value in (tuning or {}).get("chosen", {}).items():  # what --tune chose, per run
+                rows.append({**base, "detector": det, "dataset": "chosen", "group": "tuning",
+                             "metric": param, "value": value})
     table = pd.DataFrame(rows, columns=["suite", "model", "loss", "seed", *KEYS[2:], "value"])
     table.attrs["dropped"] = len(results) - len(latest)
     table.attrs["labels"] = labels
@@ -333,10 +343,13 @@ def tables(table: pd.DataFrame, baseline: str = DEFAULT_BASELINE) -> list[tuple[
             key = (suite, model, "", id_name, "id", metric)
             if not any((*key, loss) in stats.index for loss in losses):
                 continue
-            rows.append([f"{label} {'↑' if higher else '↓'}", *cells(key, dec)])
+            arrow = "" if higher is None else (" ↑" if higher else " ↓")
+            rows.append([f"{label}{arrow}", *cells(key, dec)])
         out.append((f"{prefix}: in-distribution ({id_name} test)", ["metric", *header], rows))
 
-        detectors = [d for d in dict.fromkeys(part["detector"]) if d]
+        named = [d for d in dict.fromkeys(part["detector"]) if d]
+        detectors = [d for d in named if not d.endswith(TUNED)]  # the main tables: default settings
+        tuned = [d for d in named if d.endswith(TUNED)]
         for metric, (label, higher) in OOD_HEADLINE.items():
             full = ["detector"]
             for group in GROUPS:
@@ -349,12 +362,14 @@ def tables(table: pd.DataFrame, baseline: str = DEFAULT_BASELINE) -> list[tuple[
                 rows.append(row)
             out.append((f"{prefix}: OOD {label} {'↑' if higher else '↓'}, mean over near / far sets",
                         full, rows))
+        if tuned:
+            out.append(_tuned_table(prefix, part, stats, tuned, losses, [labels.get(loss, loss) for loss in losses]))
 
         full = ["OOD set", "group", "detector"]
         for label, _ in OOD_HEADLINE.values():
             full += _columns(losses, labels, base, stats, deltas, prefix=f"{label.split(' ')[0]} ")[0]
         rows = []
-        sets = part[~part["group"].isin(["id"]) & ~part["dataset"].str.endswith(" mean")]
+        sets = part[~part["group"].isin(["id", "tuning"]) & ~part["dataset"].str.endswith(" mean")]
         for dataset, group in dict.fromkeys(zip(sets["dataset"], sets["group"], strict=True)):
             for det in detectors:
                 row = [dataset, group, det]
@@ -364,6 +379,34 @@ def tables(table: pd.DataFrame, baseline: str = DEFAULT_BASELINE) -> list[tuple[
         out.append((f"{prefix}: per OOD set", full, rows))
         out.extend(published_tables(suite))
     return out
+
+
+def _tuned_table(prefix: str, part: pd.DataFrame, stats: pd.DataFrame, tuned: list[str], losses: list[str],
+                 labels: list[str]) -> tuple[str, list[str], list[list[str]]]:
+    """Detectors with hyperparameters chosen on validation data: AUROC near / far and the choice."""
+    suite, model = part["suite"].iloc[0], part["model"].iloc[0]
+    header = ["detector", *(f"{g} AUROC {lab}" for g in ("near", "far") for lab in labels),
+              *(f"chosen {lab}" for lab in labels)]
+    rows = []
+    for det in tuned:
+        row = [det]
+        for group in ("near", "far"):
+            row += [_cell(stats, (suite, model, det, f"{group} mean", group, "auroc"), loss, 2) for loss in losses]
+        params = dict.fromkeys(part[(part["detector"] == det) & (part["group"] == "tuning")]["metric"])
+        for loss in losses:
+            chosen = []
+            for param in params:
+                try:
+                    cell = stats.loc[(suite, model, det, "chosen", "tuning", param, loss)]
+                except KeyError:
+                    continue
+                spread = f" ± {cell['std']:.3g}" if cell["n"] > 1 and not np.isnan(cell["std"]) else ""
+                chosen.append(f"{param}={cell['mean']:.4g}{spread}")
+            row.append(", ".join(chosen) or "–")
+        rows.append(row)
+    title = (f"{prefix}: tuned on validation (ID val vs OOD val, AUROC; test data never used), "
+             "mean over near / far test sets")
+    return title, header, rows
 
 
 PUBLISHED = Path(__file__).with_name("published.yaml")
@@ -392,7 +435,11 @@ NOTES = (
     "Mean ± sample standard deviation over seeds. Scores: higher = more in-distribution. "
     "FPR@95: fraction of OOD samples accepted at the threshold that keeps 95% of ID samples "
     "(ID positive); the OpenOOD convention (`fpr95_openood`) and AUPR-in/out are in the CSV/JSON "
-    "formats. Detectors at their default settings (docs/protocol.md, section 4), no tuning. "
+    "formats. Detectors at their default settings (docs/protocol.md, section 4) in the main tables; "
+    "NAME[tuned] rows (eval --tune) chose their hyperparameters by AUROC on the suite's validation "
+    "sets, never on test data. TS: temperature scaling fitted by NLL on the ID-validation split. "
+    "mahalanobis reads the head's embedding; mds, rmds, knn, vim, react and ash the backbone's "
+    "penultimate features (as OpenOOD). "
     "HALO's baselines read its logits relative to the abstain class. Runs of different recipes "
     "or OOD sets are never averaged: the model label names what differs. Δ: the mean over seeds of "
     "each seed's difference to the baseline run of the same seed (same initialisation and data order), "

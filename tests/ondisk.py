@@ -112,3 +112,5 @@ def write_cifar10_suite(root: Path) -> None:
     write_places365_val(root / "places365")
     write_image_folder(root / "LSUN")
     write_image_list(root, "openood/benchmark_imglist/cifar10/test_tin.txt", "tin/val/images")
+    # OpenOOD's download also brings the OOD-validation list the `-openood` suites tune on.
+    write_image_list(root, "openood/benchmark_imglist/cifar10/val_tin.txt", "tin/train/images", n=6, seed=8)

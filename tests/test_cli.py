@@ -52,7 +52,8 @@ def test_train_eval_report_end_to_end(cli_runs: Path) -> None:
         p.name for p in run.iterdir()}
     results = json.loads((run / "results.json").read_text())
     assert results["checkpoint"]["sha256"] and results["seed"] == 0 and results["suite"] == "digits"
-    assert set(results["ood"]) == {"msp", "maxlogit", "energy", "mahalanobis", "odin", "halo_abstain", "halo_distance"}
+    assert set(results["ood"]) == {"msp", "maxlogit", "energy", "mahalanobis", "odin", "halo_abstain", "halo_distance",
+                                   "gen", "knn", "vim", "react", "ash", "mds", "rmds"}
     assert results["detectors"]["odin"]["params"] == {"temperature": 1000.0, "eps": 0.0014}
     assert set(results["datasets"]) == {"digits", "digits-6to9", "textures", "photos", "faces", "noise"}
     assert "abstain_rate" in results["id_metrics"]

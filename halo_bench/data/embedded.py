@@ -273,11 +273,14 @@ def _crop_boxes(
 
 @generator("sklearn_digits")
 def sklearn_digits(
-    classes: Sequence[int], split: str, seed: int = 0, test_fraction: float = 0.3
+    classes: Sequence[int], split: str, seed: int = 0, test_fraction: float = 0.3, val_fraction: float = 0.0
 ) -> tuple[Array, Array]:
     """sklearn's digits of `classes`, stratified train/test split; labels are the digits.
 
-    `split` is "train", "test" or "all" (the whole filtered set, seed unused).
+    `split` is "train", "test", "val" or "all" (the whole filtered set, seed unused).
+    With `val_fraction` > 0, a stratified `val` part of that fraction of the whole set is
+    carved out of the train part (the test part stays as without it), deterministically
+    from `seed`; `train` is then what remains, so no image is in two splits.
     Images keep sklearn's own values 0..16 and its order.
     """
     if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence) or not classes:
@@ -288,13 +291,20 @@ def sklearn_digits(
         not 0 <= c <= 9 for c in classes
     ):
         raise EmbeddedDataError(f"classes must be digits 0..9, got {list(classes)!r}")
-    if split not in ("train", "test", "all"):
-        raise EmbeddedDataError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    if split not in ("train", "test", "val", "all"):
+        raise EmbeddedDataError(f"split must be 'train', 'test', 'val' or 'all', got {split!r}")
     seed = _check_seed(seed)
     if not isinstance(test_fraction, (int, float)) or not 0.0 < test_fraction < 1.0:
         raise EmbeddedDataError(
             f"test_fraction must lie strictly between 0 and 1, got {test_fraction!r}"
         )
+    valid_val = isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0 - test_fraction
+    if not valid_val:
+        raise EmbeddedDataError(
+            f"val_fraction must lie in [0, 1 - test_fraction), got {val_fraction!r}"
+        )
+    if split == "val" and val_fraction == 0:
+        raise EmbeddedDataError("split 'val' needs val_fraction > 0")
 
     images, labels = _digits()
     index = np.flatnonzero(np.isin(labels, np.asarray(classes, dtype=np.int64)))
@@ -305,9 +315,15 @@ def sklearn_digits(
             train, test = train_test_split(
                 index, stratify=labels[index], random_state=seed, test_size=test_fraction
             )
+            parts = {"train": train, "test": test}
+            if val_fraction > 0:
+                n_val = max(len(classes), int(round(val_fraction * len(index))))
+                parts["train"], parts["val"] = train_test_split(
+                    train, stratify=labels[train], random_state=seed, test_size=n_val
+                )
         except ValueError as err:
             raise EmbeddedDataError(f"cannot split classes {list(classes)}: {err}") from None
-        index = np.sort(train if split == "train" else test)
+        index = np.sort(parts[split])
     return images[index], labels[index]
 
 

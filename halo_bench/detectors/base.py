@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -29,6 +31,7 @@ class DetectorContext:
     num_workers: int = 0
     amp_dtype: torch.dtype | None = None
     train: SplitOutputs | None = None  # ID train outputs (eval transform), for detectors that fit
+    memo: dict[str, Any] = field(default_factory=dict)  # per-model values detectors share (e.g. the linear map)
 
     @property
     def num_classes(self) -> int:
@@ -39,16 +42,33 @@ class DetectorContext:
         return self.model.abstain
 
 
+# A parameter check: (predicate, what a valid value is).
+Check = tuple[Callable[[float], bool], str]
+POSITIVE: Check = (lambda v: v > 0, "a number > 0")
+NON_NEGATIVE: Check = (lambda v: v >= 0, "a number >= 0")
+POSITIVE_INT: Check = (lambda v: v >= 1 and float(v).is_integer(), "an integer >= 1")
+PERCENTILE: Check = (lambda v: 0 < v < 100, "a percentile strictly between 0 and 100")
+
+READS = ("logits", "embedding", "penultimate", "inputs")
+
+
 class Detector:
     """Base class. Post-hoc detectors override `score_outputs`; the rest `score`.
 
     Class attributes say what a detector needs, so evaluation runs the ID-train pass
     only when some detector fits on it, and the model again only for `needs_inputs`.
+    `reads` names what it scores: the logits, the head's embedding, the backbone's
+    penultimate features or the inputs themselves. `checks` validates parameters
+    (any other parameter must be a finite number); `tune_grid` is what `--tune`
+    searches, on validation data only.
     """
 
     name: ClassVar[str]
     summary: ClassVar[str]
     defaults: ClassVar[dict[str, float]] = {}
+    checks: ClassVar[dict[str, Check]] = {}
+    tune_grid: ClassVar[dict[str, tuple[float, ...]]] = {}
+    reads: ClassVar[str] = "logits"
     halo_only: ClassVar[bool] = False
     needs_train: ClassVar[bool] = False
     needs_inputs: ClassVar[bool] = False
@@ -60,7 +80,18 @@ class Detector:
                 f"detector {self.name!r} has no parameter(s) {', '.join(sorted(unknown))}; "
                 f"it takes: {', '.join(self.defaults) or 'none'}."
             )
+        for key, value in params.items():
+            ok, meaning = self.checks.get(key, (lambda v: True, "a finite number"))
+            valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not valid or not ok(value):
+                raise HaloBenchError(f"detector {self.name!r}: {key} must be {meaning}, got {value!r}.")
         self.params: dict[str, float] = {**self.defaults, **params}
+        self.explicit = frozenset(params)  # parameters the user set
+        self.label = self.name  # the key in results; `detectors_for` names non-default settings
+        self.tuning: dict[str, Any] | None = None  # set by --tune: the search on validation data
+
+    def int_param(self, key: str) -> int:
+        return int(self.params[key])
 
     def fit(self, ctx: DetectorContext) -> None:
         """Fit on `ctx.train` (only called when `needs_train`)."""
@@ -72,8 +103,12 @@ class Detector:
         raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
-        return {"params": dict(self.params), "halo_only": self.halo_only,
-                "needs_train": self.needs_train, "needs_inputs": self.needs_inputs}
+        out = {"detector": self.name, "params": dict(self.params), "reads": self.reads,
+               "halo_only": self.halo_only, "needs_train": self.needs_train,
+               "needs_inputs": self.needs_inputs}
+        if self.tuning is not None:
+            out["tuning"] = self.tuning
+        return out
 
 
 DETECTORS: dict[str, type[Detector]] = {}
@@ -86,23 +121,62 @@ def register_detector(cls: type[Detector]) -> type[Detector]:
     return cls
 
 
+def parse_detector_spec(spec: str) -> tuple[str, dict[str, float]]:
+    """`knn:k=100` -> ("knn", {"k": 100.0}); `odin:temperature=1000:eps=0.0014` sets two."""
+    name, *assignments = [part.strip() for part in spec.strip().split(":")]
+    params: dict[str, float] = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise HaloBenchError(
+                f"cannot read detector setting {item!r} in {spec!r}; write NAME:PARAM=VALUE[:PARAM=VALUE], "
+                "e.g. knn:k=100 or odin:temperature=1000:eps=0.0014."
+            )
+        try:
+            value = float(text)
+        except ValueError:
+            raise HaloBenchError(f"detector setting {key}={text!r} in {spec!r} is not a number.") from None
+        if key in params:
+            raise HaloBenchError(f"detector setting {key!r} is given twice in {spec!r}.")
+        params[key] = value
+    return name, params
+
+
+def make_detector(name: str, params: dict[str, float], abstain: bool) -> Detector:
+    if name not in DETECTORS:
+        raise unknown_name("detector", name, DETECTORS)
+    if DETECTORS[name].halo_only and not abstain:
+        raise HaloBenchError(f"detector {name!r} reads a HALO head; this checkpoint was trained with CCE.")
+    det = DETECTORS[name](**params)
+    changed = {k: v for k, v in det.params.items() if k in det.explicit and v != det.defaults[k]}
+    if changed:  # a row a reader must not mistake for the default detector
+        det.label = f"{name}[{','.join(f'{k}={v:g}' for k, v in changed.items())}]"
+    return det
+
+
 def detectors_for(names: list[str] | None, abstain: bool) -> list[Detector]:
-    """Instantiate detectors by name; by default every one that applies to the model."""
+    """Instantiate detectors from names or `name:param=value` specs; by default every one
+    that applies to the model. A detector with non-default settings is labelled with them."""
     if not names:
         return [cls() for cls in DETECTORS.values() if abstain or not cls.halo_only]
-    out = []
-    for name in dict.fromkeys(names):
-        if name not in DETECTORS:
-            raise unknown_name("detector", name, DETECTORS)
-        if DETECTORS[name].halo_only and not abstain:
-            raise HaloBenchError(f"detector {name!r} reads a HALO head; this checkpoint was trained with CCE.")
-        out.append(DETECTORS[name]())
-    return out
+    out: dict[str, Detector] = {}
+    for spec in names:
+        det = make_detector(*parse_detector_spec(spec), abstain=abstain)
+        out.setdefault(det.label, det)
+    return list(out.values())
 
 
 def class_logits(logits: Tensor, num_classes: int) -> Tensor:
     """The K real-class logits (for HALO: relative to the abstain class), float64."""
     return logits[:, :num_classes].double()
+
+
+def penultimate(outputs: SplitOutputs, who: str) -> Tensor:
+    """The split's penultimate features, float64; outputs built without them are a caller error."""
+    if outputs.penultimate is None:
+        raise ValueError(f"{who} reads penultimate features, but these outputs were built without them.")
+    return outputs.penultimate.double()
 
 
 def softmax_probs(logits: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ class HALOAbstain(Detector):
 class HALODistance(Detector):
     name = "halo_distance"
     summary = "-min_k ||z - c_k||^2 / D to the centred centroids (a diagnostic)"
+    reads = "embedding"
     halo_only = True
 
     def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..features import SplitOutputs
-from .base import Detector, DetectorContext, class_logits, register_detector, softmax_probs
+from .base import POSITIVE, Detector, DetectorContext, class_logits, register_detector, softmax_probs
 
 
 @register_detector
@@ -32,6 +32,8 @@ class Energy(Detector):
     name = "energy"
     summary = "T * logsumexp(logits / T) over the K classes"
     defaults = {"temperature": 1.0}
+    checks = {"temperature": POSITIVE}
+    tune_grid = {"temperature": (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 100.0)}
 
     def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
         t = self.params["temperature"]

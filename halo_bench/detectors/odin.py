@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..console import make_progress
 from ..features import SplitOutputs
-from .base import Detector, DetectorContext, register_detector
+from .base import NON_NEGATIVE, POSITIVE, Detector, DetectorContext, register_detector
 
 
 @register_detector
@@ -17,6 +17,9 @@ class ODIN(Detector):
     name = "odin"
     summary = "max softmax(f(x')/T), x' = x - eps * sign(grad_x CE(f(x)/T, argmax)) / std"
     defaults = {"temperature": 1000.0, "eps": 0.0014}
+    checks = {"temperature": POSITIVE, "eps": NON_NEGATIVE}
+    tune_grid = {"temperature": (1.0, 10.0, 100.0, 1000.0), "eps": (0.0014, 0.0028)}  # OpenOOD v1.5's sweep
+    reads = "inputs"
     needs_inputs = True
 
     def score(self, ctx: DetectorContext, outputs: SplitOutputs, dataset: Dataset) -> np.ndarray:

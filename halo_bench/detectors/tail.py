@@ -1,0 +1,71 @@
+"""The model after its backbone, as a function of penultimate features.
+
+ReAct, ASH and ViM change or project the backbone's pooled features h and need the
+logits of the result. They never re-run the backbone: `tail_logits` runs the
+model's own embed + head on (modified) cached features, in float64 on the CPU.
+For a CCE model that map is affine (embed then fc); for a HALO model the K logits
+relative to the abstain class are affine too, l_k = gamma (2 z.c_k - |c_k|^2) / D - b
+with z = embed(h): the quadratic -gamma |z|^2 / D of the distance logits is common to
+every class and to the abstain class, so it cancels. `linear_map` returns (W, b) for
+either head, and checks the map is affine before a detector relies on it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import HaloBenchError
+from .base import DetectorContext
+
+CHUNK = 16384
+
+
+def _tail(ctx: DetectorContext) -> nn.Module:
+    if "tail" not in ctx.memo:
+        model = ctx.model
+        tail = nn.Sequential(copy.deepcopy(model.embed), copy.deepcopy(model.head)).to("cpu", torch.float64)
+        ctx.memo["tail"] = tail.eval().requires_grad_(False)
+    return ctx.memo["tail"]
+
+
+@torch.no_grad()
+def tail_logits(ctx: DetectorContext, h: Tensor) -> Tensor:
+    """The K class logits (HALO: relative to the abstain class) of penultimate features `h`, float64."""
+    tail = _tail(ctx)
+    k = ctx.num_classes
+    parts = [tail(chunk.double().cpu())[:, :k] for chunk in h.split(CHUNK)]
+    return torch.cat(parts) if parts else torch.empty(0, k, dtype=torch.float64)
+
+
+@torch.no_grad()
+def linear_map(ctx: DetectorContext, who: str, probe: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(W, b), K x P and K, float64, with class logits = h W^T + b.
+
+    CCE: the composition of embed and fc, W = W_fc W_embed, b = W_fc b_embed + b_fc.
+    Otherwise read off the tail (b = f(0), W = f(e_i) - b) and verified on `probe`
+    (e.g. ID-train features): a head whose logits are not affine raises.
+    """
+    if "linear_map" in ctx.memo:
+        return ctx.memo["linear_map"]
+    model = ctx.model
+    fc = getattr(model.head, "fc", None)
+    w_e, b_e = model.embed.weight.detach().double().cpu(), model.embed.bias.detach().double().cpu()
+    if not model.abstain and isinstance(fc, nn.Linear):
+        w_f, b_f = fc.weight.detach().double().cpu(), fc.bias.detach().double().cpu()
+        w, b = w_f @ w_e, w_f @ b_e + b_f
+    else:
+        p = w_e.shape[1]
+        b = tail_logits(ctx, torch.zeros(1, p, dtype=torch.float64))[0]
+        w = (tail_logits(ctx, torch.eye(p, dtype=torch.float64)) - b).T
+        check = probe[:256].double() if probe is not None and len(probe) else torch.randn(64, p, dtype=torch.float64)
+        got, want = check @ w.T + b, tail_logits(ctx, check)
+        if not torch.allclose(got, want, rtol=1e-6, atol=1e-6 * float(want.abs().max().clamp(min=1.0))):
+            raise HaloBenchError(
+                f"detector {who!r} needs logits that are an affine function of the penultimate features; "
+                f"this model's head ({type(model.head).__name__}) is not. Leave {who!r} out of --detectors."
+            )
+    ctx.memo["linear_map"] = (w, b)
+    return w, b

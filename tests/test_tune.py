@@ -1,0 +1,94 @@
+"""--tune: choices come from validation data only, are the grid's AUROC argmax, and are reported
+as NAME[tuned] beside the defaults; temperature scaling is fitted on ID val."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from halo_bench import metrics
+from halo_bench.data import load_split
+from halo_bench.detectors import DETECTORS, DetectorContext
+from halo_bench.errors import HaloBenchError
+from halo_bench.evaluate import EvalConfig, evaluate
+from halo_bench.features import forward_pass
+from halo_bench.models import load_checkpoint
+from halo_bench.tune import ValidationData, grid_points, tune_detector
+
+
+@pytest.fixture(scope="module")
+def tuned_evals(tiny_runs, tmp_path_factory):
+    """Two --tune evaluations of one checkpoint against different OOD *test* sets."""
+    tmp = tmp_path_factory.mktemp("tune")
+    ckpt = tmp / "run" / "ckpt.pt"
+    ckpt.parent.mkdir()
+    shutil.copy(tiny_runs["halo"], ckpt)
+    out = []
+    for ood in (["noise"], ["digits-6to9"]):
+        cfg = EvalConfig(checkpoint=str(ckpt), detectors=["knn", "react", "ash", "gen", "vim", "mds"], ood=ood,
+                         out=str(tmp / ood[0]), device="cpu", tune=True)
+        out.append(evaluate(cfg)[0])
+    return ckpt, out
+
+
+def test_tuned_rows_beside_defaults_chosen_on_validation_only(tuned_evals) -> None:
+    _, (a, b) = tuned_evals
+    assert {"knn", "knn[tuned]", "react[tuned]", "ash[tuned]", "gen[tuned]", "vim[tuned]"} <= set(a["ood"])
+    assert "mds[tuned]" not in a["ood"]  # nothing to tune
+    for label in ("knn[tuned]", "react[tuned]", "ash[tuned]", "gen[tuned]", "vim[tuned]"):
+        chosen = a["detectors"][label]["tuning"]["chosen"]
+        # Other OOD test sets, same choice: the test data played no part in it.
+        assert chosen == b["detectors"][label]["tuning"]["chosen"]
+        grid = DETECTORS[label.split("[")[0]].tune_grid
+        assert all(chosen[k] in grid[k] for k in chosen)
+        assert a["detectors"][label]["params"] == {**a["detectors"][label]["params"], **chosen}
+    assert a["detectors"]["knn"]["params"] == {"k": 50.0}  # the default row keeps its defaults
+
+
+def test_tuning_picks_the_validation_auroc_argmax(tiny_runs, registry) -> None:
+    model, meta = load_checkpoint(tiny_runs["cce"])
+    cfg = meta["data_config"]
+    dev = __import__("torch").device("cpu")
+    spec = registry.dataset("digits")
+    ctx = DetectorContext(model=model, device=dev, data_config=cfg,
+                          train=forward_pass(model, load_split(spec, "train", cfg), dev, show_progress=False))
+    id_ds, ood_ds = load_split(spec, "val", cfg), load_split(registry.dataset("sk-heldout"), "val", cfg)
+    val = ValidationData(forward_pass(model, id_ds, dev, show_progress=False), id_ds,
+                         {"heldout": (forward_pass(model, ood_ds, dev, show_progress=False), ood_ds)})
+    tuned = tune_detector(DETECTORS["react"](), ctx, val)
+    expected = []
+    for point in grid_points(DETECTORS["react"]()):
+        det = DETECTORS["react"](**point)
+        det.fit(ctx)
+        expected.append(metrics.auroc(det.score_outputs(ctx, val.id_outputs),
+                                      det.score_outputs(ctx, val.ood["heldout"][0])))
+    assert tuned.label == "react[tuned]"
+    assert tuned.params["percentile"] == DETECTORS["react"].tune_grid["percentile"][int(np.argmax(expected))]
+    assert [t["val_auroc"] for t in tuned.tuning["trials"]] == expected
+    # knn's grid reaches k = 1000, more than the 650 train samples: skipped and said so, not fatal.
+    knn = tune_detector(DETECTORS["knn"](), ctx, val)
+    assert any("exceeds" in t.get("skipped", "") for t in knn.tuning["trials"])
+
+
+def test_temperature_scaling_is_reported(tuned_evals) -> None:
+    _, (a, _) = tuned_evals
+    idm = a["id_metrics"]
+    assert idm["ts_temperature"] > 0 and {"ts_ece", "ts_nll", "ts_brier"} <= set(idm)
+    assert idm["ts_nll"] <= idm["nll"] + 1e-9 or idm["ts_temperature"] != pytest.approx(1.0)
+
+
+def test_tune_needs_validation_sets(tiny_runs, tmp_path: Path, registry) -> None:
+    import yaml
+
+    from halo_bench.registry import DEFAULT_REGISTRY, load_registry
+
+    data = yaml.safe_load(DEFAULT_REGISTRY.read_text())
+    del data["suites"]["digits"]["ood_val"]
+    custom = tmp_path / "reg.yaml"
+    custom.write_text(yaml.safe_dump(data))
+    with pytest.raises(HaloBenchError, match="--tune needs validation data"):
+        evaluate(EvalConfig(checkpoint=str(tiny_runs["cce"]), detectors=["knn"], out=str(tmp_path), device="cpu",
+                            tune=True, ood=["noise"]), load_registry(custom))
