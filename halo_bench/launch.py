@@ -381,19 +381,14 @@ def finished_results(plan: RunPlan, detectors: list[str] | None) -> Path | None:
 
 
 def _check_same_config(plan: RunPlan) -> str:
-    """Refuse a run folder trained with another config (as train() would); say how far it got."""
+    """Refuse a run folder trained with another config, as train() would; say how far it got."""
     ckpt = plan.run_dir / "ckpt.pt"
     if not ckpt.is_file():
         return ""
-    from .models import read_checkpoint
+    from .train import find_resumable
 
-    meta = read_checkpoint(ckpt)["meta"]
-    if _identity(meta.get("train_config", {})) != plan.resolved.identity():
-        raise HaloBenchError(
-            f"{plan.run_dir} holds a run with a different configuration; pass --force to "
-            "overwrite it or --out to train elsewhere."
-        )
-    return f"checkpoint at epoch {meta.get('epochs_done', 0)}/{plan.resolved.epochs}"
+    state, _ = find_resumable(plan.resolved, ckpt, force=False)
+    return f"checkpoint at epoch {(state or {}).get('meta', {}).get('epochs_done', 0)}/{plan.resolved.epochs}"
 
 
 def _local_alive(job_id: str) -> bool:

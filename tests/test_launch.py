@@ -249,13 +249,12 @@ def test_without_submitit_says_how_to_install(tmp_path: Path, monkeypatch: pytes
     assert 'pip install "halo-bench[cluster]"' in output
 
 
-def test_other_config_in_the_run_folder_is_refused(tmp_path: Path) -> None:
-    from halo_bench.train import TrainConfig, train
-
-    train(TrainConfig(model=MODEL, loss="cce", epochs=1, out=str(tmp_path), device="cpu"))
-    output = _bench("--seeds", "0", "--epochs", "2", "--out", str(tmp_path), "--launcher", "local", code=2)
+def test_other_config_in_the_run_folder_is_refused(tiny_runs: dict[str, Path]) -> None:
+    out = tiny_runs["cce"].parent.parent  # the session's 2-epoch runs; nothing may be written there
+    before = sorted(p.name for p in out.rglob("*"))
+    output = _bench("--seeds", "0", "--epochs", "3", "--out", str(out), "--launcher", "local", code=2)
     assert "holds a run with a different configuration" in output
-    assert not (tmp_path / "jobs" / "jobs.json").exists()
+    assert sorted(p.name for p in out.rglob("*")) == before  # nothing submitted, no jobs folder
 
 
 def test_job_settings_fail_before_torch_loads(tmp_path: Path) -> None:
