@@ -39,7 +39,7 @@ from halo_bench.detectors import DETECTORS, DetectorContext
 from halo_bench.evaluate import EvalConfig, evaluate
 from halo_bench.features import forward_pass
 from halo_bench.models import load_checkpoint
-from halo_bench.registry import load_registry
+from halo_bench.data import load_registry
 from halo_bench.train import TrainConfig, train
 
 CCE_DETECTORS = [name for name, cls in DETECTORS.items() if not cls.halo_only]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from halo_bench.evaluate import RESULTS_SCHEMA
+from halo_bench.schema import RESULTS_SCHEMA
 from halo_bench.report import find_results, load_results, render
 
 
@@ -15,9 +15,9 @@ def _result(loss: str, seed: int, k_chosen: float) -> dict:
     ood = {"knn": {"sets": {"noise": {"group": "far", **far}}, "far": far},
            "knn[tuned]": {"sets": {"noise": {"group": "far", **far}}, "far": {**far, "auroc": 90.0}}}
     return {
-        "schema": RESULTS_SCHEMA, "created": "2026-01-01", "run": f"{loss}-{seed}", "suite": "digits",
-        "id_dataset": "digits", "seed": seed, "model": {"name": "resnet18", "loss": loss},
-        "checkpoint": {"sha256": "0" * 64}, "ood": ood,
+        "schema": RESULTS_SCHEMA, "schema_version": 1, "created": "2026-01-01", "run": f"{loss}-{seed}",
+        "suite": "digits", "id_dataset": "digits", "seed": seed, "model": {"name": "resnet18", "loss": loss},
+        "checkpoint": {"sha256": "0" * 64, "complete": True, "epochs": 10}, "ood": ood,
         "id_metrics": {"acc": 90.0, "ece": 0.1, "ts_temperature": 1.5, "ts_ece": 0.02, "ts_nll": 0.3,
                        "ts_brier": 0.1},
         "detectors": {"knn": {"params": {"k": 50.0}},

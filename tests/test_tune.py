@@ -83,7 +83,8 @@ def test_temperature_scaling_is_reported(tuned_evals) -> None:
 def test_tune_needs_validation_sets(tiny_runs, tmp_path: Path, registry) -> None:
     import yaml
 
-    from halo_bench.registry import DEFAULT_REGISTRY, load_registry
+    from halo_bench.data import load_registry
+    from halo_bench.registry import DEFAULT_REGISTRY
 
     data = yaml.safe_load(DEFAULT_REGISTRY.read_text())
     del data["suites"]["digits"]["ood_val"]

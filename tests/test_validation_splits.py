@@ -11,7 +11,8 @@ import yaml
 
 from halo_bench.data import embedded as E
 from halo_bench.errors import HaloBenchError
-from halo_bench.registry import DEFAULT_REGISTRY, load_registry
+from halo_bench.data import load_registry
+from halo_bench.registry import DEFAULT_REGISTRY
 
 ID = [0, 1, 2, 3, 4, 5]
 
