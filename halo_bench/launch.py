@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .bench import BenchConfig
 from .console import console, make_progress
 from .errors import HaloBenchError, unknown_name
-from .io import atomic_write_json, atomic_write_text, sha256_file, utc_now
+from .io import atomic_write_json, sha256_file, utc_now
 from .config import RUNTIME_FIELDS, TrainConfig
 
 if TYPE_CHECKING:  # evaluate imports torch; the CLI checks everything before torch loads
@@ -692,7 +692,7 @@ def _epochs_done(run_dir: Path) -> int:
 
 def _finish(plans: list[RunPlan], cfg: BenchConfig, outcome: LaunchOutcome) -> LaunchOutcome:
     """Report the finished runs (never a running or failed one); list failures with their logs."""
-    from .report import load_results, render
+    from .bench import write_reports
 
     lines = outcome.lines
     _report_failures(plans, lines, outcome.reported)
@@ -700,15 +700,13 @@ def _finish(plans: list[RunPlan], cfg: BenchConfig, outcome: LaunchOutcome) -> L
     unfinished = [p for p in plans if p.state != "finished"]
     if finished:
         paths = [finished_results(p, cfg.detectors) for p in finished]
-        report = render(load_results([p for p in paths if p is not None]), "markdown",
-                        baseline=cfg.baseline or cfg.loss_tags()[0])
-        report += f"\n{len(finished)} of {len(plans)} runs finished"
+        footer = f"{len(finished)} of {len(plans)} runs finished"
         if unfinished:
-            report += "; not included: " + ", ".join(f"{p.name} ({p.state})" for p in unfinished)
-        report += ".\n"
-        report_path = cfg.report_path()
-        atomic_write_text(report_path, report)
-        outcome.report, outcome.report_path = report, report_path
+            footer += "; not included: " + ", ".join(f"{p.name} ({p.state})" for p in unfinished)
+        report_path = cfg.report_path()  # and the HTML report beside it, as the inline bench writes
+        outcome.report = write_reports([p for p in paths if p is not None], cfg.baseline or cfg.loss_tags()[0],
+                                       report_path, footer + ".")
+        outcome.report_path = report_path
     if unfinished:
         outcome.exit_code = 1
         lines.append(f"{len(unfinished)} of {len(plans)} runs did not finish: "

@@ -92,6 +92,7 @@ def test_local_launcher_matches_inline_bench(tmp_path: Path) -> None:
     again = _bench(*common)
     assert "4 of 4 runs already finished" in again and "submitted" not in again
     assert (out / f"report-digits-{MODEL}-cce_halo-s0-1.md").is_file()
+    assert (out / f"report-digits-{MODEL}-cce_halo-s0-1.html").is_file()  # as the inline bench writes
 
 
 def test_preempted_killed_and_failed_jobs(tmp_path: Path) -> None:
