@@ -57,11 +57,15 @@ class _Gaussian(Detector):
         return outputs.features.double()
 
     def fit(self, ctx: DetectorContext) -> None:
-        assert ctx.train is not None
-        z = self._features(ctx.train)
-        y = ctx.train.labels
-        self.means = class_means(z, y, ctx.num_classes, self.name)
-        self.precision = tied_precision(z - self.means[y])
+        # mds and rmds (and --tune) share one fit of the same features: memoised per context.
+        key = f"gaussian:{self.reads}"
+        if key not in ctx.memo:
+            assert ctx.train is not None
+            z = self._features(ctx.train)
+            y = ctx.train.labels
+            means = class_means(z, y, ctx.num_classes, self.name)
+            ctx.memo[key] = (means, tied_precision(z - means[y]))
+        self.means, self.precision = ctx.memo[key]
 
     def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
         dist = squared_distances(self._features(outputs), self.means, self.precision)
@@ -87,10 +91,13 @@ class RMDS(_Gaussian):
 
     def fit(self, ctx: DetectorContext) -> None:
         super().fit(ctx)
-        assert ctx.train is not None
-        z = self._features(ctx.train)
-        self.background_mean = z.mean(dim=0, keepdim=True)
-        self.background_precision = tied_precision(z - self.background_mean)
+        key = f"gaussian-background:{self.reads}"
+        if key not in ctx.memo:
+            assert ctx.train is not None
+            z = self._features(ctx.train)
+            mean = z.mean(dim=0, keepdim=True)
+            ctx.memo[key] = (mean, tied_precision(z - mean))
+        self.background_mean, self.background_precision = ctx.memo[key]
 
     def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
         z = self._features(outputs)
