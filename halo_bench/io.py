@@ -90,6 +90,32 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
+def load_plain_torch_file(path: Path, kind: str, advice: str) -> Any:
+    """`torch.load(weights_only=True)`: tensors and plain data only, never arbitrary objects.
+
+    A pickle of other objects is refused with the classes it names and `advice`; any other
+    failure is reported as an unreadable `kind` ("checkpoint", "weights file").
+    """
+    import pickle
+    import re
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
+        what = f" ({', '.join(found)})" if found else ""
+        raise HaloBenchError(
+            f"refused to load {path}: it holds pickled Python objects{what}, and unpickling them could run "
+            f"code, so halo-bench never does. {advice}"
+        ) from None
+    except Exception as exc:  # torch.load fails on garbage with many exception types
+        raise HaloBenchError(
+            f"{path} is not a readable {kind} (corrupt or truncated?): {type(exc).__name__}: {exc}"
+        ) from None
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -8,9 +8,6 @@ a file never runs code from it.
 from __future__ import annotations
 
 import os
-import pickle
-import re
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +15,7 @@ from torch import Tensor, nn
 
 from . import archs  # noqa: F401  (registers the CIFAR variants with timm)
 from .errors import HaloBenchError
-from .io import atomic_write_with
+from .io import atomic_write_with, load_plain_torch_file
 from .losses import get_loss
 
 CHECKPOINT_FORMAT = "halo-bench-checkpoint"
@@ -194,20 +191,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path} is not a PyTorch checkpoint (torch.save writes zip archives; this file is not one).{looks} "
             f"Give the run's {path.with_name('ckpt.pt').name}."
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
-        what = f" ({', '.join(found)})" if found else ""
-        raise HaloBenchError(
-            f"refused to load {path}: it holds pickled Python objects{what}, and unpickling them could run "
-            "code, so halo-bench never does. A file saved with torch.save(model) holds the whole model object: "
-            "save model.state_dict() instead. Only checkpoints of tensors and plain data are read."
-        ) from None
-    except Exception as exc:  # torch.load fails on garbage with many exception types
-        raise HaloBenchError(
-            f"{path} is not a readable checkpoint (corrupt or truncated?): {type(exc).__name__}: {exc}"
-        ) from None
+    state = load_plain_torch_file(
+        path, "checkpoint", "A file saved with torch.save(model) holds the whole model object: save "
+        "model.state_dict() instead. Only checkpoints of tensors and plain data are read.")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise HaloBenchError(f"{path} is not a halo-bench checkpoint (no '{CHECKPOINT_FORMAT}' marker).")
     if state.get("format_version") != CHECKPOINT_VERSION:

@@ -9,9 +9,7 @@ suite's channels and a classifier of another class count is dropped, as timm doe
 
 from __future__ import annotations
 
-import hashlib
 import os
-import pickle
 import re
 import socket
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HaloBenchError
+from .io import load_plain_torch_file, sha256_file
 
 HALO_FORMAT = "halo-bench-checkpoint"
 
@@ -54,14 +53,6 @@ class WeightsReport:
         return " ".join(parts)
 
 
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------- reading files safely
 
 def read_weights_file(path: str | os.PathLike[str]) -> Any:
@@ -76,20 +67,8 @@ def read_weights_file(path: str | os.PathLike[str]) -> Any:
             return load_file(str(path))
         except Exception as exc:  # noqa: BLE001  (safetensors raises its own error types)
             raise HaloBenchError(f"{path} is not a readable safetensors file: {exc}") from None
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc))))
-        what = f" ({', '.join(found)})" if found else ""
-        raise HaloBenchError(
-            f"refused to load {path}: it holds pickled Python objects{what}, and unpickling them could run "
-            "code, so halo-bench never does. Save model.state_dict() (or use safetensors) instead."
-        ) from None
-    except Exception as exc:  # noqa: BLE001  (torch.load fails on garbage with many types)
-        raise HaloBenchError(f"{path} is not a readable weights file (corrupt or truncated?): "
-                             f"{type(exc).__name__}: {exc}") from None
+    return load_plain_torch_file(path, "weights file",
+                                 "Save model.state_dict() (or use safetensors) instead.")
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -215,7 +194,7 @@ def create_pretrained(name: str, in_chans: int, num_classes: int = 0) -> tuple[A
         raise HaloBenchError(f"timm could not load the pretrained weights {full!r}: {exc}") from None
     path = cached if cached is not None else cached_hub_file(repo_id) if repo_id else None
     report = WeightsReport("pretrained", full, str(path) if path else None,
-                           sha256_of(path) if path else None, "hf-cache" if cached else "hf-hub")
+                           sha256_file(path) if path else None, "hf-cache" if cached else "hf-hub")
     if num_classes != cfg.num_classes and cfg.classifier:
         report.dropped = [f"{c}.*" for c in ([cfg.classifier] if isinstance(cfg.classifier, str)
                                               else cfg.classifier)]
@@ -273,8 +252,8 @@ def load_init_file(path: str | os.PathLike[str], use_ema: bool = False) -> tuple
     if isinstance(obj, dict) and obj.get("format") == HALO_FORMAT:
         if use_ema:
             raise HaloBenchError(f"--use-ema: {path} is a halo-bench checkpoint, which holds no EMA weights.")
-        return obj, "halo-bench", sha256_of(path)
-    return obj, "", sha256_of(path)
+        return obj, "halo-bench", sha256_file(path)
+    return obj, "", sha256_file(path)
 
 
 def backbone_from_file(arch: str, path: str | os.PathLike[str], in_chans: int, use_ema: bool = False
