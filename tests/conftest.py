@@ -12,6 +12,15 @@ os.environ["HALO_BENCH_PROGRESS"] = "0"
 TINY_MODEL = "test_resnet"
 
 
+@pytest.fixture(autouse=True)
+def _seed_torch() -> None:
+    """Every test starts from the same torch generator state, alone or in any order
+    (pytest-randomly reseeds random and numpy, not torch)."""
+    import torch
+
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def registry():
     from halo_bench.data import load_registry
