@@ -1,13 +1,22 @@
-"""Training and evaluation throughput of CCE vs HALO on CIFAR-shaped data.
+"""Images per second of training (CCE and HALO), evaluation forward passes and ODIN, for
+each input pipeline and precision setting, side by side in one run.
 
 Writes N random 32x32 images in the CIFAR-10 python-archive format (the real loader
 reads them; torchvision's checksum is bypassed because the bytes are random), then
-for each loss trains `--epochs` epochs with the `cifar10` suite's recipe and times
-the steady-state epoch, one forward pass over the test split and ODIN's gradient
-passes. Prints a table; on a GPU this measures the AMP / channels-last / compile paths.
+trains each (setting, loss) for `--epochs` epochs with the `cifar10` suite's recipe and
+reports the last epoch (the first warms up, and compiles with --compile settings).
 
-    python benchmarks/throughput.py                       # 50,000 train / 10,000 test
-    python benchmarks/throughput.py --n-train 2000 --n-test 1000 --model test_resnet --device cpu
+Settings (`--settings`, comma-separated; default: all):
+    loader-fp32        DataLoader + PIL workers, float32            (halo-bench before 0.6)
+    device-fp32        uint8 images on the device, augmented there
+    device-bf16        ... plus bf16 autocast (fp16 + scaler without bf16; CPU: no autocast)
+    device-bf16-cl     ... plus channels-last
+    device-bf16-cl-compile   ... plus torch.compile of the backbone
+    loader-bf16-cl     the DataLoader with the fast model settings: what the pipeline alone buys
+
+    python benchmarks/throughput.py                                   # 50,000 / 10,000, on the GPU
+    python benchmarks/throughput.py --n-train 2000 --n-test 1000 --model test_resnet --device cpu \\
+        --settings loader-fp32,device-fp32
 """
 
 from __future__ import annotations
@@ -22,19 +31,35 @@ import torch
 import torchvision.datasets.cifar as tv_cifar
 from tabulate import tabulate
 
-from halo_bench.data import LoadOptions, load_split
+from halo_bench.data import LoadOptions, load_registry, load_split
 from halo_bench.data.synthetic import write_cifar_archive
 from halo_bench.detectors import DETECTORS, DetectorContext
+from halo_bench.devices import amp_dtype, resolve_device
 from halo_bench.features import forward_pass
 from halo_bench.models import load_checkpoint
-from halo_bench.data import load_registry
-from halo_bench.devices import amp_dtype, resolve_device
 from halo_bench.train import TrainConfig, train
+
+SETTINGS = {  # name: (pipeline, amp, channels_last, compile)
+    "loader-fp32": ("loader", False, False, False),
+    "device-fp32": ("device", False, False, False),
+    "device-bf16": ("device", True, False, False),
+    "device-bf16-cl": ("device", True, True, False),
+    "device-bf16-cl-compile": ("device", True, True, True),
+    "loader-bf16-cl": ("loader", True, True, False),
+}
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def _timed(device: torch.device, work) -> float:
+    _sync(device)
+    started = time.perf_counter()
+    work()
+    _sync(device)
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -43,18 +68,24 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=50_000)
     parser.add_argument("--n-test", type=int, default=10_000)
     parser.add_argument("--epochs", type=int, default=2, help="the last epoch is timed (the first warms up)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=128, help="training batch (the suite's recipe: 128)")
+    parser.add_argument("--eval-batch-size", type=int, default=1024)
+    parser.add_argument("--losses", default="cce,halo")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"any of {', '.join(SETTINGS)}")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--no-amp", action="store_true")
-    parser.add_argument("--no-channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: up to 8)")
+    parser.add_argument("--no-odin", action="store_true", help="skip ODIN (two passes with gradients)")
     parser.add_argument("--workdir", default=None, help="keep the data and runs here (default: a temp dir)")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
+    settings = [s for s in args.settings.split(",") if s]
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown setting {unknown[0]!r}; known: {', '.join(SETTINGS)}")
 
     tv_cifar.check_integrity = lambda *a, **k: True  # random bytes: skip only the md5 check
     registry = load_registry()
-    suite = registry.suite("cifar10")
+    config = registry.suite("cifar10").data_config
     device = resolve_device(args.device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,36 +93,56 @@ def main() -> None:
         started = time.perf_counter()
         write_cifar_archive(work / "data" / "cifar10", "cifar10", args.n_train, args.n_test)
         print(f"wrote {args.n_train} + {args.n_test} CIFAR-format images in {time.perf_counter() - started:.1f}s")
-        for loss in ("cce", "halo"):
-            cfg = TrainConfig(model=args.model, loss=loss, suite="cifar10", epochs=args.epochs,
-                              batch_size=args.batch_size, device=args.device, amp=not args.no_amp,
-                              channels_last=not args.no_channels_last, compile=args.compile,
-                              num_workers=args.num_workers, out=str(work / "runs"), data_root=str(work / "data"))
-            result = train(cfg, registry, force=True)
-            history = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-            model, meta = load_checkpoint(result.checkpoint)
-            model.to(device)
-            dtype = amp_dtype(device, not args.no_amp)
-            test = load_split(registry.dataset("cifar10"), "test", suite.data_config,
-                              LoadOptions(work / "data"))
-            _sync(device)
-            t0 = time.perf_counter()
-            outputs = forward_pass(model, test, device, 512, dtype, "forward", args.num_workers or 0)
-            _sync(device)
-            t1 = time.perf_counter()
-            ctx = DetectorContext(model=model, device=device, data_config=suite.data_config, batch_size=512,
-                                  num_workers=args.num_workers or 0, amp_dtype=dtype)
-            DETECTORS["odin"]().score(ctx, outputs, test)
-            _sync(device)
-            t2 = time.perf_counter()
-            rows.append([loss, meta["model"]["arch"], str(device), meta["amp_dtype"] or "fp32",
-                         history[-1]["seconds"], history[-1]["images_per_second"],
-                         round(args.n_test / (t1 - t0)), round(args.n_test / (t2 - t1)),
-                         round(history[-1]["train_acc"], 1)])
-    print(tabulate(rows, ["loss", "arch", "device", "autocast", "epoch s", "train img/s", "forward img/s",
-                          "ODIN img/s", "train acc %"], tablefmt="github"))
-    print(f"epochs {args.epochs} (last timed), batch {args.batch_size}, channels_last "
-          f"{not args.no_channels_last}, compile {args.compile}, torch {torch.__version__}")
+        test = load_split(registry.dataset("cifar10"), "test", config, LoadOptions(work / "data"))
+        for setting in settings:
+            pipeline, amp, channels_last, compile_ = SETTINGS[setting]
+            for loss in args.losses.split(","):
+                cfg = TrainConfig(model=args.model, loss=loss, suite="cifar10", epochs=args.epochs,
+                                  batch_size=args.batch_size, device=args.device, amp=amp,
+                                  channels_last=channels_last, compile=compile_, num_workers=args.num_workers,
+                                  data_pipeline=pipeline, out=str(work / "runs" / setting),
+                                  data_root=str(work / "data"))
+                result = train(cfg, registry, force=True)
+                history = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+                meta = json.loads((result.run_dir / "config.json").read_text())
+                model, _ = load_checkpoint(result.checkpoint)
+                model.to(device)
+                memory_format = torch.channels_last if channels_last and device.type == "cuda" else None
+                if memory_format is not None:
+                    model.to(memory_format=memory_format)
+                dtype = amp_dtype(device, amp)
+                forward_pass(model, test, device, args.eval_batch_size, dtype, "warm-up", args.num_workers or 0,
+                             show_progress=False, data_config=config, pipeline=pipeline, memory_format=memory_format)
+                outputs = {}
+                seconds = _timed(device, lambda: outputs.setdefault("x", forward_pass(
+                    model, test, device, args.eval_batch_size, dtype, "forward", args.num_workers or 0,
+                    show_progress=False, data_config=config, pipeline=pipeline, memory_format=memory_format)))
+                odin = None
+                if not args.no_odin:
+                    ctx = DetectorContext(model=model, device=device, data_config=config,
+                                          batch_size=args.eval_batch_size, num_workers=args.num_workers or 0,
+                                          amp_dtype=dtype, pipeline=pipeline)
+                    odin = round(args.n_test / _timed(device, lambda: DETECTORS["odin"]().score(ctx, outputs["x"],
+                                                                                                test)))
+                last = history[-1]
+                rows.append({"setting": setting, "loss": loss, "arch": meta["model"]["arch"], "device": str(device),
+                             "pipeline": meta["data_pipeline"], "autocast": meta["amp_dtype"] or "fp32",
+                             "epoch_s": last["seconds"], "train_img_s": last["images_per_second"],
+                             "forward_img_s": round(args.n_test / seconds), "odin_img_s": odin,
+                             "train_acc": round(last["train_acc"], 1)})
+                print(json.dumps(rows[-1]), flush=True)
+    base = {row["setting"]: row["train_img_s"] for row in rows if row["loss"] == "cce"}
+    table = [[r["setting"], r["loss"], r["pipeline"], r["autocast"], r["epoch_s"], r["train_img_s"],
+              f"{100 * (r['train_img_s'] / base[r['setting']] - 1):+.1f}%" if r["setting"] in base else "",
+              r["forward_img_s"], r["odin_img_s"] or "-", r["train_acc"]] for r in rows]
+    print(tabulate(table, ["setting", "loss", "pipeline", "autocast", "epoch s", "train img/s", "vs CCE",
+                           "forward img/s", "ODIN img/s", "train acc %"], tablefmt="github"))
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"{rows[0]['arch'] if rows else args.model}, {args.n_train} train / {args.n_test} test images, "
+          f"batch {args.batch_size} (eval {args.eval_batch_size}), epochs {args.epochs} (last timed), {gpu}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
+from .config import DATA_PIPELINES
 from .errors import HaloBenchError
 
 app = typer.Typer(
@@ -35,6 +36,10 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:
 DataRootOpt = Annotated[Optional[Path], typer.Option(
     "--data-root", "--data-dir", help="Folder holding the datasets (default: $HALO_BENCH_DATA, else ./data).",
     show_default=False)]
+PipelineOpt = Annotated[str, typer.Option(
+    "--data-pipeline", help="auto: in-memory image arrays (CIFAR, SVHN, MNIST, embedded) are held on a GPU and "
+    "augmented there, the DataLoader serves the rest and everything on a CPU; device: insist on that; loader: "
+    "always the DataLoader. See README 'GPU'.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--num-workers", "--workers", "-j", min=0, help="DataLoader worker processes (default: 0 for in-memory data, up to 8 for image files).",
     show_default=False)]
@@ -166,6 +171,7 @@ def train(
     channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="channels-last memory format on CUDA.")] = True,
     compile: Annotated[bool, typer.Option("--compile", "--torchcompile", help="torch.compile the backbone.")] = False,
     num_workers: WorkersOpt = None,
+    data_pipeline: PipelineOpt = "auto",
     force: Annotated[bool, typer.Option("--force", help="Retrain from scratch even if the run directory holds a checkpoint.")] = False,
     data_root: DataRootOpt = None,
     registry: RegistryOpt = None,
@@ -176,7 +182,9 @@ def train(
     backbone_lr_scale: Annotated[Optional[float], typer.Option("--backbone-lr-scale", help="Backbone learning rate = --lr x this (default: 0.1 with loaded weights, else 1).", show_default=False)] = None,
     img_size: Annotated[Optional[int], typer.Option("--img-size", help="Input height and width (default: the pretrained model's, else the suite's).", show_default=False)] = None,
 ) -> None:
-    """Train MODEL on a suite's ID set; resumes an interrupted run of the same config."""
+    """Train MODEL on a suite's ID set; resumes an interrupted run of the same config.
+
+    Several GPUs: torchrun --nproc-per-node N -m halo_bench train ... (--batch-size is the global batch)."""
     from .config import TrainConfig
     from .data import load_registry
     from .losses import parse_loss
@@ -187,7 +195,8 @@ def train(
     cfg = TrainConfig(model=model, loss=spec.name, suite=suite, seed=seed, epochs=epochs, batch_size=batch_size,
                       lr=lr, momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip,
                       warmup_epochs=warmup_epochs, embed_dim=embed_dim, loss_knobs=knobs, device=device, amp=amp,
-                      channels_last=channels_last, compile=compile, num_workers=num_workers, out=str(out),
+                      channels_last=channels_last, compile=compile, num_workers=num_workers,
+                      data_pipeline=data_pipeline, out=str(out),
                       data_root=str(data_root) if data_root else None, pretrained=pretrained,
                       init_from=str(_weights_file(init_from)) if init_from else None, use_ema=use_ema,
                       freeze_backbone=freeze_backbone, backbone_lr_scale=backbone_lr_scale, img_size=img_size)
@@ -197,8 +206,11 @@ def train(
 
     from .train import train as run_train
 
+    from .distributed import launched_ranks
+
     result = run_train(cfg, reg, force=force)
-    typer.echo(str(result.checkpoint))
+    if launched_ranks().main:  # under torchrun, rank 0 speaks for the run
+        typer.echo(str(result.checkpoint))
 
 
 @app.command("eval")
@@ -213,6 +225,7 @@ def eval_(
     device: DeviceOpt = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA for the forward passes.")] = True,
     num_workers: WorkersOpt = None,
+    data_pipeline: PipelineOpt = "auto",
     data_root: Annotated[Optional[Path], typer.Option(
         "--data-root", "--data-dir", help="Folder holding the datasets (default: $HALO_BENCH_DATA, else the one the "
         "checkpoint was trained from).", show_default=False)] = None,
@@ -229,6 +242,9 @@ def eval_(
     from .data import load_registry
     from .runs import checkpoint_path
 
+    _single_process("eval")
+    if data_pipeline not in DATA_PIPELINES:
+        raise HaloBenchError(f"--data-pipeline must be one of {', '.join(DATA_PIPELINES)}, not {data_pipeline!r}.")
     if (model is None) != (suite is None) or (use_ema and model is None):
         raise HaloBenchError("--model and --suite go together (a foreign classifier: eval FILE --model NAME "
                              "--suite S); --use-ema needs them.")
@@ -249,7 +265,7 @@ def eval_(
     cfg = EvalConfig(checkpoint=str(ckpt), ood=_split(ood), detectors=_split(detectors),
                      out=str(out) if out else None, device=device, batch_size=batch_size, amp=amp,
                      data_root=str(data_root) if data_root else None, num_workers=num_workers, limit=limit,
-                     model=model, suite=suite, use_ema=use_ema, cache=cache, tune=tune)
+                     model=model, suite=suite, use_ema=use_ema, cache=cache, tune=tune, data_pipeline=data_pipeline)
     results, path = evaluate(cfg, reg)
     typer.echo(summarize(results))
     typer.echo(str(path))
@@ -306,7 +322,7 @@ def bench(
     cluster_config: Annotated[Optional[Path], typer.Option("--cluster-config", help="local/slurm: YAML file of job settings (partition, time, gpus_per_job, cpus_per_job, mem_gb, account, max_parallel, sbatch_lines, setup, max_requeues); flags override it.", show_default=False)] = None,
     partition: Annotated[Optional[str], typer.Option("--partition", help="slurm: partition to submit to.", show_default=False)] = None,
     time_limit: Annotated[Optional[str], typer.Option("--time", help="local/slurm: time limit per job, minutes or H:MM:SS (default 24:00:00 on SLURM, none locally); a job that reaches it is requeued and resumes.", show_default=False)] = None,
-    gpus_per_job: Annotated[Optional[int], typer.Option("--gpus-per-job", help="local/slurm: GPUs per job, 0 or 1 (default 1; more is refused until halo-bench has a DDP path).", show_default=False)] = None,
+    gpus_per_job: Annotated[Optional[int], typer.Option("--gpus-per-job", help="local/slurm: GPUs per job, 0 or 1 (default 1; a job is one process, more is refused: multi-GPU training runs under torchrun, README 'GPU').", show_default=False)] = None,
     cpus_per_job: Annotated[Optional[int], typer.Option("--cpus-per-job", help="local/slurm: CPU cores (and torch threads) per job (default: SLURM's; locally the cores divided by --max-parallel).", show_default=False)] = None,
     mem_gb: Annotated[Optional[float], typer.Option("--mem-gb", help="slurm: memory per job in GB.", show_default=False)] = None,
     account: Annotated[Optional[str], typer.Option("--account", help="slurm: account to charge.", show_default=False)] = None,
@@ -315,6 +331,7 @@ def bench(
     """The main job: train every loss for each seed, evaluate all, write and print the report."""
     from .bench import BenchConfig, check_bench, run_bench
 
+    _single_process("bench")
     cfg = BenchConfig(model=model, suite=suite, seeds=_seeds(seeds), losses=_losses(losses), baseline=baseline,
                       epochs=epochs, detectors=_split(detectors), out=str(out), device=device, force=force,
                       registry=str(registry) if registry else None,
@@ -330,6 +347,17 @@ def bench(
     typer.echo(text)
     typer.echo(f"report written to {path}")
     typer.echo(f"HTML report (tables and figures, opens offline in a browser) written to {path.with_suffix('.html')}")
+
+
+def _single_process(command: str) -> None:
+    """`eval` and `bench` run in one process; torchrun is for `train` alone."""
+    from .distributed import launched_ranks
+
+    if launched_ranks().distributed:
+        raise HaloBenchError(
+            f"`{command}` runs in one process and is not sharded across torchrun's ranks: one GPU evaluates "
+            "CIFAR-10's test set in seconds (README 'GPU'). Run `halo-bench {command}` without torchrun; "
+            "use torchrun for `halo-bench train`.".replace("{command}", command))
 
 
 def _check_ood_names(ckpt: Path, reg: Any, ood: list[str] | None) -> None:

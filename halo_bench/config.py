@@ -22,7 +22,8 @@ FINETUNE_BACKBONE_LR_SCALE = 0.1  # ... and x 0.1 again for the loaded backbone
 BYOM_DEFAULTS = {"pretrained": False, "init_from": None, "use_ema": False, "freeze_backbone": False,
                  "backbone_lr_scale": 1.0, "img_size": None}
 
-RUNTIME_FIELDS = {"device", "amp", "channels_last", "compile", "num_workers", "out", "data_root"}
+RUNTIME_FIELDS = {"device", "amp", "channels_last", "compile", "num_workers", "out", "data_root", "data_pipeline"}
+DATA_PIPELINES = ("auto", "device", "loader")  # halo_bench/data/device.py
 
 
 @dataclass
@@ -52,6 +53,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     num_workers: int | None = None  # default: 0 for in-memory data, up to 8 for image files
+    data_pipeline: str = "auto"  # device: uint8 arrays augmented on the device; loader: DataLoader
     out: str = "runs"
     data_root: str | None = None  # default: $HALO_BENCH_DATA, else ./data
     # Bring your own model (halo_bench/weights.py, halo_bench/finetune.py); all change what is trained.
@@ -114,6 +116,9 @@ class TrainConfig:
              "--backbone-lr-scale must be a finite number >= 0"),
             (self.img_size is not None and self.img_size < 1, "--img-size must be at least 1"),
         ]
+        if self.data_pipeline not in DATA_PIPELINES:
+            problems.append((True, f"--data-pipeline must be one of {', '.join(DATA_PIPELINES)}, "
+                                   f"not {self.data_pipeline!r}"))
         for bad, message in problems:
             if bad:
                 raise HaloBenchError(f"{message}.")

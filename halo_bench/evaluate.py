@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from . import metrics
 from .cache import CACHE_DIR, CacheKey, FeatureCache
@@ -45,6 +46,8 @@ class EvalConfig:
     amp: bool = True
     data_root: str | None = None  # default: $HALO_BENCH_DATA, else the run's data root
     num_workers: int | None = None  # default: 0 for in-memory data, up to 8 for image files
+    data_pipeline: str = "auto"  # in-memory arrays served from a GPU (halo_bench/data/device.py)
+    channels_last: bool = True  # on CUDA
     limit: int | None = None  # only the first N images of each split: a smoke run, marked partial
     model: str | None = None  # a foreign timm classifier: its architecture (with `suite`)
     suite: str | None = None  # the suite a foreign classifier is evaluated on
@@ -94,6 +97,9 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
     device = resolve_device(cfg.device)
     dtype = amp_dtype(device, cfg.amp)
     model.to(device)
+    memory_format = torch.channels_last if device.type == "cuda" and cfg.channels_last else None
+    if memory_format is not None:
+        model.to(memory_format=memory_format)
 
     # Every split the detectors read: the ID test set first, then each OOD set, all
     # through the ID set's evaluation transform.
@@ -124,7 +130,9 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         source = {"source": spec.source, "generator": spec.generator, "params": spec.split_params(split)}
         cache_key = CacheKey(checkpoint_sha, key, split, source, str(options.data_root), data_config, precision)
         return cache.get(cache_key, lambda: forward_pass(model, dataset, device, cfg.batch_size, dtype,
-                                                          description, workers), len(dataset))
+                                                          description, workers, data_config=data_config,
+                                                          pipeline=cfg.data_pipeline,
+                                                          memory_format=memory_format), len(dataset))
 
     started = time.perf_counter()
     for name, (_, dataset) in splits.items():
@@ -147,7 +155,7 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
 
     ctx = DetectorContext(model=model, device=device, data_config=data_config,
                           batch_size=cfg.batch_size, num_workers=workers, amp_dtype=dtype,
-                          train=train_outputs)
+                          pipeline=cfg.data_pipeline, train=train_outputs)
     scores: dict[str, dict[str, np.ndarray]] = {name: {} for name in splits}
     for det in detectors:
         started = time.perf_counter()

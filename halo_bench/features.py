@@ -4,13 +4,16 @@ every detector (and cached on disk by `halo_bench.cache`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
 
 from .console import make_progress
+from .data.device import eval_batches
 from .models import Classifier
+
+FLUSH_EVERY = 32  # batches kept on the device before one copy to the host
 
 
 @dataclass
@@ -33,30 +36,40 @@ class SplitOutputs:
 
 
 @torch.no_grad()
-def forward_pass(model: Classifier, dataset: Dataset, device: torch.device, batch_size: int = 256,
+def forward_pass(model: Classifier, dataset: Any, device: torch.device, batch_size: int = 256,
                  amp_dtype: torch.dtype | None = None, description: str = "forward",
-                 num_workers: int = 0, show_progress: bool = True) -> SplitOutputs:
+                 num_workers: int = 0, show_progress: bool = True, data_config: dict[str, Any] | None = None,
+                 pipeline: str = "loader", memory_format: torch.memory_format | None = None) -> SplitOutputs:
     """Run `model` once over `dataset` and keep its logits, embeddings and penultimate features.
 
-    `show_progress=False` inside another progress display (older rich cannot nest them).
+    `dataset` is a Dataset or `DeviceBatches`; with `data_config`, `pipeline` may serve an
+    in-memory array from the device (`halo_bench.data.device`). `show_progress=False`
+    inside another progress display (older rich cannot nest them).
     """
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
-    logits, features, penultimate, labels = [], [], [], []
+    loader = eval_batches(dataset, device, batch_size, num_workers, data_config, pipeline)
+    parts: list[list[Tensor]] = [[], [], [], []]  # logits, features, penultimate, labels
+    pending: list[list[Tensor]] = [[], [], [], []]  # still on the device: no host sync per batch
+
+    def flush() -> None:
+        for kept, new in zip(parts, pending, strict=True):
+            if new:
+                kept.append(torch.cat(new).cpu())
+                new.clear()
+
     with make_progress(enabled=show_progress) as progress:
         task = progress.add_task(description, total=len(loader), status="")
-        for x, y in loader:
+        for step, (x, y) in enumerate(loader):
             x = x.to(device, non_blocking=True)
+            if memory_format is not None:
+                x = x.contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 out, z, h = model.forward_penultimate(x)
-            logits.append(out.float().cpu())
-            features.append(z.float().cpu())
-            penultimate.append(h.float().cpu())
-            labels.append(y.cpu())
+            for bucket, value in zip(pending, (out.float(), z.float(), h.float(), y), strict=True):
+                bucket.append(value)
+            if (step + 1) % FLUSH_EVERY == 0:  # bounded device memory on large splits
+                flush()
             progress.advance(task)
-    return SplitOutputs(_cat(logits), _cat(features), _cat(labels).long(), _cat(penultimate))
-
-
-def _cat(parts: list[Tensor]) -> Tensor:
-    return torch.cat(parts) if parts else torch.empty(0)
+    flush()
+    logits, features, penultimate, labels = (torch.cat(p) if p else torch.empty(0) for p in parts)
+    return SplitOutputs(logits, features, labels.long(), penultimate)

@@ -181,9 +181,10 @@ def _validated(values: dict[str, Any], origin: dict[str, str]) -> ClusterConfig:
         _sbatch_option(line, origin["sbatch_lines"])
     if cfg.gpus_per_job > 1:
         raise HaloBenchError(
-            f"{origin['gpus_per_job']} {cfg.gpus_per_job}: halo-bench has no multi-GPU (DistributedDataParallel) "
-            "training path yet, so a job would hold GPUs it cannot use. Use 1: each run gets its own GPU "
-            "and the runs go in parallel as array tasks (--max-parallel)."
+            f"{origin['gpus_per_job']} {cfg.gpus_per_job}: a launcher job is one training process, so it would "
+            "hold GPUs it cannot use. Use 1: each run gets its own GPU and the runs go in parallel as array "
+            "tasks (--max-parallel). To train one run on several GPUs, start it with torchrun "
+            "(README 'GPU')."
         )
     return cfg
 
@@ -280,7 +281,7 @@ def run_job(job: RunJob) -> dict[str, Any]:
     dist = export_distributed_env()
     rank = int(os.environ.get("RANK", "0"))
     name = job.train_config.run_name
-    if rank != 0:  # no DDP path yet (submission refuses --gpus-per-job > 1): only rank 0 trains
+    if rank != 0:  # one process per job (submission refuses --gpus-per-job > 1): only rank 0 trains
         return {"run": name, "rank": rank, "skipped": True}
     threads = job.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
     if threads:

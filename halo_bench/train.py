@@ -6,6 +6,11 @@ atomically after every epoch) and `metrics.jsonl` (one line per epoch).
 
 `train()` strings together its seams, each a function of its own: find a run to
 resume, build the model and data, make the optimiser, run one epoch, record it.
+
+The steady-state loop never waits for the device: a non-finite loss or gradient is
+noted on the device (`DivergenceWatch`) and read every `CHECK_EVERY` steps and at
+each epoch's end, always before a checkpoint is written. Under torchrun the same
+loop trains DistributedDataParallel replicas (`halo_bench.distributed`).
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from . import distributed
 from .archs import resolve_arch
 from .config import BYOM_DEFAULTS, RUNTIME_FIELDS, TrainConfig
 from .console import console, make_progress
 from .data import LoadOptions, check_labels, default_workers, load_split, resolve_data_root
+from .data.device import DeviceBatches, choose_pipeline
 from .devices import amp_dtype, dtype_name, environment, resolve_device
 from .errors import HaloBenchError
 from .features import forward_pass
@@ -35,7 +43,10 @@ from .losses import get_loss
 from .models import Classifier, build_model, model_meta, probe_input, read_checkpoint, save_checkpoint
 from .registry import Registry, SuiteSpec
 
-__all__ = ["NonFiniteStep", "TrainConfig", "TrainResult", "TrainingDiverged", "train", "train_step"]
+__all__ = ["DivergenceWatch", "StepOutcome", "TrainConfig", "TrainForward", "TrainResult", "TrainingDiverged",
+           "train", "train_step"]
+
+CHECK_EVERY = 50  # steps between the host's looks at the device-side divergence flag
 
 
 @dataclass
@@ -51,8 +62,69 @@ class TrainingDiverged(HaloBenchError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-class NonFiniteStep(Exception):
-    """A step produced a NaN/inf loss or gradient; the optimiser did not step."""
+class TrainForward(nn.Module):
+    """One training forward: backbone, embedding and the head's loss inside one module's
+    forward, so DistributedDataParallel sees (and synchronises) the whole step.
+
+    `backbone` is the model's own, or its compiled wrapper, or an identity when the
+    inputs are cached backbone features.
+    """
+
+    def __init__(self, model: Classifier, backbone: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.model.embed(self.backbone(x))
+        return self.model.head.loss(z, y), z
+
+
+@dataclass
+class StepOutcome:
+    """What one step leaves on the device; nothing here has been read by the host."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    finite: torch.Tensor  # loss and gradient norm finite (fp16: the scaler skips bad steps itself)
+    grad_norm: torch.Tensor
+
+
+class DivergenceWatch:
+    """Notes, on the device, the first step of an epoch whose loss or gradient is not
+    finite; the host reads it (one sync) every `every` steps and at the epoch's end.
+
+    A bad step has already updated the weights by the time the host knows, but the
+    weights only reach disk in the checkpoint after the epoch-end check, so the last
+    checkpoint on disk is always a good one.
+    """
+
+    def __init__(self, device: torch.device, every: int | None = None) -> None:
+        self.every = every or CHECK_EVERY
+        self.found = torch.zeros((), dtype=torch.bool, device=device)
+        self.first = torch.zeros(3, device=device)  # step, loss, gradient norm
+        self.step = torch.zeros((), device=device)
+
+    def observe(self, outcome: StepOutcome) -> None:
+        bad = ~outcome.finite
+        values = torch.stack([self.step, outcome.loss.float(), outcome.grad_norm.float()])
+        self.first = torch.where(bad & ~self.found, values, self.first)
+        self.found |= bad
+        self.step += 1
+
+    def due(self, step: int) -> bool:
+        return (step + 1) % self.every == 0
+
+    def problem(self, scaler: torch.amp.GradScaler) -> tuple[int, str] | None:
+        """(step, what went wrong) if any rank saw a non-finite step; one host sync."""
+        if bool(distributed.any_rank(self.found)):
+            step, loss, norm = self.first.tolist()
+            return int(step), f"loss = {loss}, gradient norm = {norm}"
+        # fp16 skips non-finite steps and halves its scale; a collapsed scale means every step is.
+        if scaler.is_enabled() and scaler.get_scale() < MIN_LOSS_SCALE:
+            return int(self.step) - 1, (f"fp16 loss scale fell to {scaler.get_scale():g}: the gradients stay "
+                                        "non-finite")
+        return None
 
 
 @dataclass
@@ -63,8 +135,8 @@ class Setup:
     arch: str
     suite: SuiteSpec
     train_data: Dataset
-    test_data: Dataset
-    loader: DataLoader
+    test_data: Any  # a Dataset, or DeviceBatches when served from the device
+    loader: Any  # DataLoader or DeviceBatches: (x, y) batches of one epoch
     loader_gen: torch.Generator
     device: torch.device
     dtype: torch.dtype | None
@@ -74,6 +146,8 @@ class Setup:
     data_config: dict[str, Any] = field(default_factory=dict)  # the model's own, or the suite's
     frozen: bool = False  # --freeze-backbone: `loader` and `test_data` hold cached backbone features
     eval_model: Classifier | None = None  # what reads `test_data` (the head alone when frozen)
+    pipeline: str = "loader"  # what serves the training batches: "device" or "loader"
+    ranks: distributed.Ranks = field(default_factory=distributed.Ranks)
 
 
 @dataclass
@@ -130,7 +204,13 @@ def build(cfg: TrainConfig, registry: Registry) -> Setup:
     """The model (from `cfg.seed`), the ID train/test data and the train loader."""
     suite = registry.suite(cfg.suite)
     id_spec = registry.dataset(suite.id)
-    device = resolve_device(cfg.device)
+    ranks = distributed.launched_ranks()
+    if ranks.distributed and cfg.freeze_backbone:
+        raise HaloBenchError("--freeze-backbone trains the head on cached features in one process (seconds); "
+                             "run it without torchrun.")
+    device = distributed.start(ranks, resolve_device(cfg.device))
+    if not ranks.main:
+        console.quiet = True  # rank 0 speaks for the run
     from . import finetune
 
     channels = suite.data_config["input_size"][0]
@@ -161,14 +241,36 @@ def build(cfg: TrainConfig, registry: Registry) -> Setup:
     for dataset in (train_data, test_data):
         check_labels(id_spec, dataset, num_classes)
     assert cfg.batch_size is not None
-    drop_last = len(train_data) >= 2 * cfg.batch_size  # avoids a tiny last batch in BatchNorm
+    if cfg.batch_size % ranks.world_size:
+        raise HaloBenchError(f"--batch-size {cfg.batch_size} is the global batch; it must divide by the "
+                             f"{ranks.world_size} processes.")
+    # Every rank takes an equal slice of every batch; one process avoids a tiny last batch in BatchNorm.
+    drop_last = ranks.distributed or len(train_data) >= 2 * cfg.batch_size
     workers = default_workers(id_spec, cfg.num_workers)
-    # No persistent workers: each epoch then draws its worker seeds from loader_gen,
-    # so a resumed run sees the same augmentations as an uninterrupted one.
-    loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, generator=loader_gen,
-                        drop_last=drop_last, num_workers=workers, pin_memory=device.type == "cuda")
-    model.to(device)
     memory_format = torch.channels_last if cfg.channels_last and device.type == "cuda" else None
+    array = None if cfg.freeze_backbone else choose_pipeline(cfg.data_pipeline, train_data, data_config,
+                                                             augment, device)
+    if array is not None:  # uint8 images on the device, augmented there (data/device.py)
+        loader = DeviceBatches(array, device, cfg.batch_size, data_config, augment=augment, shuffle=True,
+                               seed=cfg.seed, drop_last=drop_last, rank=ranks.rank, world_size=ranks.world_size,
+                               memory_format=memory_format)
+    elif ranks.distributed:  # each rank its shard of a (seed, epoch) permutation
+        sampler: DistributedSampler[Any] = DistributedSampler(
+            train_data, num_replicas=ranks.world_size, rank=ranks.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+        loader = DataLoader(train_data, batch_size=cfg.batch_size // ranks.world_size, sampler=sampler,
+                            generator=loader_gen, drop_last=True, num_workers=workers,
+                            pin_memory=device.type == "cuda")
+    else:
+        # No persistent workers: each epoch then draws its worker seeds from loader_gen,
+        # so a resumed run sees the same augmentations as an uninterrupted one.
+        loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, generator=loader_gen,
+                            drop_last=drop_last, num_workers=workers, pin_memory=device.type == "cuda")
+    test_array = None if cfg.freeze_backbone else choose_pipeline(cfg.data_pipeline, test_data, data_config, (),
+                                                                  device)
+    if test_array is not None:
+        test_data = DeviceBatches(test_array, device, max(256, cfg.batch_size), data_config,
+                                  memory_format=memory_format)
+    model.to(device)
     if memory_format is not None:
         model.to(memory_format=memory_format)
     dtype = amp_dtype(device, cfg.amp)
@@ -184,7 +286,8 @@ def build(cfg: TrainConfig, registry: Registry) -> Setup:
         console.print(f"backbone features cached: {len(train_data)} train, {len(test_data)} test "
                       f"({time.perf_counter() - started:.1f} s)", markup=False)
     return Setup(model, arch, suite, train_data, test_data, loader, loader_gen, device,
-                 dtype, memory_format, workers, data_root, data_config, cfg.freeze_backbone, eval_model)
+                 dtype, memory_format, workers, data_root, data_config, cfg.freeze_backbone, eval_model,
+                 "device" if array is not None else "loader", ranks)
 
 
 def make_optimisation(cfg: TrainConfig, setup: Setup) -> Optimisation:
@@ -228,6 +331,9 @@ def run_meta(cfg: TrainConfig, setup: Setup, registry: Registry) -> dict[str, An
         "versions": environment(setup.device),
         "device": str(setup.device),
         "amp_dtype": dtype_name(setup.dtype),
+        "data_pipeline": setup.pipeline,
+        "steps_per_epoch": len(setup.loader),
+        "world_size": setup.ranks.world_size,
         "created": utc_now(),
         "complete": False,
     }
@@ -266,8 +372,7 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
 
     setup = build(cfg, registry)
     opt = make_optimisation(cfg, setup)
-    backbone = setup.model.backbone if not setup.frozen else nn.Identity()  # frozen: cached features
-    backbone = torch.compile(backbone) if cfg.compile and not setup.frozen else backbone
+    forward = step_module(cfg, setup)
     meta = run_meta(cfg, setup, registry)
     history: list[dict[str, Any]] = []
     start_epoch = 0
@@ -275,7 +380,7 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
         start_epoch, history = restore(resume_state, setup, opt)
         meta["created"] = resume_state["meta"].get("created", meta["created"])
         console.print(f"{cfg.run_name}: resuming after epoch {start_epoch}/{cfg.epochs}")
-    else:
+    elif setup.ranks.main:  # rank 0 alone writes the run folder
         if force and run_dir.exists():  # only now that the model and data are known to build
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -289,52 +394,102 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
             def advance(epoch: int = epoch) -> None:
                 progress.update(task, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs}")
 
-            row = train_epoch(cfg, setup, opt, backbone, epoch, run_dir, advance)
+            row = train_epoch(cfg, setup, opt, forward, epoch, run_dir, advance)
             history.append(row)
-            record_epoch(cfg, setup, opt, meta, history, ckpt_path)
-            progress.console.print(_epoch_line(cfg, row))
+            if setup.ranks.main:
+                record_epoch(cfg, setup, opt, meta, history, ckpt_path)
+                progress.console.print(_epoch_line(cfg, row))
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1)
+    if setup.ranks.distributed:
+        check_replicas(cfg, setup)
     return TrainResult(run_dir, ckpt_path, cfg.epochs - start_epoch, history[-1] if history else {})
 
 
-def train_epoch(cfg: TrainConfig, setup: Setup, opt: Optimisation, backbone: nn.Module, epoch: int,
+def step_module(cfg: TrainConfig, setup: Setup) -> nn.Module:
+    """The module one training step calls: compiled backbone if asked, DDP-wrapped under torchrun."""
+    backbone = setup.model.backbone if not setup.frozen else nn.Identity()  # frozen: cached features
+    backbone = torch.compile(backbone) if cfg.compile and not setup.frozen else backbone
+    forward: nn.Module = TrainForward(setup.model, backbone)
+    if setup.ranks.distributed:
+        forward = DistributedDataParallel(forward, device_ids=[setup.device.index] if setup.device.type == "cuda"
+                                          else None)
+    return forward
+
+
+def check_replicas(cfg: TrainConfig, setup: Setup) -> None:
+    """After DDP training every rank must hold rank 0's weights and buffers, exactly."""
+    tensors = [t for t in setup.model.state_dict().values() if t.is_floating_point()]
+    drift = distributed.replica_drift(tensors)
+    if drift != 0.0:
+        raise HaloBenchError(f"{cfg.run_name}: the {setup.ranks.world_size} replicas' weights differ after "
+                             f"training (max |difference| {drift:g}); the checkpoint holds rank 0's.")
+    console.print(f"{cfg.run_name}: weights identical on all {setup.ranks.world_size} ranks", markup=False)
+
+
+def train_epoch(cfg: TrainConfig, setup: Setup, opt: Optimisation, forward: nn.Module, epoch: int,
                 run_dir: Path, advance: Callable[[], None] = lambda: None) -> dict[str, Any]:
-    """One pass over the training data, then the monitoring test pass; returns the epoch's row."""
+    """One pass over the training data, then the monitoring test pass; returns the epoch's row.
+
+    Nothing in the loop waits for the device except the divergence check every
+    `CHECK_EVERY` steps; the loss and accuracy sums stay on the device until the end.
+    """
     from .finetune import set_train_mode
 
     model = setup.model
     set_train_mode(model, setup.frozen)
+    if isinstance(forward, DistributedDataParallel):
+        forward.train()
+    if isinstance(setup.loader, DeviceBatches):
+        setup.loader.set_epoch(epoch)
+    elif isinstance(getattr(setup.loader, "sampler", None), DistributedSampler):
+        setup.loader.sampler.set_epoch(epoch)
     started = time.perf_counter()
     loss_sum = torch.zeros((), device=setup.device)
     correct = torch.zeros((), device=setup.device, dtype=torch.long)
+    watch = DivergenceWatch(setup.device)
     seen = 0
+
+    def check() -> None:
+        problem = watch.problem(opt.scaler)
+        if problem is not None:
+            raise _diverged(cfg, run_dir, epoch, *problem)
+
     for step, (x, y) in enumerate(setup.loader):
         x, y = x.to(setup.device, non_blocking=True), y.to(setup.device, non_blocking=True)
         if setup.memory_format is not None and not setup.frozen:
             x = x.contiguous(memory_format=setup.memory_format)
-        try:
-            loss, hits = train_step(model, backbone, x, y, opt.optimizer, opt.scaler, cfg.grad_clip, setup.dtype)
-        except NonFiniteStep as exc:
-            raise _diverged(cfg, run_dir, epoch, step, str(exc)) from None
+        outcome = train_step(forward, x, y, opt.optimizer, opt.scaler, cfg.grad_clip, setup.dtype)
+        watch.observe(outcome)
+        if watch.due(step):
+            check()
         opt.scheduler.step()
-        correct += hits
-        loss_sum += loss * len(y)
+        correct += outcome.correct
+        loss_sum += outcome.loss * len(y)
         seen += len(y)
         advance()
-    seconds = time.perf_counter() - started
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
+    check()
+    totals = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=setup.device)])
+    distributed.all_sum(totals)
+    distributed.share_buffers(model)  # rank 0's BatchNorm statistics everywhere, as DDP's next forward would
+    loss_total, correct_total, seen_total = totals.tolist()
+    seconds = time.perf_counter() - started  # the sync above waited for the epoch's last step
+    finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
+    if not bool(finite):
         raise _diverged(cfg, run_dir, epoch, opt.steps_per_epoch - 1, "non-finite weights")
     assert cfg.batch_size is not None
+    monitor = {}
+    if setup.ranks.main:  # the other ranks go on to the next epoch's first all-reduce and wait there
+        monitor = evaluate_accuracy(setup.eval_model or model, setup.test_data, setup.device, setup.dtype,
+                                    max(256, cfg.batch_size), setup.workers, setup.memory_format)
     return {
         "epoch": epoch + 1,
-        "loss": float(loss_sum) / seen,
-        "train_acc": 100.0 * float(correct) / seen,
-        **evaluate_accuracy(setup.eval_model or model, setup.test_data, setup.device, setup.dtype, max(256, cfg.batch_size),
-                            setup.workers),
+        "loss": loss_total / seen_total,
+        "train_acc": 100.0 * correct_total / seen_total,
+        **monitor,
         "lr": max(group["lr"] for group in opt.optimizer.param_groups),
         "seconds": round(seconds, 3),
-        "images_per_second": round(seen / seconds, 1),
+        "images_per_second": round(seen_total / seconds, 1),
         **model.head.diagnostics(),
     }
 
@@ -368,10 +523,12 @@ def _epoch_line(cfg: TrainConfig, row: dict[str, Any]) -> str:
             f"({row['images_per_second']:.0f} img/s)")
 
 
-def evaluate_accuracy(model: Classifier, dataset: Dataset, device: torch.device, dtype: torch.dtype | None,
-                      batch_size: int, workers: int) -> dict[str, float]:
+def evaluate_accuracy(model: Classifier, dataset: Any, device: torch.device, dtype: torch.dtype | None,
+                      batch_size: int, workers: int,
+                      memory_format: torch.memory_format | None = None) -> dict[str, float]:
     """Test accuracy and NLL after an epoch (monitoring only: the final weights are kept)."""
-    out = forward_pass(model, dataset, device, batch_size, dtype, "test", workers, show_progress=False)
+    out = forward_pass(model, dataset, device, batch_size, dtype, "test", workers, show_progress=False,
+                       memory_format=memory_format)
     k = model.num_classes
     return {
         "test_acc": 100.0 * int((out.logits[:, :k].argmax(dim=1) == out.labels).sum()) / len(out),
@@ -382,34 +539,28 @@ def evaluate_accuracy(model: Classifier, dataset: Dataset, device: torch.device,
 MIN_LOSS_SCALE = 2.0**-8  # from 2**16, 24 consecutive skipped fp16 steps
 
 
-def train_step(model: Classifier, backbone: nn.Module, x: torch.Tensor, y: torch.Tensor,
-               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, grad_clip: float | None,
-               dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimiser step under autocast; returns the detached loss and the number correct.
+def train_step(forward: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, grad_clip: float | None, dtype: torch.dtype | None) -> StepOutcome:
+    """One optimiser step under autocast through `forward` (a `TrainForward`, DDP-wrapped or not).
 
-    Checks the loss and the gradient norm before the step, so a divergence never
-    reaches the weights (fp16's scaler skips overflowing steps itself, and a scale that
-    collapses counts as divergence).
+    Returns device tensors only and never waits for the device: whether the loss and
+    gradient norm were finite is for a `DivergenceWatch` to note. (fp16's GradScaler
+    reads its overflow flag on the host and skips overflowing steps itself.)
     """
+    model: Classifier = getattr(forward, "module", forward).model
     with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        z = model.embed(backbone(x))
-        loss = model.head.loss(z, y)
+        loss, z = forward(x, y)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
     finite = torch.isfinite(loss.detach()) & (torch.isfinite(norm) | scaler.is_enabled())
-    if not finite.item():  # one host sync per step
-        raise NonFiniteStep(f"loss = {float(loss.detach())}, gradient norm = {float(norm)}")
     scaler.step(optimizer)
     scaler.update()
-    # fp16 skips non-finite steps and halves its scale; a collapsed scale means every step is.
-    if scaler.is_enabled() and scaler.get_scale() < MIN_LOSS_SCALE:
-        raise NonFiniteStep(f"fp16 loss scale fell to {scaler.get_scale():g}: the gradients stay non-finite")
     with torch.no_grad():  # outside autocast: the head reads its own float32 weights
         logits = model.head(z.detach().float())
         correct = (logits[:, : model.num_classes].argmax(dim=1) == y).sum()
-    return loss.detach(), correct
+    return StepOutcome(loss.detach(), correct, finite, norm.detach())
 
 
 def _diverged(cfg: TrainConfig, run_dir: Path, epoch: int, step: int, value: str) -> TrainingDiverged:

@@ -52,6 +52,8 @@ def names_cache(tmp_path_factory) -> dict[str, str]:
     (["bench", "--losses", "cce,halo", "--baseline", "logitnorm"], "--baseline 'logitnorm' is not one"),
     (["report", "--format", "docx"], "unknown report format 'docx'"),
     (["eval", "nowhere/ckpt.pt"], "does not exist"),
+    (["train", "resnet18", "--data-pipeline", "gpu"], "--data-pipeline must be one of auto, device, loader"),
+    (["eval", "nowhere/ckpt.pt", "--data-pipeline", "gpu"], "--data-pipeline must be one of"),
 ])
 def test_bad_names_flags_and_paths_fail_before_torch_loads(names_cache, args: list[str], message: str) -> None:
     proc = _run_without_torch(*args, env=names_cache)
@@ -60,7 +62,8 @@ def test_bad_names_flags_and_paths_fail_before_torch_loads(names_cache, args: li
 
 
 def test_listings_and_version_need_no_torch() -> None:
-    for args, expected in [(["losses"], "logitnorm"), (["--version"], "0."), (["datasets"], "digits-6to9")]:
+    for args, expected in [(["losses"], "logitnorm"), (["--version"], "0."), (["datasets"], "digits-6to9"),
+                           (["detectors"], "halo_distance")]:
         proc = _run_without_torch(*args)
         assert proc.returncode == 0, proc.stderr
         assert expected in proc.stdout + proc.stderr

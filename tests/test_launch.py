@@ -225,7 +225,7 @@ def test_time_limits() -> None:
     (["--launcher", "lokal"], None, "Did you mean 'local'"),
     (["--partition", "gpu"], None, "--partition only apply to jobs: add --launcher local or --launcher slurm"),
     (["--launcher", "local", "--partition", "gpu", "--mem-gb", "4"], None, "--partition, --mem-gb only apply to --launcher slurm"),
-    (["--launcher", "local", "--gpus-per-job", "2"], None, "no multi-GPU (DistributedDataParallel) training path"),
+    (["--launcher", "local", "--gpus-per-job", "2"], None, "a launcher job is one training process"),
     (["--launcher", "local", "--time", "soon"], None, "--time takes minutes"),
     (["--launcher", "slurm", "--sbatch-line", "--array=0-9"], None, "set by halo-bench itself"),
     (["--launcher", "local"], "partitin: gpu\n", "unknown setting 'partitin'. Did you mean 'partition'?"),
@@ -270,7 +270,7 @@ def test_job_settings_fail_before_torch_loads(tmp_path: Path) -> None:
                    check=True, timeout=120, env={**os.environ, **cache})
     code = PRELUDE + "import sys; from halo_bench.cli import main; sys.argv[0] = 'halo-bench'; main()"
     for args, message in [(["--launcher", "lokal"], "Did you mean 'local'"),
-                          (["--launcher", "slurm", "--gpus-per-job", "2"], "no multi-GPU")]:
+                          (["--launcher", "slurm", "--gpus-per-job", "2"], "one training process")]:
         proc = subprocess.run([sys.executable, "-c", code, "bench", "--out", str(tmp_path / "runs"), *args],
                               capture_output=True, text=True, timeout=120, env={**os.environ, **cache})
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -100,7 +100,7 @@ def test_train_step_under_bf16_autocast_follows_the_float32_step(loss: str) -> N
     the model a GPU user trains (see CHANGELOG).
     """
     from halo_bench.models import build_model
-    from halo_bench.train import param_groups, train_step
+    from halo_bench.train import TrainForward, param_groups, train_step
 
     gen = torch.Generator().manual_seed(1234)
     x, y = torch.randn(16, 1, 32, 32, generator=gen), torch.randint(0, 6, (16,), generator=gen)
@@ -110,28 +110,52 @@ def test_train_step_under_bf16_autocast_follows_the_float32_step(loss: str) -> N
         optimizer = torch.optim.SGD(param_groups(model, 0.0), lr=0.01)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         before = model.embed.weight.detach().clone()
-        loss_value, correct = train_step(model, model.backbone, x, y, optimizer, scaler, None, dtype)
-        assert torch.isfinite(loss_value) and 0 <= int(correct) <= 16
+        outcome = train_step(TrainForward(model, model.backbone), x, y, optimizer, scaler, None, dtype)
+        assert bool(outcome.finite) and torch.isfinite(outcome.loss) and 0 <= int(outcome.correct) <= 16
         updates[dtype] = (model.embed.weight.detach() - before).flatten()
     cosine = torch.nn.functional.cosine_similarity(updates[None], updates[torch.bfloat16], dim=0)
     assert updates[None].norm() > 0 and cosine > 0.9, float(cosine)
 
 
-def test_non_finite_gradient_stops_before_the_weights_change() -> None:
+def test_non_finite_gradient_is_noted_on_the_device_and_reported_at_the_check() -> None:
     from halo_bench.models import build_model
-    from halo_bench.train import NonFiniteStep, param_groups, train_step
+    from halo_bench.train import DivergenceWatch, TrainForward, param_groups, train_step
 
     model = build_model(TINY, "cce", num_classes=6, in_chans=1, seed=0)
     optimizer = torch.optim.SGD(param_groups(model, 0.0), lr=0.01)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
+    forward, watch = TrainForward(model, model.backbone), DivergenceWatch(torch.device("cpu"), every=10)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 6, (8,))
+    for _ in range(2):  # two good steps
+        watch.observe(train_step(forward, x, y, optimizer, scaler, 5.0, None))
+    assert watch.problem(scaler) is None
     model.embed.weight.register_hook(lambda grad: grad * float("inf"))  # finite loss, infinite gradient
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(NonFiniteStep, match="gradient norm = (inf|nan)"):
-        train_step(model, model.backbone, torch.randn(8, 1, 8, 8), torch.randint(0, 6, (8,)), optimizer, scaler,
-                   5.0, None)
-    after = model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point()
-               and "running" not in k)
+    outcome = train_step(forward, x, y, optimizer, scaler, 5.0, None)
+    assert torch.isfinite(outcome.loss) and not bool(outcome.finite)
+    watch.observe(outcome)
+    watch.observe(train_step(forward, x, y, optimizer, scaler, 5.0, None))  # later bad steps: the first is kept
+    step, message = watch.problem(scaler)
+    assert step == 2 and "gradient norm = inf" in message and f"loss = {float(outcome.loss)}" in message
+
+
+@pytest.mark.parametrize("every", [3, 1000])
+def test_the_host_reads_the_divergence_flag_every_n_steps_and_at_the_epoch_end(tmp_path: Path, registry,
+                                                                               monkeypatch, every: int) -> None:
+    """The steady-state loop never waits for the device: one host read per `every` steps."""
+    from halo_bench import train as train_module
+
+    reads = {"n": 0}
+    original = train_module.DivergenceWatch.problem
+
+    def counted(self, scaler):
+        reads["n"] += 1
+        return original(self, scaler)
+
+    monkeypatch.setattr(train_module, "CHECK_EVERY", every)
+    monkeypatch.setattr(train_module.DivergenceWatch, "problem", counted)
+    result = train(TrainConfig(model=TINY, loss="cce", epochs=1, out=str(tmp_path)), registry)
+    steps = json.loads((result.run_dir / "config.json").read_text())["steps_per_epoch"]
+    assert steps > 3 and reads["n"] == steps // every + 1
 
 
 def test_bad_recipe_values_are_refused(registry, tmp_path: Path) -> None:
@@ -164,14 +188,19 @@ def test_labels_outside_the_classes_are_refused(tmp_path: Path) -> None:
 
 def test_collapsing_fp16_loss_scale_counts_as_divergence() -> None:
     from halo_bench.models import build_model
-    from halo_bench.train import MIN_LOSS_SCALE, NonFiniteStep, param_groups, train_step
+    from halo_bench.train import MIN_LOSS_SCALE, DivergenceWatch, TrainForward, param_groups, train_step
 
     model = build_model(TINY, "cce", num_classes=6, in_chans=1, seed=0)
     optimizer = torch.optim.SGD(param_groups(model, 0.0), lr=0.01)
     scaler = torch.amp.GradScaler("cpu", init_scale=MIN_LOSS_SCALE * 4)  # enabled, as fp16 on a GPU
     model.embed.weight.register_hook(lambda grad: grad * float("nan"))  # every step non-finite
+    forward, watch = TrainForward(model, model.backbone), DivergenceWatch(torch.device("cpu"))
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 6, (8,))
-    train_step(model, model.backbone, x, y, optimizer, scaler, 5.0, None)  # skipped, scale halves
-    with pytest.raises(NonFiniteStep, match="loss scale fell"):
-        for _ in range(3):
-            train_step(model, model.backbone, x, y, optimizer, scaler, 5.0, None)
+    before = model.embed.weight.detach().clone()
+    watch.observe(train_step(forward, x, y, optimizer, scaler, 5.0, None))  # skipped, scale halves
+    assert watch.problem(scaler) is None and torch.equal(model.embed.weight, before)
+    for _ in range(3):
+        watch.observe(train_step(forward, x, y, optimizer, scaler, 5.0, None))
+    problem = watch.problem(scaler)
+    assert problem is not None and "loss scale fell" in problem[1]
+    assert torch.equal(model.embed.weight, before)  # the scaler skipped every step

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from ..errors import HaloBenchError, unknown_name
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch loads with the work: `halo-bench detectors` lists the field without it
+    import torch
+    from torch import Tensor
     from torch.utils.data import Dataset
 
     from ..features import SplitOutputs
@@ -30,6 +31,7 @@ class DetectorContext:
     batch_size: int = 256
     num_workers: int = 0
     amp_dtype: torch.dtype | None = None
+    pipeline: str = "loader"  # "auto": in-memory arrays are served from the device (data/device.py)
     train: SplitOutputs | None = None  # ID train outputs (eval transform), for detectors that fit
     memo: dict[str, Any] = field(default_factory=dict)  # per-model values detectors share (e.g. the linear map)
 
@@ -165,6 +167,22 @@ def detectors_for(names: list[str] | None, abstain: bool) -> list[Detector]:
         det = make_detector(*parse_detector_spec(spec), abstain=abstain)
         out.setdefault(det.label, det)
     return list(out.values())
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def no_grad(func: _F) -> _F:
+    """`torch.no_grad()` as a decorator that imports torch only when the function runs."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        with torch.no_grad():
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def class_logits(logits: Tensor, num_classes: int) -> Tensor:

@@ -11,18 +11,24 @@ dividing by N and adds 1e-6 I before inverting, so its distances are ours / N
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import Tensor
 
 from ..errors import HaloBenchError
-from ..features import SplitOutputs
 from .base import Detector, DetectorContext, penultimate, register_detector
+
+if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it
+    from torch import Tensor
+
+    from ..features import SplitOutputs
 
 CHUNK = 8192
 
 
 def class_means(z: Tensor, y: Tensor, k: int, who: str) -> Tensor:
+    import torch
+
     missing = [c for c in range(k) if not bool((y == c).any())]
     if missing:
         raise HaloBenchError(f"{who}: the ID train split has no samples of class(es) {missing}.")
@@ -32,6 +38,8 @@ def class_means(z: Tensor, y: Tensor, k: int, who: str) -> Tensor:
 def tied_precision(centred: Tensor) -> Tensor:
     """(Pseudo-)inverse of the ML covariance of already-centred rows; pinv since features
     of dead units or a collapsed class make the covariance singular."""
+    import torch
+
     cov = centred.T @ centred / len(centred)
     return torch.linalg.pinv(cov, hermitian=True)
 
@@ -39,6 +47,8 @@ def tied_precision(centred: Tensor) -> Tensor:
 def squared_distances(z: Tensor, means: Tensor, precision: Tensor) -> Tensor:
     """(z - mu_k)^T P (z - mu_k) for every row and mean (N x K), float64, in chunks of rows
     (never an N x K x D tensor): z P z - 2 z P mu + mu P mu."""
+    import torch
+
     pm = means @ precision  # K x D
     mpm = (pm * means).sum(dim=1)
     out = []

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from ..features import SplitOutputs
-from .base import POSITIVE, POSITIVE_INT, Detector, DetectorContext, class_logits, register_detector
+from .base import (
+    POSITIVE,
+    POSITIVE_INT,
+    Detector,
+    DetectorContext,
+    class_logits,
+    register_detector,
+)
+
+if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it
+
+    from ..features import SplitOutputs
 
 
 @register_detector

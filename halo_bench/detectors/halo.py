@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from ..features import SplitOutputs
+import numpy as np
+
 from .base import Detector, DetectorContext, class_logits, register_detector
+
+if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it
+
+    from ..features import SplitOutputs
 
 
 @register_detector
@@ -18,6 +22,8 @@ class HALOAbstain(Detector):
     def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
         # 1 - p(abstain) = sigmoid(logsumexp(l)) rounds to exactly 1.0 for confident
         # samples, and ties would cost AUROC; its log keeps the order (that of energy).
+        import torch
+
         lse = torch.logsumexp(class_logits(outputs.logits, ctx.num_classes), dim=1)
         return torch.nn.functional.logsigmoid(lse).numpy()
 
@@ -30,6 +36,8 @@ class HALODistance(Detector):
     halo_only = True
 
     def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
+        import torch
+
         centroids = ctx.model.head.centroids.detach().cpu().double()
         centroids = centroids - centroids.mean(dim=0)
         z = outputs.features.double()

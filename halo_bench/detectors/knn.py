@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import Tensor
 
 from ..errors import HaloBenchError
-from ..features import SplitOutputs
-from .base import POSITIVE_INT, Detector, DetectorContext, penultimate, register_detector
+from .base import (
+    POSITIVE_INT,
+    Detector,
+    DetectorContext,
+    no_grad,
+    penultimate,
+    register_detector,
+)
+
+if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it
+    from torch import Tensor
+
+    from ..features import SplitOutputs
 
 # Query rows per chunk: chunk x N similarities at a time, never an N x N matrix.
 MAX_CHUNK_ENTRIES = 1 << 24
@@ -45,8 +56,10 @@ class KNN(Detector):
         self.bank = bank.to(ctx.device)
         self.bank_sq = self.bank.pow(2).sum(dim=1)
 
-    @torch.no_grad()
+    @no_grad
     def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
+        import torch
+
         k = self.int_param("k")
         queries = _normalise(penultimate(outputs, self.name)).float()
         chunk = max(1, MAX_CHUNK_ENTRIES // max(1, len(self.bank)))

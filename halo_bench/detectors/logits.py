@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from ..features import SplitOutputs
-from .base import POSITIVE, Detector, DetectorContext, class_logits, register_detector, softmax_probs
+import numpy as np
+
+from .base import (
+    POSITIVE,
+    Detector,
+    DetectorContext,
+    class_logits,
+    register_detector,
+    softmax_probs,
+)
+
+if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it
+
+    from ..features import SplitOutputs
 
 
 @register_detector
@@ -36,6 +47,8 @@ class Energy(Detector):
     tune_grid = {"temperature": (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 100.0)}
 
     def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
+        import torch
+
         t = self.params["temperature"]
         logits = class_logits(outputs.logits, ctx.num_classes)
         return (t * torch.logsumexp(logits / t, dim=1)).numpy()

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 
 from ..console import make_progress
-from ..features import SplitOutputs
 from .base import NON_NEGATIVE, POSITIVE, Detector, DetectorContext, register_detector
+
+if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it
+    import torch
+    from torch.utils.data import Dataset
+
+    from ..features import SplitOutputs
 
 
 @register_detector
@@ -23,13 +27,17 @@ class ODIN(Detector):
     needs_inputs = True
 
     def score(self, ctx: DetectorContext, outputs: SplitOutputs, dataset: Dataset) -> np.ndarray:
+        import torch
+
+        from ..data.device import eval_batches
+
         t, eps = self.params["temperature"], self.params["eps"]
         k = ctx.num_classes
         # eps is in [0, 1] pixel units; inputs are normalised per channel, so scale by 1/std.
         std = torch.tensor(ctx.data_config["std"], device=ctx.device).view(1, -1, 1, 1)
         model = ctx.model.eval()
         scores = []
-        loader = DataLoader(dataset, batch_size=ctx.batch_size, num_workers=ctx.num_workers)
+        loader = eval_batches(dataset, ctx.device, ctx.batch_size, ctx.num_workers, ctx.data_config, ctx.pipeline)
         with make_progress() as progress:  # ODIN is most of an evaluation's time: show it
             task = progress.add_task("odin", total=len(loader), status="")
             for x, _ in loader:
@@ -40,6 +48,9 @@ class ODIN(Detector):
     @staticmethod
     def _score_batch(ctx: DetectorContext, model: torch.nn.Module, x: torch.Tensor, std: torch.Tensor,
                      t: float, eps: float, k: int) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
         x = x.to(ctx.device).requires_grad_(True)
         with torch.enable_grad():
             logits = model(x).float() / t

@@ -4,16 +4,22 @@ ASH-S (Djurisic et al. 2023). The shaped features go through the model's own emb
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
-from ..features import SplitOutputs
+import numpy as np
+
 from .base import PERCENTILE, Detector, DetectorContext, penultimate, register_detector
 from .tail import tail_logits
 
+if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it
+    from torch import Tensor
+
+    from ..features import SplitOutputs
+
 
 def energy(logits: Tensor) -> np.ndarray:
+    import torch
+
     return torch.logsumexp(logits, dim=1).numpy()
 
 
@@ -52,6 +58,8 @@ def ash_s(h: Tensor, percentile: float) -> Tensor:
     """ASH-S per sample: zero all but the top n - round(n * percentile / 100) activations and
     scale the kept ones by exp(sum before / sum after). A sample whose kept sum is not
     positive (all-zero features) is left as pruned, where the formula would divide by zero."""
+    import torch
+
     n = h.shape[1]
     keep = n - int(np.round(n * percentile / 100.0))
     s1 = h.sum(dim=1)

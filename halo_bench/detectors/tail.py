@@ -13,17 +13,22 @@ either head, and checks the map is affine before a detector relies on it.
 from __future__ import annotations
 
 import copy
-
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING
 
 from ..errors import HaloBenchError
-from .base import DetectorContext
+from .base import DetectorContext, no_grad
+
+if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it
+    from torch import Tensor, nn
+
 
 CHUNK = 16384
 
 
 def _tail(ctx: DetectorContext) -> nn.Module:
+    import torch
+    from torch import nn
+
     if "tail" not in ctx.memo:
         model = ctx.model
         tail = nn.Sequential(copy.deepcopy(model.embed), copy.deepcopy(model.head)).to("cpu", torch.float64)
@@ -31,16 +36,18 @@ def _tail(ctx: DetectorContext) -> nn.Module:
     return ctx.memo["tail"]
 
 
-@torch.no_grad()
+@no_grad
 def tail_logits(ctx: DetectorContext, h: Tensor) -> Tensor:
     """The K class logits (HALO: relative to the abstain class) of penultimate features `h`, float64."""
+    import torch
+
     tail = _tail(ctx)
     k = ctx.num_classes
     parts = [tail(chunk.double().cpu())[:, :k] for chunk in h.split(CHUNK)]
     return torch.cat(parts) if parts else torch.empty(0, k, dtype=torch.float64)
 
 
-@torch.no_grad()
+@no_grad
 def linear_map(ctx: DetectorContext, who: str, probe: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(W, b), K x P and K, float64, with class logits = h W^T + b.
 
@@ -48,6 +55,9 @@ def linear_map(ctx: DetectorContext, who: str, probe: Tensor | None = None) -> t
     Otherwise read off the tail (b = f(0), W = f(e_i) - b) and verified on `probe`
     (e.g. ID-train features): a head whose logits are not affine raises.
     """
+    import torch
+    from torch import nn
+
     if "linear_map" in ctx.memo:
         return ctx.memo["linear_map"]
     model = ctx.model

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from ..errors import HaloBenchError
-from ..features import SplitOutputs
-from .base import POSITIVE_INT, Detector, DetectorContext, penultimate, register_detector
+from .base import (
+    POSITIVE_INT,
+    Detector,
+    DetectorContext,
+    penultimate,
+    register_detector,
+)
 from .tail import linear_map
+
+if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it
+
+    from ..features import SplitOutputs
 
 
 @register_detector
@@ -33,6 +43,8 @@ class ViM(Detector):
     needs_train = True
 
     def fit(self, ctx: DetectorContext) -> None:
+        import torch
+
         assert ctx.train is not None
         h = penultimate(ctx.train, self.name)
         p = h.shape[1]
@@ -55,6 +67,8 @@ class ViM(Detector):
         self.alpha = float(logits.max(dim=1).values.mean() / vlogit.mean())
 
     def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
+        import torch
+
         h = penultimate(outputs, self.name)
         energy = torch.logsumexp(h @ self.w.T + self.b, dim=1)
         vlogit = ((h - self.u) @ self.null_space).norm(dim=1) * self.alpha

@@ -1,0 +1,125 @@
+"""Multi-process training under torchrun: who this process is, and the few collectives
+the training loop needs.
+
+    torchrun --nproc-per-node 4 -m halo_bench train resnet18 --suite cifar10 --loss halo
+
+torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; each process trains a replica with
+DistributedDataParallel on its slice of every global batch (`--batch-size` is the
+global batch, so the recipe and the learning-rate schedule are those of one GPU).
+NCCL joins CUDA processes, gloo CPU ones (what the tests run). Rank 0 alone writes
+the run folder; every rank reads a checkpoint to resume.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import HaloBenchError
+
+if TYPE_CHECKING:  # torch loads with the work; reading the launch environment needs none
+    import torch
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_ranks() -> Ranks:
+    """This process's place in a torchrun launch (a single process: rank 0 of 1)."""
+    try:
+        return Ranks(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                     int(os.environ.get("LOCAL_RANK", "0")))
+    except ValueError:
+        raise HaloBenchError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (torchrun sets them).") from None
+
+
+def start(ranks: Ranks, device: torch.device) -> torch.device:
+    """Join the process group (once) and return this rank's device."""
+    import torch
+    import torch.distributed as dist
+
+    if not ranks.distributed:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise HaloBenchError(f"multi-process training runs on CUDA (NCCL) or the CPU (gloo), not {device.type}.")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def stop() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_sum(*values: torch.Tensor) -> None:
+    """Sum tensors across ranks in place (no-op in a single process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        for value in values:
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+
+
+def any_rank(flag: torch.Tensor) -> torch.Tensor:
+    """True on every rank if it is True on any."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        flag = flag.to(torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag.bool()
+
+
+def replica_drift(parameters: list[torch.Tensor]) -> float:
+    """The largest |difference| between this rank's tensors and rank 0's (0.0: identical)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0.0
+    flat = torch.cat([p.detach().float().reshape(-1) for p in parameters])
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    drift = (flat - reference).abs().max().reshape(1)
+    dist.all_reduce(drift, op=dist.ReduceOp.MAX)
+    return float(drift)
+
+
+def share_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics).
+
+    DDP broadcasts them at the start of each forward, so after the last step each rank
+    still holds the statistics of its own last slice; this closes that gap at an epoch's end.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

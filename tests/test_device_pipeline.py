@@ -1,0 +1,178 @@
+"""The device-resident input pipeline (halo_bench/data/device.py), run on the CPU: the same
+code path a GPU runs, checked against torchvision's PIL transforms and PIL itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from halo_bench.data import LoadOptions, load_split
+from halo_bench.data.device import (
+    CROP_PADDING,
+    DeviceBatches,
+    ImageArray,
+    choose_pipeline,
+    image_array,
+    random_crop,
+)
+from halo_bench.errors import HaloBenchError
+
+CPU = torch.device("cpu")
+CONFIG = {"input_size": [3, 12, 12], "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "crop_pct": 1.0}
+
+
+def _coded_images(n: int, size: int = 12) -> torch.Tensor:
+    """uint8 images whose pixel (i, j) holds 1 + size*i + j: every pixel says where it came from."""
+    code = 1 + torch.arange(size * size, dtype=torch.int32).view(size, size)
+    return code.to(torch.uint8).expand(n, 3, size, size).contiguous()
+
+
+def _offsets_and_flips(batch: torch.Tensor, size: int = 12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dy, dx, flipped) of each cropped image, read back from the pixel codes."""
+    dys, dxs, flips = [], [], []
+    for image in batch[:, 0]:
+        i, j = np.argwhere(image.numpy() > 0)[0]  # the first real pixel; at least 8 real ones follow in its row
+        flipped = bool(image[i, j + 1] < image[i, j])  # codes fall from left to right
+        row, col = divmod(int(image[i, j]) - 1, size)
+        j_crop = size - 1 - j if flipped else j  # its column before the flip
+        dys.append(row - i + CROP_PADDING)
+        dxs.append(col - j_crop + CROP_PADDING)
+        flips.append(flipped)
+    return np.array(dys), np.array(dxs), np.array(flips)
+
+
+def test_random_crop_matches_torchvision_pad_and_crop_at_every_offset() -> None:
+    from torchvision.transforms import functional as TF
+
+    images = torch.randint(0, 256, (81, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(3)
+    cropped = random_crop(images, CROP_PADDING, generator)
+    again = torch.Generator().manual_seed(3)  # the offsets random_crop drew, in its order
+    dy = torch.randint(0, 2 * CROP_PADDING + 1, (81,), generator=again)
+    dx = torch.randint(0, 2 * CROP_PADDING + 1, (81,), generator=again)
+    for k in range(81):
+        expected = TF.crop(TF.pad(images[k], [CROP_PADDING] * 4, fill=0), int(dy[k]), int(dx[k]), 12, 12)
+        assert torch.equal(cropped[k], expected), k
+
+
+def test_crop_offsets_are_uniform_and_flips_fair() -> None:
+    n = 8100
+    batches = DeviceBatches(ImageArray(_coded_images(n), torch.zeros(n, dtype=torch.long)), CPU, n,
+                            {**CONFIG, "mean": [0.0] * 3, "std": [1 / 255] * 3}, augment=("random_crop", "hflip"),
+                            shuffle=True, seed=5)
+    (x, _), = list(batches)
+    pixels = x.round().to(torch.int32)
+    dy, dx, flipped = _offsets_and_flips(pixels)
+    offsets = 2 * CROP_PADDING + 1
+    counts = np.bincount(dy * offsets + dx, minlength=offsets * offsets)
+    assert counts.min() > 0  # every one of the 81 offsets occurs
+    assert stats.chisquare(counts).pvalue > 1e-4
+    assert stats.binomtest(int(flipped.sum()), n, 0.5).pvalue > 1e-4
+    assert 0 < flipped.mean() < 1
+    # Pixels outside the image are black (0 before normalisation), as torchvision pads.
+    border = dy == 0  # the crop starts 4 rows above the image
+    assert (pixels[border, :, :CROP_PADDING] == 0).all()
+
+
+def test_unaugmented_batches_are_bit_identical_to_totensor_and_normalize(tmp_path: Path, monkeypatch) -> None:
+    """The eval path on CIFAR-format data: the device pipeline equals the PIL DataLoader exactly."""
+    import torchvision.datasets.cifar as tv_cifar
+    from torch.utils.data import DataLoader
+
+    from halo_bench.data import load_registry
+    from halo_bench.data.synthetic import write_cifar_archive
+
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)  # random stand-in bytes
+    write_cifar_archive(tmp_path / "cifar10", "cifar10", n_train=20, n_test=30)
+    registry = load_registry()
+    config = registry.suite("cifar10").data_config
+    dataset = load_split(registry.dataset("cifar10"), "test", config, LoadOptions(tmp_path))
+    array = choose_pipeline("device", dataset, config, (), CPU)
+    assert array is not None and array.images.dtype == torch.uint8
+    served = list(DeviceBatches(array, CPU, 8, config))
+    loaded = list(DataLoader(dataset, batch_size=8))
+    assert len(served) == len(loaded) == 4
+    for (xa, ya), (xb, yb) in zip(served, loaded, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    gray = {**config, "input_size": [1, 32, 32], "mean": [0.5], "std": [0.25]}  # a grayscale model
+    gray_set = load_split(registry.dataset("cifar10"), "test", gray, LoadOptions(tmp_path))
+    (xa, _), = list(DeviceBatches(choose_pipeline("device", gray_set, gray, (), CPU), CPU, 30, gray))
+    (xb, _), = list(DataLoader(gray_set, batch_size=30))
+    assert torch.equal(xa, xb)  # PIL's integer luma formula, reproduced
+
+
+def test_luma_is_pils_convert_l_on_random_images() -> None:
+    from PIL import Image
+
+    from halo_bench.data.device import _luma
+
+    rgb = torch.randint(0, 256, (20, 3, 7, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    ours = _luma(rgb)[:, 0].numpy()
+    theirs = np.stack([np.asarray(Image.fromarray(img.permute(1, 2, 0).numpy()).convert("L")) for img in rgb])
+    assert np.array_equal(ours, theirs)
+
+
+def _epoch(batches: DeviceBatches, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    batches.set_epoch(epoch)
+    return list(batches)
+
+
+def test_batches_depend_only_on_seed_and_epoch_so_a_resumed_run_sees_the_same() -> None:
+    n = 50
+    array = ImageArray(torch.randint(0, 256, (n, 3, 12, 12), dtype=torch.uint8), torch.arange(n))
+
+    def make(seed: int) -> DeviceBatches:
+        return DeviceBatches(array, CPU, 16, CONFIG, augment=("random_crop", "hflip"), shuffle=True, seed=seed,
+                             drop_last=True)
+
+    straight = make(0)
+    first, second = _epoch(straight, 0), _epoch(straight, 1)
+    resumed = _epoch(make(0), 1)  # a fresh process, starting at epoch 2
+    assert len(first) == len(straight) == 3
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(second, resumed, strict=True))
+    assert not torch.equal(first[0][1], second[0][1])  # a new order each epoch
+    assert not torch.equal(_epoch(make(1), 0)[0][1], first[0][1])  # and per seed
+    labels = torch.cat([y for _, y in first])
+    assert len(set(labels.tolist())) == len(labels) == 48  # a permutation: no image twice per epoch
+
+
+def test_each_rank_takes_its_slice_of_the_same_global_batch() -> None:
+    n = 64
+    array = ImageArray(torch.randint(0, 256, (n, 3, 12, 12), dtype=torch.uint8), torch.arange(n))
+    kwargs = {"augment": ("random_crop", "hflip"), "shuffle": True, "seed": 2, "drop_last": True}
+    whole = list(DeviceBatches(array, CPU, 16, CONFIG, **kwargs))
+    parts = [list(DeviceBatches(array, CPU, 16, CONFIG, rank=r, world_size=2, **kwargs)) for r in (0, 1)]
+    for step, (x, y) in enumerate(whole):
+        assert torch.equal(torch.cat([parts[0][step][0], parts[1][step][0]]), x)
+        assert torch.equal(torch.cat([parts[0][step][1], parts[1][step][1]]), y)
+    with pytest.raises(HaloBenchError, match="must divide by the 3 processes"):
+        DeviceBatches(array, CPU, 16, CONFIG, world_size=3)
+
+
+def test_the_pipeline_choice(tmp_path: Path) -> None:
+    from halo_bench.data import load_registry
+
+    registry = load_registry()
+    digits = registry.suite("digits").data_config
+    embedded = load_split(registry.dataset("digits"), "train", digits)
+    assert choose_pipeline("auto", embedded, digits, (), CPU) is None  # a CPU keeps the DataLoader
+    assert choose_pipeline("loader", embedded, digits, (), torch.device("meta")) is None
+    array = choose_pipeline("device", embedded, digits, (), CPU)
+    assert array is not None and array.normalised and len(array) == len(embedded)
+    with pytest.raises(HaloBenchError, match="already normalised floats"):
+        choose_pipeline("device", embedded, digits, ("hflip",), CPU)
+    from PIL import Image
+
+    folder = tmp_path / "imgs" / "a"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (12, 12)).save(folder / "x.png")
+    from halo_bench.data.images import ImageFiles
+
+    files = ImageFiles([folder / "x.png"], [0], None)
+    with pytest.raises(HaloBenchError, match="--data-pipeline device cannot serve this data: ImageFiles"):
+        choose_pipeline("device", files, CONFIG, (), CPU)
+    assert image_array(files, CONFIG)[0] is None
