@@ -283,10 +283,12 @@ def report(
     plots: Annotated[Optional[Path], typer.Option("--plots", help="Also write every figure of the HTML report to this folder, each as PNG and PDF (for a paper).", show_default=False)] = None,
 ) -> None:
     """Every loss side by side per detector, against a baseline: near/far means, deltas, mean ± std over seeds."""
-    from .io import atomic_write_text
-    from .report import check_format, find_results, load_results, render
+    from .schema import check_report_format
 
-    check_format(format)
+    check_report_format(format)  # before pandas and the renderers load
+    from .io import atomic_write_text
+    from .report import find_results, load_results, render
+
     loaded = load_results(find_results(results or [], runs))
     text = render(loaded, format, baseline=baseline, include_incomplete=include_incomplete)
     if plots:

@@ -18,10 +18,10 @@ import pandas as pd
 from tabulate import tabulate
 
 from .config import RUNTIME_FIELDS
-from .errors import HaloBenchError, unknown_name
+from .errors import HaloBenchError
 from .latex import render_table as render_latex_table
 from .losses import LOSSES
-from .schema import GROUPS, RESULTS_FILE, check_results
+from .schema import GROUPS, REPORT_FORMATS, RESULTS_FILE, check_report_format, check_results
 
 DEFAULT_BASELINE = "cce"
 # metric -> (label, higher is better, decimals)
@@ -511,9 +511,8 @@ FORMATS: dict[str, Callable[[list[dict[str, Any]], str, list[str]], str]] = {
 }
 
 
-def check_format(fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise unknown_name("report format", fmt, FORMATS)
+assert tuple(FORMATS) == REPORT_FORMATS
+check_format = check_report_format
 
 
 def render(results: list[dict[str, Any]], fmt: str = "markdown", baseline: str = DEFAULT_BASELINE,

@@ -26,3 +26,15 @@ def check_results(doc: Any, path: str | Path) -> dict[str, Any]:
     if missing:
         raise HaloBenchError(f"{path}: results file lacks {', '.join(missing)}.")
     return doc
+
+
+# What `halo-bench report --format` writes (halo_bench/report.py renders each); named here so
+# the CLI checks a format before pandas and the renderers load.
+REPORT_FORMATS = ("markdown", "csv", "json", "latex", "html")
+
+
+def check_report_format(fmt: str) -> None:
+    from .errors import unknown_name
+
+    if fmt not in REPORT_FORMATS:
+        raise unknown_name("report format", fmt, REPORT_FORMATS)
