@@ -208,7 +208,12 @@ def train(
 
     from .distributed import launched_ranks
 
-    result = run_train(cfg, reg, force=force)
+    from .distributed import stop
+
+    try:
+        result = run_train(cfg, reg, force=force)
+    finally:
+        stop()  # leave the process group (torchrun) cleanly, also after an error
     if launched_ranks().main:  # under torchrun, rank 0 speaks for the run
         typer.echo(str(result.checkpoint))
 

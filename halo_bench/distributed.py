@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from .errors import HaloBenchError
@@ -58,8 +59,8 @@ def start(ranks: Ranks, device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     elif device.type != "cpu":
         raise HaloBenchError(f"multi-process training runs on CUDA (NCCL) or the CPU (gloo), not {device.type}.")
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not dist.is_initialized():  # generous: rank 0 alone runs each epoch's monitoring pass
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=60))
     return device
 
 
@@ -88,6 +89,13 @@ def any_rank(flag: torch.Tensor) -> torch.Tensor:
         flag = flag.to(torch.int32)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return flag.bool()
+
+
+def rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """A seed for one rank's random streams in one epoch (dropout, DataLoader augmentation)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def replica_drift(parameters: list[torch.Tensor]) -> float:

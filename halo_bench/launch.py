@@ -283,6 +283,8 @@ def run_job(job: RunJob) -> dict[str, Any]:
     name = job.train_config.run_name
     if rank != 0:  # one process per job (submission refuses --gpus-per-job > 1): only rank 0 trains
         return {"run": name, "rank": rank, "skipped": True}
+    # ... and trains alone: without this, train() would read WORLD_SIZE > 1 and wait for the others.
+    os.environ.update(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0")
     threads = job.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
     if threads:
         torch.set_num_threads(threads)

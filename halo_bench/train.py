@@ -249,7 +249,7 @@ def build(cfg: TrainConfig, registry: Registry) -> Setup:
     workers = default_workers(id_spec, cfg.num_workers)
     memory_format = torch.channels_last if cfg.channels_last and device.type == "cuda" else None
     array = None if cfg.freeze_backbone else choose_pipeline(cfg.data_pipeline, train_data, data_config,
-                                                             augment, device)
+                                                             augment, device, train=True)
     if array is not None:  # uint8 images on the device, augmented there (data/device.py)
         loader = DeviceBatches(array, device, cfg.batch_size, data_config, augment=augment, shuffle=True,
                                seed=cfg.seed, drop_last=drop_last, rank=ranks.rank, world_size=ranks.world_size,
@@ -440,6 +440,12 @@ def train_epoch(cfg: TrainConfig, setup: Setup, opt: Optimisation, forward: nn.M
     set_train_mode(model, setup.frozen)
     if isinstance(forward, DistributedDataParallel):
         forward.train()
+    if setup.ranks.distributed:
+        # Each rank its own dropout and DataLoader-augmentation streams, from (seed, epoch, rank):
+        # distinct across ranks, and a resume needs no per-rank state (only rank 0's is saved).
+        stream = distributed.rank_seed(cfg.seed, epoch, setup.ranks.rank)
+        torch.manual_seed(stream)
+        setup.loader_gen.manual_seed(stream)
     if isinstance(setup.loader, DeviceBatches):
         setup.loader.set_epoch(epoch)
     elif isinstance(getattr(setup.loader, "sampler", None), DistributedSampler):

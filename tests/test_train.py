@@ -19,14 +19,16 @@ class _Interrupt(Exception):
     pass
 
 
-def test_interrupted_training_resumes_to_the_same_weights(tmp_path: Path, registry) -> None:
-    straight = train(TrainConfig(model=TINY, loss="halo", epochs=3, out=str(tmp_path / "a")), registry)
+@pytest.mark.parametrize("pipeline", ["loader", "device"])
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path: Path, registry, pipeline: str) -> None:
+    straight = train(TrainConfig(model=TINY, loss="halo", epochs=3, out=str(tmp_path / "a"),
+                                 data_pipeline=pipeline), registry)
 
     def stop_after_first(epoch: int) -> None:
         if epoch == 1:
             raise _Interrupt
 
-    cfg = TrainConfig(model=TINY, loss="halo", epochs=3, out=str(tmp_path / "b"))
+    cfg = TrainConfig(model=TINY, loss="halo", epochs=3, out=str(tmp_path / "b"), data_pipeline=pipeline)
     with pytest.raises(_Interrupt):
         train(cfg, registry, on_epoch_end=stop_after_first)
     state = read_checkpoint(tmp_path / "b" / cfg.run_name / "ckpt.pt")
@@ -38,6 +40,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path: Path, regist
     assert all(torch.equal(a[k], b[k]) for k in a)
     history = [json.loads(line) for line in (resumed.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert json.loads((resumed.run_dir / "config.json").read_text())["data_pipeline"] == pipeline
 
 
 def test_run_directory_records_config_versions_and_metrics(tiny_runs) -> None:

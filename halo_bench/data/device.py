@@ -70,7 +70,8 @@ def _tv_array(dataset: Any) -> tuple[Tensor, Tensor] | None:
     elif isinstance(dataset, tv.SVHN):  # N,3,H,W; labels 0..9 already
         images = torch.from_numpy(np.ascontiguousarray(dataset.data))
         labels = torch.as_tensor(dataset.labels, dtype=torch.long)
-    elif isinstance(dataset, tv.MNIST):  # and FashionMNIST, KMNIST: a uint8 tensor N,H,W
+    elif isinstance(dataset, tv.MNIST) and not isinstance(dataset, tv.QMNIST):  # QMNIST: N x 8 targets
+        # MNIST, FashionMNIST, KMNIST, EMNIST: a uint8 tensor N,H,W
         images = torch.as_tensor(dataset.data).unsqueeze(1)
         labels = torch.as_tensor(dataset.targets, dtype=torch.long)
     else:
@@ -78,12 +79,14 @@ def _tv_array(dataset: Any) -> tuple[Tensor, Tensor] | None:
     return images.contiguous(), labels
 
 
-def image_array(dataset: Any, data_config: dict[str, Any]) -> tuple[ImageArray | None, str]:
-    """The split as one in-memory array in the model's input layout, or (None, why not)."""
+def image_array(dataset: Any, data_config: dict[str, Any], train: bool = False) -> tuple[ImageArray | None, str]:
+    """The split as one in-memory array in the model's input layout, or (None, why not).
+
+    `train`: the training transform, which resizes to the input size and ignores crop_pct."""
     from torch.utils.data import ConcatDataset, Subset, TensorDataset
 
     if isinstance(dataset, Subset):  # e.g. `eval --limit`: the inner array, indexed
-        inner, why = image_array(dataset.dataset, data_config)
+        inner, why = image_array(dataset.dataset, data_config, train)
         if inner is None:
             return None, why
         index = torch.as_tensor(list(dataset.indices), dtype=torch.long)
@@ -101,7 +104,7 @@ def image_array(dataset: Any, data_config: dict[str, Any]) -> tuple[ImageArray |
     images = torch.cat([a[0] for a in arrays if a is not None])
     labels = torch.cat([a[1] for a in arrays if a is not None])
     size = tuple(images.shape[-2:])
-    resize = int(min(height, width) / data_config.get("crop_pct", 1.0))
+    resize = min(height, width) if train else int(min(height, width) / data_config.get("crop_pct", 1.0))
     if size != (height, width) or resize != min(height, width):
         return None, f"its images are {size[0]}x{size[1]} and the input is {height}x{width} (resizing stays on the DataLoader path)"
     if images.shape[1] != channels:
@@ -115,7 +118,7 @@ def image_array(dataset: Any, data_config: dict[str, Any]) -> tuple[ImageArray |
 
 
 def choose_pipeline(requested: str, dataset: Any, data_config: dict[str, Any], augment: tuple[str, ...],
-                    device: torch.device) -> ImageArray | None:
+                    device: torch.device, train: bool = False) -> ImageArray | None:
     """The array to serve from the device, or None for the DataLoader path.
 
     `auto` keeps the device pipeline for GPUs (on a CPU the DataLoader costs nothing
@@ -126,7 +129,7 @@ def choose_pipeline(requested: str, dataset: Any, data_config: dict[str, Any], a
         raise HaloBenchError(f"unknown data pipeline {requested!r}; use {', '.join(PIPELINES)}.")
     if requested == "loader" or (requested == "auto" and device.type != "cuda"):
         return None
-    array, why = image_array(dataset, data_config)
+    array, why = image_array(dataset, data_config, train)
     unsupported = [a for a in augment if a not in DEVICE_AUGMENTATIONS]
     if array is not None and augment and array.normalised:
         array, why = None, "its inputs are already normalised floats and cannot be augmented as pixels"
@@ -144,12 +147,17 @@ def epoch_generator(device: torch.device, seed: int, epoch: int) -> torch.Genera
     return torch.Generator(device=device).manual_seed(state)
 
 
-def random_crop(images: Tensor, padding: int, generator: torch.Generator) -> Tensor:
-    """Zero-pad every image by `padding` and cut it back at a random offset (per image)."""
+def draw_offsets(n: int, padding: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Random crop offsets (dy, dx), each uniform over 0..2*padding, for `n` images."""
+    dy = torch.randint(0, 2 * padding + 1, (n,), device=generator.device, generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), device=generator.device, generator=generator)
+    return dy, dx
+
+
+def random_crop(images: Tensor, padding: int, dy: Tensor, dx: Tensor) -> Tensor:
+    """Zero-pad every image by `padding` and cut it back at its offset (dy, dx)."""
     n, c, h, w = images.shape
     padded = F.pad(images, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n,), device=images.device, generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (n,), device=images.device, generator=generator)
     rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
     batch = torch.arange(n, device=images.device)[:, None, None, None]
@@ -157,8 +165,8 @@ def random_crop(images: Tensor, padding: int, generator: torch.Generator) -> Ten
     return padded[batch, chans, rows, cols]
 
 
-def random_hflip(images: Tensor, generator: torch.Generator) -> Tensor:
-    flip = torch.rand(len(images), device=images.device, generator=generator) < 0.5
+def hflip(images: Tensor, flip: Tensor) -> Tensor:
+    """Mirror the images where `flip` (bool, one per image) is set."""
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
@@ -200,17 +208,26 @@ class DeviceBatches:
                  else torch.arange(n, device=self.device))
         for step in range(len(self)):
             index = order[step * self.batch_size:(step + 1) * self.batch_size]
-            x = self.transform(self.images[index], generator)  # the global batch: same draws for any world size
+            # Draws for the whole global batch (the same for any world size); this rank's slice is transformed.
+            draws = self.draw(len(index), generator)
             if self.world_size > 1:
-                begin = self.rank * per_rank
-                x, index = x[begin:begin + per_rank], index[begin:begin + per_rank]
-            yield x, self.labels[index]
+                part = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+                index, draws = index[part], {k: v[part] for k, v in draws.items()}
+            yield self.transform(self.images[index], draws), self.labels[index]
 
-    def transform(self, images: Tensor, generator: torch.Generator) -> Tensor:
+    def draw(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
+        draws = {}
         if "random_crop" in self.augment:
-            images = random_crop(images, CROP_PADDING, generator)
+            draws["dy"], draws["dx"] = draw_offsets(n, CROP_PADDING, generator)
         if "hflip" in self.augment:
-            images = random_hflip(images, generator)
+            draws["flip"] = torch.rand(n, device=self.device, generator=generator) < 0.5
+        return draws
+
+    def transform(self, images: Tensor, draws: dict[str, Tensor]) -> Tensor:
+        if "dy" in draws:
+            images = random_crop(images, CROP_PADDING, draws["dy"], draws["dx"])
+        if "flip" in draws:
+            images = hflip(images, draws["flip"])
         x = images if self.normalised else images.float().div_(255).sub_(self.mean).div_(self.std)
         return x.contiguous(memory_format=self.memory_format) if self.memory_format is not None else x
 
