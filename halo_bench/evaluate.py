@@ -59,8 +59,8 @@ class EvalConfig:
 def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[str, Any], Path]:
     """Evaluate a checkpoint on its suite; returns the results and the results.json path."""
     ckpt_path = checkpoint_path(cfg.checkpoint)
-    if cfg.model:  # a classifier trained elsewhere, evaluated as it is (halo_bench/weights.py)
-        from .weights import foreign_run
+    if cfg.model:  # a classifier trained elsewhere, evaluated as it is (halo_bench/foreign.py)
+        from .foreign import foreign_run
 
         registry = registry or load_registry()
         model, meta = foreign_run(ckpt_path, cfg.model, cfg.suite or "digits", registry, cfg.use_ema)

@@ -226,7 +226,7 @@ def test_missing_hub_weights_fail_at_once_with_the_fetch_command(tmp_path, monke
 
 def test_foreign_classifier_gives_timms_logits_and_evaluates(tmp_path) -> None:
     from halo_bench.data import load_registry
-    from halo_bench.weights import foreign_run
+    from halo_bench.foreign import foreign_run
 
     theirs = _tiny(1, 6, 5)
     path = tmp_path / "model_best.pth.tar"
