@@ -34,7 +34,7 @@ from tabulate import tabulate
 from halo_bench.data import LoadOptions, load_registry, load_split
 from halo_bench.data.synthetic import write_cifar_archive
 from halo_bench.detectors import DETECTORS, DetectorContext
-from halo_bench.devices import amp_dtype, resolve_device
+from halo_bench.devices import amp_dtype, channels_last_format, resolve_device
 from halo_bench.features import forward_pass
 from halo_bench.models import load_checkpoint
 from halo_bench.train import TrainConfig, train
@@ -107,7 +107,7 @@ def main() -> None:
                 meta = json.loads((result.run_dir / "config.json").read_text())
                 model, _ = load_checkpoint(result.checkpoint)
                 model.to(device)
-                memory_format = torch.channels_last if channels_last and device.type == "cuda" else None
+                memory_format = channels_last_format(device, channels_last)
                 if memory_format is not None:
                     model.to(memory_format=memory_format)
                 dtype = amp_dtype(device, amp)

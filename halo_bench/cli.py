@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
-from .config import DATA_PIPELINES
+from .config import check_data_pipeline
 from .errors import HaloBenchError
 
 app = typer.Typer(
@@ -248,8 +248,7 @@ def eval_(
     from .runs import checkpoint_path
 
     _single_process("eval")
-    if data_pipeline not in DATA_PIPELINES:
-        raise HaloBenchError(f"--data-pipeline must be one of {', '.join(DATA_PIPELINES)}, not {data_pipeline!r}.")
+    check_data_pipeline(data_pipeline)
     if (model is None) != (suite is None) or (use_ema and model is None):
         raise HaloBenchError("--model and --suite go together (a foreign classifier: eval FILE --model NAME "
                              "--suite S); --use-ema needs them.")

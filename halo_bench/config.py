@@ -116,12 +116,10 @@ class TrainConfig:
              "--backbone-lr-scale must be a finite number >= 0"),
             (self.img_size is not None and self.img_size < 1, "--img-size must be at least 1"),
         ]
-        if self.data_pipeline not in DATA_PIPELINES:
-            problems.append((True, f"--data-pipeline must be one of {', '.join(DATA_PIPELINES)}, "
-                                   f"not {self.data_pipeline!r}"))
         for bad, message in problems:
             if bad:
                 raise HaloBenchError(f"{message}.")
+        check_data_pipeline(self.data_pipeline)
 
     @property
     def loss_tag(self) -> str:
@@ -159,6 +157,12 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that must match for a checkpoint to be resumed by this config."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUNTIME_FIELDS}
+
+
+def check_data_pipeline(name: str) -> None:
+    """`--data-pipeline` names one of DATA_PIPELINES (train and eval alike)."""
+    if name not in DATA_PIPELINES:
+        raise HaloBenchError(f"--data-pipeline must be one of {', '.join(DATA_PIPELINES)}, not {name!r}.")
 
 
 def _asdict(knobs: Any) -> dict[str, Any]:

@@ -38,6 +38,11 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def channels_last_format(device: torch.device, enabled: bool) -> torch.memory_format | None:
+    """channels-last for CUDA convolutions when enabled; None (leave tensors as they are) elsewhere."""
+    return torch.channels_last if enabled and device.type == "cuda" else None
+
+
 def dtype_name(dtype: torch.dtype | None) -> str | None:
     return str(dtype).replace("torch.", "") if dtype else None
 

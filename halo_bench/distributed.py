@@ -91,13 +91,6 @@ def any_rank(flag: torch.Tensor) -> torch.Tensor:
     return flag.bool()
 
 
-def rank_seed(seed: int, epoch: int, rank: int) -> int:
-    """A seed for one rank's random streams in one epoch (dropout, DataLoader augmentation)."""
-    import numpy as np
-
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
 def replica_drift(parameters: list[torch.Tensor]) -> float:
     """The largest |difference| between this rank's tensors and rank 0's (0.0: identical)."""
     import torch
@@ -125,9 +118,3 @@ def share_buffers(module: torch.nn.Module) -> None:
         for buffer in module.buffers():
             dist.broadcast(buffer.data, src=0)
 
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()

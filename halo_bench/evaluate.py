@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from . import metrics
 from .cache import CACHE_DIR, CacheKey, FeatureCache
@@ -28,7 +27,7 @@ from .features import SplitOutputs, forward_pass
 from .io import atomic_write_json, atomic_write_with, sha256_file, utc_now
 from .models import load_checkpoint
 from .console import console
-from .devices import amp_dtype, dtype_name, environment, resolve_device
+from .devices import amp_dtype, channels_last_format, dtype_name, environment, resolve_device
 from .registry import Registry
 from .runs import checkpoint_path
 from .schema import GROUPS, RESULTS_FILE, RESULTS_SCHEMA, RESULTS_VERSION, SCORES_FILE
@@ -97,7 +96,7 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
     device = resolve_device(cfg.device)
     dtype = amp_dtype(device, cfg.amp)
     model.to(device)
-    memory_format = torch.channels_last if device.type == "cuda" and cfg.channels_last else None
+    memory_format = channels_last_format(device, cfg.channels_last)
     if memory_format is not None:
         model.to(memory_format=memory_format)
 

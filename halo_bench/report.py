@@ -512,7 +512,6 @@ FORMATS: dict[str, Callable[[list[dict[str, Any]], str, list[str]], str]] = {
 
 
 assert tuple(FORMATS) == REPORT_FORMATS
-check_format = check_report_format
 
 
 def render(results: list[dict[str, Any]], fmt: str = "markdown", baseline: str = DEFAULT_BASELINE,
@@ -521,6 +520,6 @@ def render(results: list[dict[str, Any]], fmt: str = "markdown", baseline: str =
 
     Partial and unfinished runs are left out (see `select`) and listed.
     """
-    check_format(fmt)
+    check_report_format(fmt)
     kept, left_out = select(results, include_incomplete)
     return FORMATS[fmt](kept, baseline, left_out)

@@ -34,8 +34,8 @@ from .archs import resolve_arch
 from .config import BYOM_DEFAULTS, RUNTIME_FIELDS, TrainConfig
 from .console import console, make_progress
 from .data import LoadOptions, check_labels, default_workers, load_split, resolve_data_root
-from .data.device import DeviceBatches, choose_pipeline
-from .devices import amp_dtype, dtype_name, environment, resolve_device
+from .data.device import DeviceBatches, choose_pipeline, derived_seed
+from .devices import amp_dtype, channels_last_format, dtype_name, environment, resolve_device
 from .errors import HaloBenchError
 from .features import forward_pass
 from .io import atomic_write_json, atomic_write_text, utc_now
@@ -247,7 +247,7 @@ def build(cfg: TrainConfig, registry: Registry) -> Setup:
     # Every rank takes an equal slice of every batch; one process avoids a tiny last batch in BatchNorm.
     drop_last = ranks.distributed or len(train_data) >= 2 * cfg.batch_size
     workers = default_workers(id_spec, cfg.num_workers)
-    memory_format = torch.channels_last if cfg.channels_last and device.type == "cuda" else None
+    memory_format = channels_last_format(device, cfg.channels_last)
     array = None if cfg.freeze_backbone else choose_pipeline(cfg.data_pipeline, train_data, data_config,
                                                              augment, device, train=True)
     if array is not None:  # uint8 images on the device, augmented there (data/device.py)
@@ -443,7 +443,7 @@ def train_epoch(cfg: TrainConfig, setup: Setup, opt: Optimisation, forward: nn.M
     if setup.ranks.distributed:
         # Each rank its own dropout and DataLoader-augmentation streams, from (seed, epoch, rank):
         # distinct across ranks, and a resume needs no per-rank state (only rank 0's is saved).
-        stream = distributed.rank_seed(cfg.seed, epoch, setup.ranks.rank)
+        stream = derived_seed(cfg.seed, epoch, setup.ranks.rank)
         torch.manual_seed(stream)
         setup.loader_gen.manual_seed(stream)
     if isinstance(setup.loader, DeviceBatches):

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import DATA_PIPELINES as PIPELINES
+from ..config import check_data_pipeline
 from ..errors import HaloBenchError
 
 DEVICE_AUGMENTATIONS = ("random_crop", "hflip")
@@ -125,8 +125,7 @@ def choose_pipeline(requested: str, dataset: Any, data_config: dict[str, Any], a
     extra and keeps earlier CPU results reproducible); `device` insists, with a
     clear error where the data cannot be served that way.
     """
-    if requested not in PIPELINES:
-        raise HaloBenchError(f"unknown data pipeline {requested!r}; use {', '.join(PIPELINES)}.")
+    check_data_pipeline(requested)
     if requested == "loader" or (requested == "auto" and device.type != "cuda"):
         return None
     array, why = image_array(dataset, data_config, train)
@@ -141,10 +140,14 @@ def choose_pipeline(requested: str, dataset: Any, data_config: dict[str, Any], a
     return array
 
 
+def derived_seed(*keys: int) -> int:
+    """A 63-bit seed mixed from `keys` (e.g. seed, epoch, rank) by numpy's SeedSequence."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def epoch_generator(device: torch.device, seed: int, epoch: int) -> torch.Generator:
     """One generator per (seed, epoch): batches do not depend on what ran before."""
-    state = int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
-    return torch.Generator(device=device).manual_seed(state)
+    return torch.Generator(device=device).manual_seed(derived_seed(seed, epoch))
 
 
 def draw_offsets(n: int, padding: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
