@@ -13,34 +13,18 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from blocktorch import PRELUDE
+from clirun import cli_fails as _fails
+from clirun import cli_ok as _ok
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
-from halo_bench.cli import app
 from halo_bench.errors import HaloBenchError
 from halo_bench.models import read_checkpoint
 
-from blocktorch import PRELUDE
-
 TINY = "test_resnet"
 TAGGED = "test_resnet.r160_in1k"  # timm's tiny test model with a pretrained tag (hub: timm/test_resnet.r160_in1k)
-runner = CliRunner()
 FAST = ["--epochs", "1", "--device", "cpu"]
 EVAL_FAST = ["--limit", "40", "--detectors", "msp,energy,mahalanobis", "--device", "cpu", "--ood", "near,noise"]
-
-
-def _ok(*args: str) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.stdout
-
-
-def _fails(*args: str, match: str) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output, result.output
-    assert match in result.output, result.output
-    return result.output
 
 
 def _tiny(in_chans: int, num_classes: int, seed: int) -> torch.nn.Module:

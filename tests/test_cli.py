@@ -11,28 +11,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from typer.testing import CliRunner
+from clirun import cli_fails as _fails
+from clirun import cli_ok as _ok
+from clirun import runner
 
 from halo_bench import metrics
 from halo_bench.cli import app
 from halo_bench.registry import DEFAULT_REGISTRY
-
-runner = CliRunner()
-
-
-def _ok(*args: str) -> str:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result.stdout
-
-
-def _fails(*args: str, match: str) -> str:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert match in result.output, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")

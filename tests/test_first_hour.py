@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from blocktorch import PRELUDE
+from clirun import cli_fails as _fails
+from clirun import cli_ok as _ok
+from clirun import runner
 
 from halo_bench.cli import app
-from blocktorch import PRELUDE
 
-runner = CliRunner()
 BLOCK_TORCH = PRELUDE + "sys.argv = ['halo-bench'] + sys.argv[1:]\nfrom halo_bench.cli import main\nmain()\n"
 
 
@@ -77,20 +78,6 @@ def test_timm_flag_names_are_accepted_as_aliases() -> None:
     assert {"--clip-grad", "--smoothing", "--data-dir", "--workers", "-j", "-b", "--torchcompile"} <= opts
     eval_opts = {opt for param in commands["eval"].params if param.param_type_name == "option" for opt in param.opts}
     assert {"--data-dir", "--workers", "-j", "-b", "--limit"} <= eval_opts
-
-
-def _ok(*args: str) -> str:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def _fails(*args: str, match: str) -> str:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output, result.output
-    assert match in result.output, result.output
-    return result.output
 
 
 def test_aliases_train_like_the_long_names(tmp_path: Path) -> None:

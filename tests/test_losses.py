@@ -11,13 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from typer.testing import CliRunner
+from clirun import cli_ok as _ok
 
-from halo_bench.cli import app
 from halo_bench.errors import HaloBenchError
-from halo_bench.losses import LOSSES, LinearHead, LogitNormHead, LossSpec, get_loss, parse_loss, register_loss
-
-runner = CliRunner()
+from halo_bench.losses import (
+    LOSSES,
+    LinearHead,
+    LogitNormHead,
+    LossSpec,
+    get_loss,
+    parse_loss,
+    register_loss,
+)
 
 
 def _ref_smoothed_ce(logits: torch.Tensor, y: torch.Tensor, ls: float) -> torch.Tensor:
@@ -124,12 +129,6 @@ def toy_loss():
                                   knobs=BrierKnobs, head=BrierHead))
     yield spec
     del LOSSES[spec.name]
-
-
-def _ok(*args: str) -> str:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result.stdout
 
 
 def test_a_registered_loss_trains_evaluates_and_reports_through_the_cli(toy_loss, tmp_path: Path) -> None:
