@@ -25,7 +25,7 @@ def main() -> None:
                                                             count=args.count, seed=seed),
         "uniform noise": lambda seed: E.uniform_noise(count=args.count, seed=seed),
     }
-    print(f"| generator | images | best (s) | median (s) |\n|---|---|---|---|")
+    print("| generator | images | best (s) | median (s) |\n|---|---|---|---|")
     for name, make in cases.items():
         make(0)  # warm-up: loads the source images
         times = []
