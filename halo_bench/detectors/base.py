@@ -43,6 +43,12 @@ class DetectorContext:
     def abstain(self) -> bool:
         return self.model.abstain
 
+    def shared(self, key: str, compute: Callable[[], Any]) -> Any:
+        """The value under `key` in `memo`, computed once by the first detector that asks."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
 
 # A parameter check: (predicate, what a valid value is).
 Check = tuple[Callable[[float], bool], str]

@@ -68,14 +68,14 @@ class _Gaussian(Detector):
 
     def fit(self, ctx: DetectorContext) -> None:
         # mds and rmds (and --tune) share one fit of the same features: memoised per context.
-        key = f"gaussian:{self.reads}"
-        if key not in ctx.memo:
+        def class_fit() -> tuple[Tensor, Tensor]:
             assert ctx.train is not None
             z = self._features(ctx.train)
             y = ctx.train.labels
             means = class_means(z, y, ctx.num_classes, self.name)
-            ctx.memo[key] = (means, tied_precision(z - means[y]))
-        self.means, self.precision = ctx.memo[key]
+            return means, tied_precision(z - means[y])
+
+        self.means, self.precision = ctx.shared(f"gaussian:{self.reads}", class_fit)
 
     def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
         dist = squared_distances(self._features(outputs), self.means, self.precision)
@@ -101,13 +101,15 @@ class RMDS(_Gaussian):
 
     def fit(self, ctx: DetectorContext) -> None:
         super().fit(ctx)
-        key = f"gaussian-background:{self.reads}"
-        if key not in ctx.memo:
+
+        def background_fit() -> tuple[Tensor, Tensor]:
             assert ctx.train is not None
             z = self._features(ctx.train)
             mean = z.mean(dim=0, keepdim=True)
-            ctx.memo[key] = (mean, tied_precision(z - mean))
-        self.background_mean, self.background_precision = ctx.memo[key]
+            return mean, tied_precision(z - mean)
+
+        self.background_mean, self.background_precision = ctx.shared(f"gaussian-background:{self.reads}",
+                                                                     background_fit)
 
     def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
         z = self._features(outputs)

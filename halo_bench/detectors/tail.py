@@ -29,11 +29,12 @@ def _tail(ctx: DetectorContext) -> nn.Module:
     import torch
     from torch import nn
 
-    if "tail" not in ctx.memo:
+    def copy_tail() -> nn.Module:
         model = ctx.model
         tail = nn.Sequential(copy.deepcopy(model.embed), copy.deepcopy(model.head)).to("cpu", torch.float64)
-        ctx.memo["tail"] = tail.eval().requires_grad_(False)
-    return ctx.memo["tail"]
+        return tail.eval().requires_grad_(False)
+
+    return ctx.shared("tail", copy_tail)
 
 
 @no_grad
@@ -47,19 +48,21 @@ def tail_logits(ctx: DetectorContext, h: Tensor) -> Tensor:
     return torch.cat(parts) if parts else torch.empty(0, k, dtype=torch.float64)
 
 
-@no_grad
 def linear_map(ctx: DetectorContext, who: str, probe: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """(W, b), K x P and K, float64, with class logits = h W^T + b.
+    """(W, b), K x P and K, float64, with class logits = h W^T + b; computed once per context.
 
     CCE: the composition of embed and fc, W = W_fc W_embed, b = W_fc b_embed + b_fc.
     Otherwise read off the tail (b = f(0), W = f(e_i) - b) and verified on `probe`
     (e.g. ID-train features): a head whose logits are not affine raises.
     """
+    return ctx.shared("linear_map", lambda: _affine_map(ctx, who, probe))
+
+
+@no_grad
+def _affine_map(ctx: DetectorContext, who: str, probe: Tensor | None) -> tuple[Tensor, Tensor]:
     import torch
     from torch import nn
 
-    if "linear_map" in ctx.memo:
-        return ctx.memo["linear_map"]
     model = ctx.model
     fc = getattr(model.head, "fc", None)
     w_e, b_e = model.embed.weight.detach().double().cpu(), model.embed.bias.detach().double().cpu()
@@ -77,5 +80,4 @@ def linear_map(ctx: DetectorContext, who: str, probe: Tensor | None = None) -> t
                 f"detector {who!r} needs logits that are an affine function of the penultimate features; "
                 f"this model's head ({type(model.head).__name__}) is not. Leave {who!r} out of --detectors."
             )
-    ctx.memo["linear_map"] = (w, b)
     return w, b
