@@ -204,11 +204,8 @@ def train(
     cfg.resolved(reg)  # every flag, the suite and the loss's knobs checked before torch loads
     check_model_name(model, pretrained=pretrained)
 
+    from .distributed import launched_ranks, stop
     from .train import train as run_train
-
-    from .distributed import launched_ranks
-
-    from .distributed import stop
 
     try:
         result = run_train(cfg, reg, force=force)
@@ -362,8 +359,8 @@ def _single_process(command: str) -> None:
     if launched_ranks().distributed:
         raise HaloBenchError(
             f"`{command}` runs in one process and is not sharded across torchrun's ranks: one GPU evaluates "
-            "CIFAR-10's test set in seconds (README 'GPU'). Run `halo-bench {command}` without torchrun; "
-            "use torchrun for `halo-bench train`.".replace("{command}", command))
+            f"CIFAR-10's test set in seconds (README 'GPU'). Run `halo-bench {command}` without torchrun; "
+            "use torchrun for `halo-bench train`.")
 
 
 def _check_ood_names(ckpt: Path, reg: Any, ood: list[str] | None) -> None:

@@ -122,6 +122,12 @@ class TrainConfig:
         check_data_pipeline(self.data_pipeline)
 
     @property
+    def eval_batch_size(self) -> int:
+        """Batch size of the per-epoch test pass and of caching frozen-backbone features."""
+        assert self.batch_size is not None
+        return max(256, self.batch_size)
+
+    @property
     def loss_tag(self) -> str:
         """The loss and its non-default knobs, as in run folders: `halo`, `cce+ls0.1`."""
         spec = get_loss(self.loss)

@@ -38,6 +38,14 @@ class Ranks:
         return self.world_size > 1
 
 
+def rank_batch_size(batch_size: int, world_size: int) -> int:
+    """Each process's share of the global `--batch-size`, which must divide evenly."""
+    if batch_size % world_size:
+        raise HaloBenchError(f"--batch-size {batch_size} is the global batch; it must divide by the "
+                             f"{world_size} processes.")
+    return batch_size // world_size
+
+
 def launched_ranks() -> Ranks:
     """This process's place in a torchrun launch (a single process: rank 0 of 1)."""
     try:

@@ -241,9 +241,7 @@ def build(cfg: TrainConfig, registry: Registry) -> Setup:
     for dataset in (train_data, test_data):
         check_labels(id_spec, dataset, num_classes)
     assert cfg.batch_size is not None
-    if cfg.batch_size % ranks.world_size:
-        raise HaloBenchError(f"--batch-size {cfg.batch_size} is the global batch; it must divide by the "
-                             f"{ranks.world_size} processes.")
+    per_rank = distributed.rank_batch_size(cfg.batch_size, ranks.world_size)
     # Every rank takes an equal slice of every batch; one process avoids a tiny last batch in BatchNorm.
     drop_last = ranks.distributed or len(train_data) >= 2 * cfg.batch_size
     workers = default_workers(id_spec, cfg.num_workers)
@@ -257,7 +255,7 @@ def build(cfg: TrainConfig, registry: Registry) -> Setup:
     elif ranks.distributed:  # each rank its shard of a (seed, epoch) permutation
         sampler: DistributedSampler[Any] = DistributedSampler(
             train_data, num_replicas=ranks.world_size, rank=ranks.rank, shuffle=True, seed=cfg.seed, drop_last=True)
-        loader = DataLoader(train_data, batch_size=cfg.batch_size // ranks.world_size, sampler=sampler,
+        loader = DataLoader(train_data, batch_size=per_rank, sampler=sampler,
                             generator=loader_gen, drop_last=True, num_workers=workers,
                             pin_memory=device.type == "cuda")
     else:
@@ -268,8 +266,8 @@ def build(cfg: TrainConfig, registry: Registry) -> Setup:
     test_array = None if cfg.freeze_backbone else choose_pipeline(cfg.data_pipeline, test_data, data_config, (),
                                                                   device)
     if test_array is not None:
-        test_data = DeviceBatches(test_array, device, max(256, cfg.batch_size), data_config,
-                                  memory_format=memory_format)
+        # channels-last, where used, is applied by forward_pass (evaluate_accuracy passes it)
+        test_data = DeviceBatches(test_array, device, cfg.eval_batch_size, data_config)
     model.to(device)
     if memory_format is not None:
         model.to(memory_format=memory_format)
@@ -277,9 +275,9 @@ def build(cfg: TrainConfig, registry: Registry) -> Setup:
     eval_model = None
     if cfg.freeze_backbone:  # the frozen backbone runs once per split; the head trains on its output
         started = time.perf_counter()
-        train_data = finetune.backbone_features(model.backbone, train_data, device, max(256, cfg.batch_size),
+        train_data = finetune.backbone_features(model.backbone, train_data, device, cfg.eval_batch_size,
                                                 dtype, workers)
-        test_data = finetune.backbone_features(model.backbone, test_data, device, max(256, cfg.batch_size),
+        test_data = finetune.backbone_features(model.backbone, test_data, device, cfg.eval_batch_size,
                                                dtype, workers)
         loader = finetune.cached_loader(train_data, cfg.batch_size, loader_gen, drop_last)
         eval_model = finetune.HeadOnly(model)
@@ -438,8 +436,6 @@ def train_epoch(cfg: TrainConfig, setup: Setup, opt: Optimisation, forward: nn.M
 
     model = setup.model
     set_train_mode(model, setup.frozen)
-    if isinstance(forward, DistributedDataParallel):
-        forward.train()
     if setup.ranks.distributed:
         # Each rank its own dropout and DataLoader-augmentation streams, from (seed, epoch, rank):
         # distinct across ranks, and a resume needs no per-rank state (only rank 0's is saved).
@@ -483,11 +479,10 @@ def train_epoch(cfg: TrainConfig, setup: Setup, opt: Optimisation, forward: nn.M
     finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
     if not bool(finite):
         raise _diverged(cfg, run_dir, epoch, opt.steps_per_epoch - 1, "non-finite weights")
-    assert cfg.batch_size is not None
     monitor = {}
     if setup.ranks.main:  # the other ranks go on to the next epoch's first all-reduce and wait there
         monitor = evaluate_accuracy(setup.eval_model or model, setup.test_data, setup.device, setup.dtype,
-                                    max(256, cfg.batch_size), setup.workers, setup.memory_format)
+                                    cfg.eval_batch_size, setup.workers, setup.memory_format)
     return {
         "epoch": epoch + 1,
         "loss": loss_total / seen_total,

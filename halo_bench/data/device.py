@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import check_data_pipeline
+from ..distributed import rank_batch_size
 from ..errors import HaloBenchError
 
 DEVICE_AUGMENTATIONS = ("random_crop", "hflip")
@@ -183,9 +184,7 @@ class DeviceBatches:
     def __init__(self, array: ImageArray, device: torch.device, batch_size: int, data_config: dict[str, Any], *,
                  augment: tuple[str, ...] = (), shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                  rank: int = 0, world_size: int = 1, memory_format: torch.memory_format | None = None) -> None:
-        if batch_size % world_size:
-            raise HaloBenchError(f"--batch-size {batch_size} (the global batch) must divide by the "
-                                 f"{world_size} processes.")
+        self.per_rank = rank_batch_size(batch_size, world_size)
         self.images = array.images.to(device)
         self.labels = array.labels.to(device)
         self.normalised = array.normalised
@@ -205,7 +204,7 @@ class DeviceBatches:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n, per_rank = len(self.labels), self.batch_size // self.world_size
+        n, per_rank = len(self.labels), self.per_rank
         generator = epoch_generator(self.device, self.seed, self.epoch)
         order = (torch.randperm(n, device=self.device, generator=generator) if self.shuffle
                  else torch.arange(n, device=self.device))
