@@ -64,6 +64,11 @@ def check_bench(cfg: BenchConfig) -> None:
     if cfg.baseline is not None and cfg.baseline not in tags:
         raise HaloBenchError(f"--baseline {cfg.baseline!r} is not one of the benched losses: {', '.join(tags)}.")
     check_model_name(cfg.model)
+    from .preflight import check_bench_request
+
+    # Detectors and datasets too: a bad --detectors must not wait for the first run to train.
+    check_bench_request(registry, cfg.suite, [c.loss for c in configs[: len(cfg.losses)]], cfg.detectors,
+                        cfg.data_root)
 
 
 def run_bench(cfg: BenchConfig) -> tuple[str, Path]:

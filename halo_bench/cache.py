@@ -4,10 +4,11 @@ One file per (checkpoint, dataset, split, transform): `<key digest>.pt` holding 
 split's logits, embeddings, penultimate features and labels as float32 / int64
 tensors plus the key itself as plain data. Files are written atomically and read
 with `torch.load(weights_only=True)`, so reading never runs code from a file; a
-file that does not match its key, or is unreadable, is ignored (and rewritten),
-never trusted. The key covers everything that changes the numbers: the
-checkpoint's sha256, the dataset's registry entry for that split, the data root,
-the data config (transform) and the autocast dtype.
+file that does not match its key or the content digest recorded in it, or is
+unreadable, is ignored with a warning (and rewritten), never trusted. The key covers
+everything that changes the numbers: the sha256 of the checkpoint bytes the model was
+loaded from, the dataset's registry entry for that split, the data root, the data
+config (transform) and the autocast dtype.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Any
 import torch
 
 from .features import SplitOutputs
-from .io import atomic_write_with
+from .io import atomic_write_bytes, content_digest, torch_bytes
 
 CACHE_FORMAT = "halo-bench-features"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a content digest in every file
 CACHE_DIR = "feature-cache"
 _FIELDS = ("logits", "features", "penultimate", "labels")
 
@@ -95,7 +96,11 @@ class FeatureCache:
     def save(self, key: CacheKey, outputs: SplitOutputs) -> None:
         state = {"format": CACHE_FORMAT, "format_version": CACHE_VERSION, "key": key.plain(),
                  **{name: getattr(outputs, name).contiguous() for name in _FIELDS}}
-        atomic_write_with(self.path(key), lambda handle: torch.save(state, handle))
+        state[_DIGEST] = content_digest(state)
+        atomic_write_bytes(self.path(key), torch_bytes(state))
+
+
+_DIGEST = "content_sha256"
 
 
 def _invalid(state: Any, key: CacheKey, n: int) -> str:
@@ -106,6 +111,9 @@ def _invalid(state: Any, key: CacheKey, n: int) -> str:
         return f"format version {state.get('format_version')!r}, expected {CACHE_VERSION}"
     if state.get("key") != key.plain():
         return "written for another checkpoint, dataset or transform"
+    recorded = state.pop(_DIGEST, None)
+    if recorded != content_digest(state):
+        return "its content does not match the digest recorded when it was written (corrupt)"
     tensors = [state.get(name) for name in _FIELDS]
     if not all(isinstance(t, torch.Tensor) for t in tensors):
         return "missing tensors"

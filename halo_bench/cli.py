@@ -16,6 +16,7 @@ import typer
 
 from .config import check_data_pipeline
 from .errors import HaloBenchError
+from .preflight import check_eval_request
 
 app = typer.Typer(
     name="halo-bench",
@@ -251,15 +252,13 @@ def eval_(
                              "--suite S); --use-ema needs them.")
     ckpt = _weights_file(checkpoint) if model else checkpoint_path(checkpoint)
     reg = load_registry(registry)
-    if model is not None and suite is not None:
+    if model is not None:
         from .timm_names import check_model_name
 
         check_model_name(model, pretrained=True)
-        reg.suite(suite)
-        if _split(ood):
-            reg.resolve_ood(reg.suite(suite), _split(ood))
-    else:
-        _check_ood_names(ckpt, reg, _split(ood))
+    # Detector names and settings, OOD set names and the datasets' presence, before torch loads.
+    check_eval_request(ckpt, reg, _split(ood), _split(detectors), str(data_root) if data_root else None, tune,
+                       suite=suite)
 
     from .evaluate import EvalConfig, evaluate, summarize
 
@@ -361,18 +360,6 @@ def _single_process(command: str) -> None:
             f"`{command}` runs in one process and is not sharded across torchrun's ranks: one GPU evaluates "
             f"CIFAR-10's test set in seconds (README 'GPU'). Run `halo-bench {command}` without torchrun; "
             "use torchrun for `halo-bench train`.")
-
-
-def _check_ood_names(ckpt: Path, reg: Any, ood: list[str] | None) -> None:
-    """OOD names checked against the run's suite (from its config.json) before torch loads."""
-    import json
-
-    try:
-        suite = json.loads((ckpt.parent / "config.json").read_text())["suite"]["name"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # no readable config beside it: evaluate() checks once the checkpoint is read
-    if ood and suite in reg.suites:
-        reg.resolve_ood(reg.suite(suite), ood)
 
 
 def _weights_file(path: Path) -> Path:

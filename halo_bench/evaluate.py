@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,13 @@ from .data import DatasetMissing, LoadOptions, default_workers, load_registry, l
 from .detectors import DetectorContext, detectors_for
 from .errors import HaloBenchError
 from .features import SplitOutputs, forward_pass
-from .io import atomic_write_json, atomic_write_with, sha256_file, utc_now
+from .io import atomic_write_bytes, atomic_write_json, folder_lock, sha256_bytes, utc_now
 from .models import load_checkpoint
 from .console import console
 from .devices import amp_dtype, channels_last_format, dtype_name, environment, resolve_device
 from .registry import Registry
 from .runs import checkpoint_path
-from .schema import GROUPS, RESULTS_FILE, RESULTS_SCHEMA, RESULTS_VERSION, SCORES_FILE
+from .schema import GROUPS, RESULTS_SCHEMA, RESULTS_VERSION, evaluation_name, results_file, scores_file
 from .tune import ValidationData, tune_detector
 
 
@@ -86,6 +87,12 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         )
     ood_sets = registry.resolve_ood(suite, cfg.ood)
     detectors = detectors_for(cfg.detectors, model.abstain)
+    # Other detectors, sets, limits or settings: written beside the default evaluation, never over it.
+    eval_name = evaluation_name(cfg.detectors, None if ood_sets == suite.ood_sets() else list(ood_sets), cfg.limit,
+                           cfg.tune, cfg.amp)
+    if cfg.limit:
+        console.print(f"[yellow]partial evaluation:[/] only the first {cfg.limit} images of each split (--limit); "
+                      "the results are marked partial and kept out of reports' tables.")
     if cfg.tune and not suite.ood_val:
         raise HaloBenchError(
             f"--tune needs validation data, and suite {suite.name!r} has none (an ID 'val' split and "
@@ -119,7 +126,8 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
     workers = default_workers(id_spec, cfg.num_workers)
     timing: dict[str, float] = {}
     outputs: dict[str, SplitOutputs] = {}
-    checkpoint_sha = sha256_file(ckpt_path)
+    # The hash of the bytes the model was loaded from (read once): what the cache and results are keyed by.
+    checkpoint_sha = meta.get("checkpoint_sha256") or model.weights_report.sha256
     # A --limit smoke run neither reads nor writes the cache: its passes cover part of a split.
     cache = FeatureCache(ckpt_path.parent / CACHE_DIR if cfg.cache and not cfg.limit else None)
     precision = dtype_name(dtype)
@@ -194,11 +202,13 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
 
     out_dir = Path(cfg.out) if cfg.out else Path("runs") / meta["run"] if cfg.model else ckpt_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
+    scores_bytes = _scores_bytes(splits, outputs, scores, k)
     results = {
         "schema": RESULTS_SCHEMA,
         "schema_version": RESULTS_VERSION,
         "created": utc_now(),
         "run": meta["run"],
+        "evaluation": {"id": uuid.uuid4().hex, "name": eval_name or "default"},
         "checkpoint": {"path": str(ckpt_path), "sha256": checkpoint_sha,
                        "epochs": meta.get("epochs_done"), "complete": meta.get("complete")},
         "partial": {"limit": cfg.limit} if cfg.limit else None,
@@ -241,12 +251,31 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
         "device": str(device),
         "timing_seconds": {key: round(value, 3) for key, value in timing.items()},
         "versions": environment(device),
-        "scores_file": SCORES_FILE,
+        # scores.csv.gz belongs to this results.json only: the report checks its hash before use.
+        "scores_file": {"name": scores_file(eval_name), "sha256": sha256_bytes(scores_bytes)},
     }
-    _write_scores(out_dir / SCORES_FILE, splits, outputs, scores, k)
-    results_path = out_dir / RESULTS_FILE
-    atomic_write_json(results_path, results)
+    results_path = out_dir / results_file(eval_name)
+    with folder_lock(out_dir, "eval", lock_name=".halo-bench-eval.lock", wait=True):
+        _note_replaced(results_path, checkpoint_sha)
+        # Scores first, then the results naming their hash: a kill in between leaves a pair that
+        # the report recognises as mismatched, never a silent one.
+        atomic_write_bytes(out_dir / scores_file(eval_name), scores_bytes)
+        atomic_write_json(results_path, results)
     return results, results_path
+
+
+def _note_replaced(path: Path, checkpoint_sha: str) -> None:
+    """Say what an evaluation of the same name, about to be replaced, was."""
+    import json
+
+    try:
+        old = json.loads(path.read_text())
+        old_sha, created = old["checkpoint"]["sha256"], old["created"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    same = "the same checkpoint" if old_sha == checkpoint_sha else f"an earlier checkpoint (sha256 {old_sha[:12]}...)"
+    console.print(f"{path.name}: replaces the evaluation of {same} with the same settings, made {created}.",
+                  markup=False)
 
 
 def _first(dataset: Any, limit: int | None) -> Any:
@@ -272,8 +301,9 @@ def _group_means(per_set: dict[str, dict[str, Any]]) -> dict[str, dict[str, floa
     return out
 
 
-def _write_scores(path: Path, splits: dict[str, tuple[str, Any]], outputs: dict[str, SplitOutputs],
-                  scores: dict[str, dict[str, np.ndarray]], num_classes: int) -> None:
+def _scores_bytes(splits: dict[str, tuple[str, Any]], outputs: dict[str, SplitOutputs],
+                  scores: dict[str, dict[str, np.ndarray]], num_classes: int) -> bytes:
+    """scores.csv.gz's bytes: one row per sample, one column per detector."""
     frames = []
     for name, (group, _) in splits.items():
         out = outputs[name]
@@ -291,7 +321,7 @@ def _write_scores(path: Path, splits: dict[str, tuple[str, Any]], outputs: dict[
     buffer = io.BytesIO()
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz:  # mtime=0: same scores, same bytes
         gz.write(text.encode())
-    atomic_write_with(path, lambda handle: handle.write(buffer.getvalue()))
+    return buffer.getvalue()
 
 
 def summarize(results: dict[str, Any]) -> str:

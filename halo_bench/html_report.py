@@ -50,10 +50,7 @@ def render_html(results: list[dict[str, Any]], baseline: str, left_out: list[str
     if left_out:
         body.append("<p>Left out of the tables:</p>\n<ul>" + "".join(f"<li>{_e(line)}</li>" for line in left_out)
                     + "</ul>")
-    dropped = table.attrs["dropped"]
-    if dropped:
-        body.append(f"<p>{dropped} older evaluation(s) of the same runs were left out; the newest of each "
-                    "counts.</p>")
+    body += [f"<p>{_e(line)}</p>" for line in report.integrity_notes(table)]
     plots = figures(table, baseline)
     body.append("<h2>Figures</h2>")
     if not any("reliability" in plot.name for plot in plots):

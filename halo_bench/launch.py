@@ -369,7 +369,9 @@ def finished_results(plan: RunPlan, detectors: list[str] | None) -> Path | None:
     """results.json if it evaluates this run's complete checkpoint, as configured; else None."""
     import json
 
-    path, ckpt = plan.run_dir / "results.json", plan.run_dir / "ckpt.pt"
+    from .schema import evaluation_name, results_file
+
+    path, ckpt = plan.run_dir / results_file(evaluation_name(detectors)), plan.run_dir / "ckpt.pt"
     if not path.is_file() or not ckpt.is_file():
         return None
     try:

@@ -30,7 +30,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from .errors import HaloBenchError  # noqa: E402
-from .stats import CONFIDENCE_COLUMN, read_scores, reliability_bins, scores_path  # noqa: E402
+from .io import atomic_write_bytes  # noqa: E402
+from .stats import CONFIDENCE_COLUMN, reliability_bins, run_scores  # noqa: E402
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
@@ -56,26 +57,19 @@ def _slug(*parts: str) -> str:
 
 
 class _Scores:
-    """scores.csv.gz per run, read once."""
+    """scores.csv.gz per run, read once, and only where it is the file its results name."""
 
-    def __init__(self, paths: dict[tuple, str]) -> None:
-        self.paths = paths
-        self.cache: dict[str, pd.DataFrame | None] = {}
+    def __init__(self, entries: dict[tuple, tuple[str, str | None]]) -> None:
+        self.entries = entries
 
     def get(self, key: tuple) -> pd.DataFrame | None:
-        path = self.paths.get(key)
-        if not path:
-            return None
-        if path not in self.cache:
-            file = scores_path(path)
-            self.cache[path] = read_scores(file) if file.is_file() else None
-        return self.cache[path]
+        return run_scores(self.entries.get(key))
 
 
 def figures(table: pd.DataFrame, baseline: str) -> list[Plot]:
     """Every figure for `report.tidy` output `table`, baseline's loss first."""
     labels: dict[str, str] = table.attrs.get("labels", {})
-    scores = _Scores(table.attrs.get("paths", {}))
+    scores = _Scores(table.attrs.get("scores", {}))
     out: list[Plot] = []
     for (suite, model), part in table.groupby(["suite", "model"], sort=False):
         losses = sorted(dict.fromkeys(part["loss"]), key=lambda loss: (loss != baseline, loss))
@@ -320,8 +314,10 @@ def write_plots(plots: list[Plot], folder: str | Path) -> list[Path]:
     for plot in plots:
         for ext in ("png", "pdf"):
             path = folder / f"{plot.name}.{ext}"
-            plot.figure.savefig(path, format=ext, dpi=200, bbox_inches="tight",
+            buffer = io.BytesIO()  # drawn in memory, then written atomically: a kill never leaves half a file
+            plot.figure.savefig(buffer, format=ext, dpi=200, bbox_inches="tight",
                                 metadata={"Creator": None, "Producer": None, "CreationDate": None}
                                 if ext == "pdf" else {"Software": None})
+            atomic_write_bytes(path, buffer.getvalue())
             written.append(path)
     return written

@@ -21,7 +21,7 @@ from .config import RUNTIME_FIELDS
 from .errors import HaloBenchError
 from .latex import render_table as render_latex_table
 from .losses import LOSSES
-from .schema import GROUPS, REPORT_FORMATS, RESULTS_FILE, check_report_format, check_results
+from .schema import GROUPS, REPORT_FORMATS, RESULTS_GLOB, check_report_format, check_results, scores_reference
 
 DEFAULT_BASELINE = "cce"
 # metric -> (label, higher is better, decimals)
@@ -56,7 +56,7 @@ def find_results(paths: Iterable[str | Path], root: str | Path = "runs") -> list
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found.extend(sorted(path.rglob(RESULTS_FILE)))
+            found.extend(sorted(path.rglob(RESULTS_GLOB)))
         elif path.is_file():
             found.append(path)
         else:
@@ -165,44 +165,63 @@ def tidy(results: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per (run, detector, dataset, metric). ID metrics have detector ''.
 
     Runs are grouped by suite, model and recipe (runs of different recipes or OOD sets
-    are never averaged: their model label names the difference) and by loss; of
-    several evaluations of one run, the newest is kept and the rest counted in
-    `attrs["dropped"]`.
+    are never averaged: their model label names the difference) and by loss. A run may
+    have several evaluations (`eval` writes one file per detector set, limit and setting):
+    they are merged, each detector's numbers from the newest evaluation that has it, the
+    ID metrics from the newest; evaluations of an earlier checkpoint of the run are left
+    out and counted in `attrs["dropped"]`.
     """
     rows = []
-    latest: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    evaluations: dict[tuple[str, str, str, int], list[dict[str, Any]]] = {}
     labels: dict[str, str] = {}
-    paths: dict[tuple[str, str, str, int], str] = {}
     for res, model in zip(results, _variants(results), strict=True):
         labels[_loss_tag(res)] = _loss_display(res)
-        key = (res["suite"], model, _loss_tag(res), res["seed"])
-        if key not in latest or res["created"] > latest[key]["created"]:
-            latest[key] = res
-    for (suite, model, loss, seed), res in latest.items():
+        evaluations.setdefault((res["suite"], model, _loss_tag(res), res["seed"]), []).append(res)
+    dropped = 0
+    scores: dict[tuple[str, str, str, int], tuple[str, str | None]] = {}
+    for (suite, model, loss, seed), docs in evaluations.items():
+        docs = sorted(docs, key=lambda r: r["created"], reverse=True)
+        newest = docs[0]
+        current = [r for r in docs if r.get("checkpoint", {}).get("sha256") == newest.get("checkpoint", {}).get("sha256")]
+        dropped += len(docs) - len(current)
         base = {"suite": suite, "model": model, "loss": loss, "seed": seed}
-        paths[(suite, model, loss, seed)] = res.get("_path", "")
-        for metric, value in res["id_metrics"].items():
-            rows.append({**base, "detector": "", "dataset": res["id_dataset"], "group": "id",
+        path, sha = scores_reference(newest, newest.get("_path", ""))
+        scores[(suite, model, loss, seed)] = (str(path), sha)
+        for metric, value in newest["id_metrics"].items():
+            rows.append({**base, "detector": "", "dataset": newest["id_dataset"], "group": "id",
                          "metric": metric, "value": value})
-        for det, det_res in res["ood"].items():
-            for dataset, values in det_res["sets"].items():
-                for metric, value in values.items():
-                    if metric != "group":
-                        rows.append({**base, "detector": det, "dataset": dataset, "group": values["group"],
-                                     "metric": metric, "value": value})
-            for group in GROUPS:
-                for metric, value in det_res.get(group, {}).items():
-                    rows.append({**base, "detector": det, "dataset": f"{group} mean", "group": group,
-                                 "metric": metric, "value": value})
-            tuning = res.get("detectors", {}).get(det, {}).get("tuning")
-            for param, value in (tuning or {}).get("chosen", {}).items():  # what --tune chose, per run
-                rows.append({**base, "detector": det, "dataset": "chosen", "group": "tuning",
-                             "metric": param, "value": value})
+        taken: set[str] = set()
+        for res in current:
+            for det, det_res in res["ood"].items():
+                if det in taken:
+                    continue
+                taken.add(det)
+                rows.extend(_detector_rows(base, res, det, det_res))
     table = pd.DataFrame(rows, columns=["suite", "model", "loss", "seed", *KEYS[2:], "value"])
-    table.attrs["dropped"] = len(results) - len(latest)
+    table.attrs["dropped"] = dropped
     table.attrs["labels"] = labels
-    table.attrs["paths"] = paths  # scores.csv.gz lies beside each: stats.bootstrap_table reads it
+    table.attrs["scores"] = scores  # each run's scores file and its recorded hash (stats.run_scores)
     return table
+
+
+def _detector_rows(base: dict[str, Any], res: dict[str, Any], det: str, det_res: dict[str, Any]
+                   ) -> list[dict[str, Any]]:
+    """A detector's rows of one evaluation: per OOD set, per near/far mean, and --tune's choice."""
+    rows = []
+    for dataset, values in det_res["sets"].items():
+        for metric, value in values.items():
+            if metric != "group":
+                rows.append({**base, "detector": det, "dataset": dataset, "group": values["group"],
+                             "metric": metric, "value": value})
+    for group in GROUPS:
+        for metric, value in det_res.get(group, {}).items():
+            rows.append({**base, "detector": det, "dataset": f"{group} mean", "group": group,
+                         "metric": metric, "value": value})
+    tuning = res.get("detectors", {}).get(det, {}).get("tuning")
+    for param, value in (tuning or {}).get("chosen", {}).items():  # what --tune chose, per run
+        rows.append({**base, "detector": det, "dataset": "chosen", "group": "tuning",
+                     "metric": param, "value": value})
+    return rows
 
 
 def aggregate(table: pd.DataFrame) -> pd.DataFrame:
@@ -261,20 +280,27 @@ def with_bootstrap(deltas: pd.DataFrame, table: pd.DataFrame, baseline: str) -> 
     return merged.drop(columns=["delta_lo_boot", "delta_hi_boot", "resamples"])
 
 
-def _cell(stats: pd.DataFrame, key: tuple, loss: str, decimals: int) -> str:
+def _cell(stats: pd.DataFrame, key: tuple, loss: str, decimals: int, expected: int = 0) -> str:
+    """Mean ± std over seeds; a cell backed by fewer seeds than its column's title says so."""
     try:
         row = stats.loc[(*key, loss)]
     except KeyError:
         return "–"
+    text = f"{row['mean']:.{decimals}f}"
     if row["n"] > 1 and not np.isnan(row["std"]):
-        return f"{row['mean']:.{decimals}f} ± {row['std']:.{decimals}f}"
-    return f"{row['mean']:.{decimals}f}"
+        text += f" ± {row['std']:.{decimals}f}"
+    return text + _fewer(int(row["n"]), expected, "seed")
+
+
+def _fewer(n: int, expected: int, what: str) -> str:
+    return f" ({n} of {expected} {what}s)" if 0 < n < expected else ""
 
 
 def _delta(stats: pd.DataFrame, deltas: pd.DataFrame, key: tuple, decimals: int, loss: str,
-           baseline: str) -> str:
+           baseline: str, expected: int = 0) -> str:
     """Paired mean difference with its 95% interval, `*` where the interval excludes 0;
-    without shared seeds, the difference of the means, marked unpaired."""
+    without shared seeds, the difference of the means, marked unpaired. Fewer pairs than
+    the seeds both columns share are said in the cell."""
     if (*key, loss) in deltas.index:
         row = deltas.loc[(*key, loss)]
         text = f"{row['delta']:+.{decimals}f}"
@@ -282,7 +308,7 @@ def _delta(stats: pd.DataFrame, deltas: pd.DataFrame, key: tuple, decimals: int,
         if row["pairs"] > 1 or not (np.isnan(lo) or np.isnan(hi)):
             text += f" [{lo:+.{decimals}f}, {hi:+.{decimals}f}]" + ("*" if lo > 0 or hi < 0 else "")
             text += " (bootstrap)" if row["pairs"] == 1 else ""
-        return text
+        return text + _fewer(int(row["pairs"]), expected, "pair")
     try:
         value, base = stats.loc[(*key, loss), "mean"], stats.loc[(*key, baseline), "mean"]
     except KeyError:
@@ -303,16 +329,22 @@ def _n_seeds(column: pd.Series) -> str:
 
 
 def _columns(losses: list[str], labels: dict[str, str], baseline: str | None, stats: pd.DataFrame,
-             deltas: pd.DataFrame, prefix: str = "") -> tuple[list[str], Callable[[tuple, int], list[str]]]:
-    """Header cells and a row-cell function: one column per loss, then a Δ per non-baseline loss."""
+             deltas: pd.DataFrame, prefix: str = "", seeds: dict[str, set[int]] | None = None
+             ) -> tuple[list[str], Callable[[tuple, int], list[str]]]:
+    """Header cells and a row-cell function: one column per loss, then a Δ per non-baseline loss.
+    `seeds`: each loss's seeds in the table (its title's count), so a cell with fewer says so."""
+    seeds = seeds or {}
     others = [loss for loss in losses if loss != baseline] if baseline else []
     header = [f"{prefix}{labels.get(loss, loss)}" for loss in losses]
     header += [f"{prefix}Δ {labels.get(loss, loss)}−{labels.get(baseline, baseline)}" for loss in others] \
         if baseline else []
 
+    def shared(loss: str) -> int:
+        return len(seeds.get(loss, set()) & seeds.get(baseline or "", set()))
+
     def cells(key: tuple, decimals: int) -> list[str]:
-        values = [_cell(stats, key, loss, decimals) for loss in losses]
-        return values + [_delta(stats, deltas, key, decimals, loss, baseline) for loss in others] \
+        values = [_cell(stats, key, loss, decimals, len(seeds.get(loss, ()))) for loss in losses]
+        return values + [_delta(stats, deltas, key, decimals, loss, baseline, shared(loss)) for loss in others] \
             if baseline else values
 
     return header, cells
@@ -335,9 +367,11 @@ def tables(table: pd.DataFrame, baseline: str = DEFAULT_BASELINE) -> list[tuple[
         base = baseline if baseline in losses and len(losses) > 1 else None
         seeds = "; ".join(f"{labels.get(loss, loss)} {_n_seeds(part[part['loss'] == loss]['seeds'])}"
                           for loss in losses)
+        per_loss = {loss: {int(s) for cell in part[part["loss"] == loss]["seeds"] for s in str(cell).split(",")}
+                    for loss in losses}
         prefix = f"{suite} / {model} ({seeds})"
         id_name = part[part["group"] == "id"]["dataset"].iloc[0]
-        header, cells = _columns(losses, labels, base, stats, deltas)
+        header, cells = _columns(losses, labels, base, stats, deltas, seeds=per_loss)
         rows = []
         for metric, (label, higher, dec) in ID_METRICS.items():
             key = (suite, model, "", id_name, "id", metric)
@@ -353,7 +387,7 @@ def tables(table: pd.DataFrame, baseline: str = DEFAULT_BASELINE) -> list[tuple[
         for metric, (label, higher) in OOD_HEADLINE.items():
             full = ["detector"]
             for group in GROUPS:
-                full += _columns(losses, labels, base, stats, deltas, prefix=f"{group} ")[0]
+                full += _columns(losses, labels, base, stats, deltas, prefix=f"{group} ", seeds=per_loss)[0]
             rows = []
             for det in detectors:
                 row = [det]
@@ -367,7 +401,8 @@ def tables(table: pd.DataFrame, baseline: str = DEFAULT_BASELINE) -> list[tuple[
 
         full = ["OOD set", "group", "detector"]
         for label, _ in OOD_HEADLINE.values():
-            full += _columns(losses, labels, base, stats, deltas, prefix=f"{label.split(' ')[0]} ")[0]
+            full += _columns(losses, labels, base, stats, deltas, prefix=f"{label.split(' ')[0]} ",
+                             seeds=per_loss)[0]
         rows = []
         sets = part[~part["group"].isin(["id", "tuning"]) & ~part["dataset"].str.endswith(" mean")]
         for dataset, group in dict.fromkeys(zip(sets["dataset"], sets["group"], strict=True)):
@@ -448,7 +483,9 @@ NOTES = (
     "(seed 0) of the ID set and of each OOD set, the same resampled samples for both runs, from their "
     "scores.csv.gz (acc and ECE from the msp column; no interval without it or without the scores files). "
     "Columns without shared seeds are compared unpaired, and say so. Each title says how many seeds back "
-    "each loss's numbers."
+    "each loss's numbers; a cell backed by fewer says so, e.g. (2 of 3 seeds). A run evaluated several times "
+    "(e.g. `eval --detectors ...` after a bench) counts each detector from its newest evaluation of the run's "
+    "current checkpoint."
 )
 
 
@@ -460,10 +497,22 @@ def _render_markdown(results: list[dict[str, Any]], baseline: str, left_out: lis
     parts += [NOTES, ""]
     if left_out:
         parts += ["Left out of the tables:", "", *(f"- {line}" for line in left_out), ""]
-    dropped = table.attrs["dropped"]
-    if dropped:
-        parts += [f"{dropped} older evaluation(s) of the same runs were left out; the newest of each counts.", ""]
+    parts += [f"{line}\n" for line in integrity_notes(table)]
     return "\n".join(parts)
+
+
+def integrity_notes(table: pd.DataFrame) -> list[str]:
+    """What a reader must know about the files behind the tables: evaluations of earlier
+    checkpoints left out, and scores files that do not belong to their results."""
+    from .stats import scores_mismatch
+
+    lines = []
+    dropped = table.attrs.get("dropped", 0)
+    if dropped:
+        lines.append(f"{dropped} evaluation(s) of earlier checkpoints of the same runs were left out; only the "
+                     "evaluations of each run's current checkpoint count.")
+    lines += scores_mismatch(table.attrs.get("scores", {}))
+    return lines
 
 
 def _render_latex(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:

@@ -15,14 +15,17 @@ indices ``rng.integers(0, n_id, n_id)``, then, for each OOD set in the given ord
 
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from .errors import HaloBenchError
-from .schema import SCORES_FILE
 
 RESAMPLES = 1000
 SEED = 0
@@ -40,11 +43,11 @@ class Scores:
     ood: dict[str, tuple[str, dict[str, np.ndarray]]]  # set -> (group, detector -> scores)
 
 
-def read_scores(path: str | Path) -> pd.DataFrame:
-    """A scores.csv.gz file, or a HaloBenchError naming it."""
+def read_scores(path: str | Path, data: bytes | None = None) -> pd.DataFrame:
+    """A scores.csv.gz file (or its bytes, already read), or a HaloBenchError naming it."""
     try:
-        with gzip.open(path, "rt") as handle:
-            frame = pd.read_csv(handle)
+        data = Path(path).read_bytes() if data is None else data
+        frame = pd.read_csv(io.BytesIO(gzip.decompress(data)))
     except (OSError, EOFError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
         raise HaloBenchError(f"{path}: not a readable scores file ({exc}); re-run `halo-bench eval` on its "
                              "checkpoint, or move it away to report without it.") from None
@@ -54,8 +57,41 @@ def read_scores(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def scores_path(results_path: str | Path) -> Path:
-    return Path(results_path).with_name(SCORES_FILE)
+def run_scores(entry: tuple[str, str | None] | None) -> pd.DataFrame | None:
+    """The per-sample scores a run's results file names (`report.tidy`'s attrs["scores"]
+    entry: path, recorded SHA-256), or None when the file is absent or is not the one its
+    results were computed with (`scores_mismatch` says which)."""
+    if not entry:
+        return None
+    path = Path(entry[0])
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return _verified_scores(str(path), entry[1], stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _verified_scores(path: str, sha256: str | None, mtime_ns: int, size: int) -> pd.DataFrame | None:
+    data = Path(path).read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        return None
+    return read_scores(path, data)
+
+
+def scores_mismatch(entries: dict[tuple, tuple[str, str | None]]) -> list[str]:
+    """One line per scores file that is present but differs from the hash its results file
+    recorded: a copy from another run, or a kill between the two writes. Such files are
+    never used for intervals or figures."""
+    out = []
+    for path, sha in dict.fromkeys(entries.values()):
+        file = Path(path)
+        if sha is None or not file.is_file():
+            continue
+        if hashlib.sha256(file.read_bytes()).hexdigest() != sha:
+            out.append(f"{file}: not the scores its results file was computed with (hash differs); its "
+                       "bootstrap intervals and figures are left out. Re-run `halo-bench eval` on that run.")
+    return out
 
 
 def load_scores(frame: pd.DataFrame, detectors: list[str]) -> Scores:
@@ -191,22 +227,17 @@ def bootstrap_table(table: pd.DataFrame, baseline: str, resamples: int | None = 
     """Bootstrap intervals for every (suite, model, loss) whose only pairing with `baseline` is
     one shared seed, where both runs' scores.csv.gz files are beside their results.json.
 
-    `table` is `report.tidy` output (its attrs["paths"] names each run's results.json).
+    `table` is `report.tidy` output (its attrs["scores"] names each run's scores file and hash).
     Columns: report.KEYS, loss, delta_lo, delta_hi, resamples.
     """
-    paths: dict[tuple, str] = table.attrs.get("paths", {})
+    entries: dict[tuple, tuple[str, str | None]] = table.attrs.get("scores", {})
     columns = ["suite", "model", "detector", "dataset", "group", "metric", "loss", "delta_lo", "delta_hi",
                "resamples"]
     frames = []
-    cache: dict[str, pd.DataFrame] = {}
 
-    def scores(path: str, dets: list[str]) -> Scores | None:
-        file = scores_path(path)
-        if not file.is_file():
-            return None
-        if path not in cache:
-            cache[path] = read_scores(file)
-        return load_scores(cache[path], dets)
+    def scores(key: tuple, dets: list[str]) -> Scores | None:
+        frame = run_scores(entries.get(key))
+        return None if frame is None else load_scores(frame, dets)
 
     for (suite, model), part in table.groupby(["suite", "model"], sort=False):
         seeds = {loss: set(p["seed"]) for loss, p in part.groupby("loss")}
@@ -219,11 +250,8 @@ def bootstrap_table(table: pd.DataFrame, baseline: str, resamples: int | None = 
             if loss == baseline or len(shared) != 1:
                 continue
             run_seed = shared[0]
-            base_path = paths.get((suite, model, baseline, run_seed))
-            other_path = paths.get((suite, model, loss, run_seed))
-            if not base_path or not other_path:
-                continue
-            base, other = scores(base_path, dets), scores(other_path, dets)
+            base = scores((suite, model, baseline, run_seed), dets)
+            other = scores((suite, model, loss, run_seed), dets)
             if base is None or other is None:
                 continue
             try:

@@ -20,6 +20,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from .data.device import DeviceBatches, choose_pipeline, derived_seed
 from .devices import amp_dtype, channels_last_format, dtype_name, environment, resolve_device
 from .errors import HaloBenchError
 from .features import forward_pass
-from .io import atomic_write_json, atomic_write_text, utc_now
+from .io import LOCK_FILE, atomic_write_json, atomic_write_text, folder_lock, utc_now
 from .losses import get_loss
 from .models import Classifier, build_model, model_meta, probe_input, read_checkpoint, save_checkpoint
 from .registry import Registry, SuiteSpec
@@ -361,6 +362,15 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
         registry = load_registry()
     cfg = cfg.resolved(registry)
     run_dir = Path(cfg.out) / cfg.run_name
+    # One writer per run folder (rank 0 writes for all ranks): a second `train` of the same run
+    # is refused while this one lives; a lock left by a killed process is taken over.
+    lock = folder_lock(run_dir, f"train {cfg.run_name}") if distributed.launched_ranks().main else nullcontext()
+    with lock:
+        return _train(cfg, registry, run_dir, force, on_epoch_end)
+
+
+def _train(cfg: TrainConfig, registry: Registry, run_dir: Path, force: bool,
+           on_epoch_end: Callable[[int], None] | None) -> TrainResult:
     ckpt_path = run_dir / "ckpt.pt"
     resume_state, complete = find_resumable(cfg, ckpt_path, force)
     if complete:
@@ -379,8 +389,8 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
         meta["created"] = resume_state["meta"].get("created", meta["created"])
         console.print(f"{cfg.run_name}: resuming after epoch {start_epoch}/{cfg.epochs}")
     elif setup.ranks.main:  # rank 0 alone writes the run folder
-        if force and run_dir.exists():  # only now that the model and data are known to build
-            shutil.rmtree(run_dir)
+        if force:  # only now that the model and data are known to build; the lock we hold stays
+            _empty_folder(run_dir, keep=LOCK_FILE)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", {k: v for k, v in meta.items() if k != "complete"})
 
@@ -511,9 +521,24 @@ def record_epoch(cfg: TrainConfig, setup: Setup, opt: Optimisation, meta: dict[s
         "cuda_rng": torch.cuda.get_rng_state_all() if setup.device.type == "cuda" else None,
         "history": history,
     }
+    # metrics.jsonl first: a kill before the checkpoint replaces it leaves a line for an epoch the
+    # resumed run trains again (and rewrites), never a complete run missing its last line.
+    atomic_write_text(ckpt_path.parent / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     # A finished run needs no optimiser state: that halves the file.
     save_checkpoint(ckpt_path, setup.model, meta, None if done else train_state)
-    atomic_write_text(ckpt_path.parent / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
+
+def _empty_folder(folder: Path, keep: str) -> None:
+    """Remove everything in `folder` but the file `keep` (--force starts a run afresh)."""
+    if not folder.is_dir():
+        return
+    for child in folder.iterdir():
+        if child.name == keep:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def _epoch_line(cfg: TrainConfig, row: dict[str, Any]) -> str:

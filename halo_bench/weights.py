@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HaloBenchError
-from .io import load_plain_torch_file, sha256_file
+from .io import load_plain_torch_bytes, sha256_bytes, sha256_file
 
 HALO_FORMAT = "halo-bench-checkpoint"
 
@@ -56,18 +56,24 @@ class WeightsReport:
 
 def read_weights_file(path: str | os.PathLike[str]) -> Any:
     """The file's contents as tensors and plain data; a pickle of other objects is refused."""
+    return read_weights_file_hashed(path)[0]
+
+
+def read_weights_file_hashed(path: str | os.PathLike[str]) -> tuple[Any, str]:
+    """(`read_weights_file`'s contents, SHA-256 of the bytes they were loaded from): one read."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise HaloBenchError(f"weights file {path} does not exist (or is not a file).")
+    data = path.read_bytes()
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
         try:
-            return load_file(str(path))
+            return load(data), sha256_bytes(data)
         except Exception as exc:  # noqa: BLE001  (safetensors raises its own error types)
             raise HaloBenchError(f"{path} is not a readable safetensors file: {exc}") from None
-    return load_plain_torch_file(path, "weights file",
-                                 "Save model.state_dict() (or use safetensors) instead.")
+    obj = load_plain_torch_bytes(data, path, "weights file", "Save model.state_dict() (or use safetensors) instead.")
+    return obj, sha256_bytes(data)
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -247,12 +253,15 @@ def create_from_state(arch: str, state: dict[str, Any], in_chans: int, num_class
 def load_init_file(path: str | os.PathLike[str], use_ema: bool = False) -> tuple[Any, str, str]:
     """(contents, kind, sha256) of an --init-from file; kind 'halo-bench' for a halo-bench checkpoint."""
     path = Path(path).expanduser()
-    obj = read_weights_file(path)
+    obj, digest = read_weights_file_hashed(path)
     if isinstance(obj, dict) and obj.get("format") == HALO_FORMAT:
         if use_ema:
             raise HaloBenchError(f"--use-ema: {path} is a halo-bench checkpoint, which holds no EMA weights.")
-        return obj, "halo-bench", sha256_file(path)
-    return obj, "", sha256_file(path)
+        from .models import verify_content
+
+        verify_content(obj, path)
+        return obj, "halo-bench", digest
+    return obj, "", digest
 
 
 def backbone_from_file(arch: str, path: str | os.PathLike[str], in_chans: int, use_ema: bool = False

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 from typer.testing import CliRunner
 
 from halo_bench.cli import app
@@ -24,3 +28,16 @@ def cli_fails(*args: object, match: str) -> str:
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert match in result.output, result.output
     return result.output
+
+
+def results_in(folder: str | Path) -> dict[str, Any]:
+    """The results of the one evaluation written to `folder` (an evaluation other than the
+    default one is written as results-NAME.json, named by what differs)."""
+    (path,) = Path(folder).glob("results*.json")
+    return json.loads(path.read_text())
+
+
+def scores_in(folder: str | Path) -> Path:
+    """The scores file of the one evaluation written to `folder`."""
+    (path,) = Path(folder).glob("scores*.csv.gz")
+    return path

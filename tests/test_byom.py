@@ -16,6 +16,7 @@ import torch
 from blocktorch import PRELUDE
 from clirun import cli_fails as _fails
 from clirun import cli_ok as _ok
+from clirun import results_in
 from safetensors.torch import save_file
 
 from halo_bench.errors import HaloBenchError
@@ -84,7 +85,7 @@ def test_init_from_each_format_freeze_backbone_is_bit_exact_and_evaluates(files,
     assert config["train_config"]["freeze_backbone"] and config["train_config"]["init_from"] == str(files[kind])
     if kind == "plain":  # evaluation reads the checkpoint alone: one format is enough
         _ok("eval", ckpt.parent, *EVAL_FAST)
-        results = json.loads((ckpt.parent / "results.json").read_text())
+        results = results_in(ckpt.parent)
         assert results["weights"]["sha256"] == weights["sha256"]
 
 
@@ -222,7 +223,7 @@ def test_foreign_classifier_gives_timms_logits_and_evaluates(tmp_path) -> None:
         assert torch.equal(model.forward_features(x), theirs.forward_head(theirs.forward_features(x), pre_logits=True))
     out = tmp_path / "eval"
     _ok("eval", path, "--model", TINY, "--suite", "digits", *EVAL_FAST, "--out", out)
-    results = json.loads((out / "results.json").read_text())
+    results = results_in(out)
     assert results["model"]["loss"] == "cce" and set(results["ood"]) == {"msp", "energy", "mahalanobis"}
     torch.save(_tiny(1, 10, 6).state_dict(), tmp_path / "ten.pth")
     _fails("eval", tmp_path / "ten.pth", "--model", TINY, "--suite", "digits", match="classifies 10 classes")

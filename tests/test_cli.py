@@ -13,7 +13,7 @@ import pytest
 import yaml
 from clirun import cli_fails as _fails
 from clirun import cli_ok as _ok
-from clirun import runner
+from clirun import results_in, runner
 
 from halo_bench import metrics
 from halo_bench.cli import app
@@ -76,7 +76,7 @@ def test_scores_file_reproduces_every_metric(cli_runs: Path) -> None:
 def test_eval_subset_of_sets_and_detectors(cli_runs: Path, tmp_path: Path) -> None:
     ckpt = cli_runs / "digits-test_resnet-cce-s0" / "ckpt.pt"
     _ok("eval", str(ckpt), "--ood", "noise,near", "--detectors", "energy,msp", "--out", str(tmp_path))
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = results_in(tmp_path)
     assert set(results["ood"]) == {"energy", "msp"}
     assert set(results["ood"]["energy"]["sets"]) == {"noise", "digits-6to9"}
 

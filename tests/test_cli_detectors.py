@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from clirun import results_in, scores_in
 from typer.testing import CliRunner
 
 from halo_bench.cli import app
@@ -16,13 +16,13 @@ def test_detector_settings_end_to_end(tiny_runs, tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval", str(tiny_runs["halo"]), "--ood", "noise", "--out", str(tmp_path),
                                  "--detectors", "knn:k=3,odin:temperature=10:eps=0,vim,gen:gamma=0.5"])
     assert result.exit_code == 0, result.output
-    res = json.loads((tmp_path / "results.json").read_text())
+    res = results_in(tmp_path)
     assert set(res["ood"]) == {"knn[k=3]", "odin[temperature=10,eps=0]", "vim", "gen[gamma=0.5]"}
     assert res["detectors"]["knn[k=3]"]["params"] == {"k": 3.0}
     assert res["detectors"]["odin[temperature=10,eps=0]"]["params"] == {"temperature": 10.0, "eps": 0.0}
     assert res["detectors"]["vim"]["reads"] == "penultimate" and res["detectors"]["vim"]["dim_used"] >= 1
     assert {"ts_temperature", "ts_ece", "ts_nll", "ts_brier"} <= set(res["id_metrics"])
-    header = (tmp_path / "scores.csv.gz").open("rb").read(2)
+    header = scores_in(tmp_path).open("rb").read(2)
     assert header == b"\x1f\x8b"
 
 

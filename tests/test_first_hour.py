@@ -17,7 +17,7 @@ import torch
 from blocktorch import PRELUDE
 from clirun import cli_fails as _fails
 from clirun import cli_ok as _ok
-from clirun import runner
+from clirun import results_in, runner
 
 from halo_bench.cli import app
 
@@ -132,7 +132,7 @@ def test_limit_marks_results_partial_and_keeps_them_out_of_reports(unfinished_an
                                                                   tmp_path: Path) -> None:
     ckpt = unfinished_and_finished / "digits-test_resnet-halo-s1" / "ckpt.pt"
     _ok("eval", str(ckpt), "--limit", "20", "--detectors", "msp,energy", "--out", str(tmp_path))
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = results_in(tmp_path)
     assert results["partial"] == {"limit": 20}
     assert {v["n"] for v in results["datasets"].values()} == {20}
     _fails("report", str(tmp_path), match="partial evaluation (--limit 20)")
@@ -190,3 +190,26 @@ def test_eval_names_every_missing_set_at_once(unfinished_and_finished: Path, tmp
     ckpt = unfinished_and_finished / "digits-test_resnet-halo-s1" / "ckpt.pt"
     message = _fails("eval", str(ckpt), "--ood", "svhn,lsun", "--data-root", str(tmp_path), match="2 dataset(s) missing")
     assert "'svhn'" in message and "'lsun-crop'" in message
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--detectors", "nosuch"], "unknown detector 'nosuch'"),
+    (["--detectors", "knn:k=0"], "knn': k must be an integer >= 1"),
+    (["--detectors", "halo_abstain"], "detector 'halo_abstain' reads a HALO head"),  # a CCE run
+    (["--ood", "svhn,lsun"], "2 dataset(s) missing under"),
+])
+def test_eval_request_errors_come_before_torch_loads(unfinished_and_finished: Path, tmp_path: Path,
+                                                     args: list[str], message: str) -> None:
+    """Detector names, settings, the head they need and the datasets' presence are read from the
+    run's config.json: a mistake costs no torch import (and no checkpoint read)."""
+    ckpt = unfinished_and_finished / "digits-test_resnet-cce-s0" / "ckpt.pt"
+    proc = _run_without_torch("eval", str(ckpt), *args, "--data-root", str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_limit_says_on_the_console_that_the_run_is_partial(tiny_runs, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["eval", str(tiny_runs["cce"]), "--limit", "10", "--detectors", "msp",
+                                 "--ood", "noise", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "partial evaluation: only the first 10 images of each split (--limit)" in result.output

@@ -152,5 +152,5 @@ def test_bench_runs_a_label_smoothing_control_beside_cce(tmp_path: Path) -> None
     output = _ok("bench", "--model", "test_resnet", "--seeds", "0", "--epochs", "1", "--detectors", "msp",
                  "--losses", "cce,cce:label_smoothing=0.1", "--out", str(tmp_path))
     assert "CCE label_smoothing=0.1" in output and "Δ CCE label_smoothing=0.1−CCE" in output
-    assert (tmp_path / "digits-test_resnet-cce+ls0.1-s0" / "results.json").is_file()
+    assert (tmp_path / "digits-test_resnet-cce+ls0.1-s0" / "results-det-msp.json").is_file()
     assert (tmp_path / "report-digits-test_resnet-cce_cce+ls0.1-s0.md").is_file()

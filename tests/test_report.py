@@ -94,8 +94,10 @@ def test_loss_variants_get_their_own_labelled_columns(tmp_path: Path) -> None:
 
 
 def test_dropped_evaluations_are_reported(tmp_path: Path) -> None:
+    """Evaluations of an earlier checkpoint of a run (retrained since) are left out, and said so."""
     docs = [_result("cce", 0, 50.0, 70.0, "2026-01-01"), _result("cce", 0, 60.0, 70.0, "2026-02-01")]
-    assert "1 older evaluation(s)" in render(load_results(_write(tmp_path, docs)), "markdown")
+    docs[0]["checkpoint"]["sha256"] = "1" * 64
+    assert "1 evaluation(s) of earlier checkpoints" in render(load_results(_write(tmp_path, docs)), "markdown")
 
 
 def test_published_numbers_appear_for_cifar_suites_only(tmp_path: Path) -> None:

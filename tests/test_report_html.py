@@ -120,7 +120,7 @@ def test_reliability_bin_is_recomputed_from_the_scores_file(single: list[Path]) 
     from halo_bench.report import load_results, tidy
 
     table = tidy(load_results(single))
-    plot = plots._reliability(plots._Scores(table.attrs["paths"]), "digits", "resnet18",
+    plot = plots._reliability(plots._Scores(table.attrs["scores"]), "digits", "resnet18",
                               {"cce": [0], "halo": [0]}, table.attrs["labels"])  # what figures() draws
     frame = pd.read_csv(single[1].with_name(SCORES_FILE))
     ids = frame[frame["group"] == "id"]

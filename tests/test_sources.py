@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from clirun import results_in
 from ondisk import write_cifar10_suite, write_image_list
 from typer.testing import CliRunner
 
@@ -132,7 +133,7 @@ def test_cli_train_eval_report_on_the_cifar10_suite(data_root, tmp_path) -> None
     cce = tmp_path / "cifar10-test_resnet-cce-s0" / "ckpt.pt"
     result = runner.invoke(app, ["eval", str(cce), "--ood", "svhn,lsun"])  # data root: the run's
     assert result.exit_code == 0, result.output
-    sets = json.loads((cce.parent / "results.json").read_text())["ood"]["msp"]["sets"]
+    sets = results_in(cce.parent)["ood"]["msp"]["sets"]  # results-ood-lsun+svhn.json
     assert sets["svhn"]["group"] == "far" and sets["lsun"]["group"] == "far"
     report = runner.invoke(app, ["report", str(tmp_path)])
     assert report.exit_code == 0 and "cifar10 / test_resnet" in report.stdout

@@ -36,6 +36,8 @@ class LossSpec:
     head: type | str
     # What "knob=value" labels abbreviate in run names (label_smoothing -> ls).
     short: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # The head ends in an abstain class (HALO's): what detectors that read one check before torch loads.
+    abstain: bool = False
 
     def head_class(self) -> type:
         if isinstance(self.head, str):

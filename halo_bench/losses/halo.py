@@ -28,4 +28,5 @@ HALO = register_loss(LossSpec(
     knobs=HALOKnobs,
     head="halo_bench.losses.halo_head:HALOHead",
     short={"label_smoothing": "ls"},
+    abstain=True,
 ))

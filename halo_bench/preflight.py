@@ -1,0 +1,98 @@
+"""Checks of an evaluation request that need no torch: detector names and settings, OOD set
+names, and whether every dataset it reads is on disk. The CLI runs them first, so a
+mistake costs a fraction of a second, not the seconds torch, timm and a checkpoint take."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import HaloBenchError
+
+
+def run_config(checkpoint: Path) -> dict[str, Any] | None:
+    """The run's config.json beside a halo-bench checkpoint (None where there is none)."""
+    try:
+        doc = json.loads((checkpoint.parent / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def check_detectors(specs: list[str] | None, abstain: bool | None) -> list[Any]:
+    """Build the requested detectors (names, settings, and, when `abstain` is known, whether
+    they apply to the model's head); returns them."""
+    from .detectors import detectors_for
+
+    return detectors_for(specs, True if abstain is None else abstain)
+
+
+def loss_abstains(loss: str) -> bool:
+    from .losses import get_loss
+
+    return get_loss(loss).abstain
+
+
+def check_eval_request(checkpoint: Path, registry: Any, ood: list[str] | None, detectors: list[str] | None,
+                       data_root: str | None, tune: bool, suite: str | None = None) -> None:
+    """Everything `eval` can check before torch loads. `suite` is given for a foreign
+    classifier; a halo-bench checkpoint's suite, loss and data root come from its config.json
+    (without one, evaluation checks them once the checkpoint is read)."""
+    config = None if suite else run_config(checkpoint)
+    if suite is None:
+        if config is None:
+            check_detectors(detectors, None)
+            return
+        try:
+            suite, loss = config["suite"]["name"], config["loss"]["name"]
+        except (KeyError, TypeError):
+            return
+        if suite not in registry.suites:
+            return  # evaluate() names the registry the run was trained with
+        abstain = loss_abstains(loss) if isinstance(loss, str) else None
+    else:
+        abstain = False  # a foreign classifier has its own linear head
+    spec = registry.suite(suite)
+    ood_sets = registry.resolve_ood(spec, ood)
+    check_detectors(detectors, abstain)
+    trained_from = (config or {}).get("data_root")
+    from .data import resolve_data_root
+
+    root = resolve_data_root(data_root, fallback=trained_from if trained_from and Path(trained_from).is_dir()
+                             else None)
+    needed = [spec.id, *(key for _, key in ood_sets.values())]
+    if tune:
+        needed += list(spec.ood_val.values())
+    check_present(registry, needed, root)
+
+
+def check_present(registry: Any, names: list[str], root: Path) -> None:
+    """Every dataset of `names` on disk under `root` (or in the package), else one error
+    naming all the missing ones and how to get each."""
+    from .data import DatasetMissing, how_to_get, presence
+
+    missing = []
+    for name in dict.fromkeys(names):
+        spec = registry.dataset(name)
+        if presence(spec, root).status == "missing":
+            missing.append(f"{spec.name!r}: {how_to_get(spec, root)}")
+    if missing:
+        raise DatasetMissing(f"{len(missing)} dataset(s) missing under {root}:\n"
+                             + "\n".join(f"- {line}" for line in missing))
+
+
+def check_bench_request(registry: Any, suite: str, losses: list[str], detectors: list[str] | None,
+                        data_root: str | None) -> None:
+    """`bench`'s detectors against every benched loss's head, and its suite's datasets on disk."""
+    from .data import resolve_data_root
+
+    for loss in losses:
+        abstain = loss_abstains(loss)
+        try:
+            check_detectors(detectors, abstain)
+        except HaloBenchError as exc:
+            raise HaloBenchError(f"--detectors for the {loss} runs: {exc}") from None
+    spec = registry.suite(suite)
+    check_present(registry, [spec.id, *(key for _, key in spec.ood_sets().values())],
+                  resolve_data_root(data_root))
