@@ -1,0 +1,162 @@
+"""What a report may claim: the paired differences that survive a multiple-comparisons control.
+
+A report tests many cells (every metric and detector, near and far, for every loss
+against the baseline); at a 5% level, about one in twenty would exclude zero by chance
+alone. The family is fixed by `family_mask`: the Δ cells of the ID table and of the
+near/far-mean OOD tables (per-set cells are shown, not tested). Each cell's p-value is
+the two-sided paired t-test over seeds (the test behind its t interval) or, for a single
+shared seed, the bootstrap over test samples. `adjust` applies Benjamini-Hochberg (false
+discovery rate, the default) or Holm (family-wise error rate) over the family
+(docs/protocol.md, "Findings"). No pandas at import; numpy and scipy only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+ADJUSTMENTS = ("bh", "holm", "none")
+ADJUSTMENT_NAMES = {"bh": "Benjamini-Hochberg (false discovery rate)", "holm": "Holm (family-wise error rate)",
+                    "none": "no adjustment"}
+ALPHA = 0.05
+# Largest possible |Δ| of a metric: an interval past it is clipped there and marked.
+DELTA_RANGE = {"acc": 100.0, "abstain_rate": 100.0, "auroc": 100.0, "fpr95": 100.0, "fpr95_openood": 100.0,
+               "aupr_in": 100.0, "aupr_out": 100.0, "ece": 1.0, "aece": 1.0, "ts_ece": 1.0, "aurc": 1.0,
+               "brier": 2.0, "ts_brier": 2.0}
+
+
+def t_test_p(diffs: np.ndarray) -> float:
+    """Two-sided p-value of the paired t-test that the mean of `diffs` is 0 (NaN below two
+    pairs). Zero spread: 0 when the mean differs from 0, else 1, as the interval says."""
+    diffs = np.asarray(diffs, dtype=float)
+    n = diffs.size
+    if n < 2:
+        return math.nan
+    mean, sd = float(diffs.mean()), float(diffs.std(ddof=1))
+    if sd == 0.0:
+        return 0.0 if mean != 0.0 else 1.0
+    from scipy import stats
+
+    t = mean / (sd / math.sqrt(n))
+    return float(2.0 * stats.t.sf(abs(t), n - 1))
+
+
+def bootstrap_p(draws: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of 'no difference' from resampled differences: twice the
+    smaller tail beyond 0, counting the observed resampling as one draw (never exactly 0)."""
+    draws = np.asarray(draws, dtype=float)
+    draws = draws[np.isfinite(draws)]
+    if draws.size == 0:
+        return math.nan
+    below = (np.sum(draws <= 0.0) + 1) / (draws.size + 1)
+    above = (np.sum(draws >= 0.0) + 1) / (draws.size + 1)
+    return float(min(1.0, 2.0 * min(below, above)))
+
+
+def adjust(p: np.ndarray, method: str = "bh", alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray]:
+    """(reject, adjusted p) for the p-values of one family; NaN p-values are not in the family
+    (reject False, adjusted NaN). `bh`: Benjamini-Hochberg step-up; `holm`: Holm step-down;
+    `none`: the raw p-values against `alpha`."""
+    if method not in ADJUSTMENTS:
+        raise ValueError(f"unknown adjustment {method!r}; one of {', '.join(ADJUSTMENTS)}")
+    p = np.asarray(p, dtype=float)
+    adjusted = np.full(p.shape, math.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    m = tested.size
+    if m:
+        values = p[tested]
+        order = np.argsort(values, kind="stable")
+        ranked = values[order]
+        if method == "bh":
+            scaled = ranked * m / np.arange(1, m + 1)
+            out = np.minimum.accumulate(scaled[::-1])[::-1]
+        elif method == "holm":
+            out = np.maximum.accumulate(ranked * (m - np.arange(m)))
+        else:
+            out = ranked
+        result = np.empty(m)
+        result[order] = np.minimum(out, 1.0)
+        adjusted[tested] = result
+    reject = np.zeros(p.shape, dtype=bool)
+    reject[tested] = adjusted[tested] <= alpha
+    return reject, adjusted
+
+
+def clip_interval(metric: str, lo: float, hi: float) -> tuple[float, float, bool]:
+    """The interval cut to the metric's possible range of differences; True when it was cut."""
+    bound = DELTA_RANGE.get(metric)
+    if bound is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return lo, hi, False
+    new_lo, new_hi = max(lo, -bound), min(hi, bound)
+    return new_lo, new_hi, (new_lo, new_hi) != (lo, hi)
+
+
+@dataclass
+class Finding:
+    """One tested cell: `loss` against `baseline` on `what` (words), its Δ, interval and p."""
+
+    loss: str
+    baseline: str
+    what: str
+    metric: str
+    delta: float
+    lo: float
+    hi: float
+    p: float
+    p_adjusted: float
+    survives: bool
+    better: bool | None  # None: the metric has no better direction (the fitted temperature)
+    decimals: int = 2
+    keys: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def excludes_zero(self) -> bool:
+        return bool(self.lo > 0 or self.hi < 0)
+
+    def sentence(self, labels: dict[str, str]) -> str:
+        """E.g. 'HALO worse than CCE on near-OOD MSP AUROC: -3.68 [-6.24, -1.12]'."""
+        name, base = labels.get(self.loss, self.loss), labels.get(self.baseline, self.baseline)
+        verdict = ("higher" if self.delta > 0 else "lower") if self.better is None else (
+            "better" if self.better else "worse")
+        d = self.decimals
+        return (f"{name} {verdict} than {base} on {self.what}: {self.delta:+.{d}f} "
+                f"[{self.lo:+.{d}f}, {self.hi:+.{d}f}]")
+
+
+@dataclass
+class Findings:
+    """The family's counts and the cells that exclude zero (survivors first)."""
+
+    method: str
+    alpha: float
+    tested: int
+    unadjusted: int
+    survived: int
+    findings: list[Finding]
+
+    @property
+    def expected_by_chance(self) -> float:
+        """How many of the tested cells would exclude zero at `alpha` if no loss differed."""
+        return self.alpha * self.tested
+
+    def summary(self) -> str:
+        method = ADJUSTMENT_NAMES[self.method]
+        return (f"{self.tested} paired differences were tested; {self.unadjusted} exclude zero at the "
+                f"{100 * (1 - self.alpha):.0f}% level before adjustment, where about "
+                f"{self.expected_by_chance:.1f} would by chance alone if no loss differed; {self.survived} "
+                f"survive {method} at {self.alpha:g}.")
+
+
+def collect(cells: list[Finding], method: str = "bh", alpha: float = ALPHA) -> Findings:
+    """Adjust the family `cells` (each with its raw p) and count what survives."""
+    p = np.array([c.p for c in cells], dtype=float)
+    reject, adjusted = adjust(p, method, alpha)
+    for cell, r, a in zip(cells, reject, adjusted, strict=True):
+        cell.survives, cell.p_adjusted = bool(r and cell.excludes_zero), float(a)
+    tested = int(np.isfinite(p).sum())
+    shown = [c for c in cells if c.excludes_zero and math.isfinite(c.p)]
+    shown.sort(key=lambda c: (not c.survives, c.p))
+    return Findings(method, alpha, tested, len(shown), sum(c.survives for c in shown), shown)
