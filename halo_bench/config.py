@@ -22,6 +22,10 @@ FINETUNE_BACKBONE_LR_SCALE = 0.1  # ... and x 0.1 again for the loaded backbone
 BYOM_DEFAULTS = {"pretrained": False, "init_from": None, "use_ema": False, "freeze_backbone": False,
                  "backbone_lr_scale": 1.0, "img_size": None}
 
+# torch's CPU generator (mt19937) keeps only a seed's low 32 bits, so a larger seed trains the
+# run of a smaller one; numpy's legacy seeding and SeedSequence words are 32 bits too.
+MAX_SEED = 2**32 - 1
+
 RUNTIME_FIELDS = {"device", "amp", "channels_last", "compile", "num_workers", "out", "data_root", "data_pipeline"}
 DATA_PIPELINES = ("auto", "device", "loader")  # halo_bench/data/device.py
 
@@ -95,8 +99,8 @@ class TrainConfig:
         for flag, value in numbers.items():
             if value is not None and not math.isfinite(value):
                 raise HaloBenchError(f"{flag} must be a finite number, got {value}.")
+        check_seed(self.seed, "--seed")
         problems = [
-            (self.seed < 0, "--seed must be >= 0"),
             (self.epochs is not None and self.epochs < 1, "--epochs must be at least 1"),
             (self.batch_size is not None and self.batch_size < 1, "--batch-size must be at least 1"),
             (self.lr is not None and self.lr <= 0, "--lr must be positive"),
@@ -163,6 +167,24 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that must match for a checkpoint to be resumed by this config."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUNTIME_FIELDS}
+
+
+def check_seed(seed: int, flag: str) -> None:
+    """A seed in [0, MAX_SEED], the range in which no two seeds give the same run."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise HaloBenchError(f"{flag} must be >= 0 and <= {MAX_SEED} (2**32 - 1; a larger seed repeats the run "
+                             f"of a smaller one), got {seed!r}.")
+
+
+def check_seeds(seeds: list[int], flag: str = "--seeds") -> None:
+    """At least one seed, each in range, none twice (a repeated seed is not an independent run)."""
+    if not seeds:
+        raise HaloBenchError(f"{flag} names no seed; give at least one, e.g. {flag} 0,1,2.")
+    for seed in seeds:
+        check_seed(seed, flag)
+    duplicates = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if duplicates:
+        raise HaloBenchError(f"{flag} lists seed(s) {', '.join(map(str, duplicates))} twice.")
 
 
 def check_data_pipeline(name: str) -> None:
