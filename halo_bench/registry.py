@@ -8,6 +8,7 @@ never later as a `None` deep inside training.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from .config import MAX_LR, MAX_WEIGHT_DECAY
 from .errors import HaloBenchError, unknown_name
 
 REGISTRY_ENV = "HALO_BENCH_DATASETS"
@@ -45,10 +47,10 @@ _DATA_CONFIG_KEYS = {"input_size", "mean", "std", "interpolation", "crop_pct"}
 _RECIPE_FIELDS: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "epochs": ((int,), lambda v: v > 0, "a positive integer"),
     "batch_size": ((int,), lambda v: v > 0, "a positive integer"),
-    "lr": ((int, float), lambda v: v > 0, "a positive number"),
+    "lr": ((int, float), lambda v: 0 < v <= MAX_LR, f"a positive number at most {MAX_LR:g}"),
     "momentum": ((int, float), lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "nesterov": ((bool,), lambda v: True, "true or false"),
-    "weight_decay": ((int, float), lambda v: v >= 0, "a non-negative number"),
+    "weight_decay": ((int, float), lambda v: 0 <= v <= MAX_WEIGHT_DECAY, f"a number in [0, {MAX_WEIGHT_DECAY:g}]"),
     "grad_clip": ((int, float, type(None)), lambda v: v is None or v > 0, "a positive number or null"),
     "warmup_epochs": ((int,), lambda v: v >= 0, "a non-negative integer"),
 }
@@ -390,6 +392,6 @@ def _recipe(entry: Any, where: str) -> dict[str, Any]:
     for key, (types, ok, meaning) in _RECIPE_FIELDS.items():
         value = entry[key]
         bad_type = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
-        if bad_type or not ok(value):
+        if bad_type or (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
             raise _fail(f"{where}.{key}", f"expected {meaning}, got {value!r}.")
     return dict(entry)

@@ -71,3 +71,50 @@ def test_derived_seeds_do_not_alias() -> None:
     assert len({derived_seed(s, e) for s in range(4) for e in range(4)}) == 16
     with pytest.raises(ValueError, match="2\\*\\*32"):  # 2**32 splits into the words (0, 1)
         derived_seed(2**32, 5)
+
+
+# --------------------------------------------------------------------------- 7. bounds
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--lr", "1e40", "--lr must be positive and at most 10"),
+    ("--weight-decay", "1e40", "--weight-decay must lie in [0, 1]"),
+])
+def test_overflowing_recipe_flags_are_one_line_errors(tmp_path: Path, flag: str, value: str, message: str) -> None:
+    # Both once overflowed float32 in SGD's first step: a RuntimeError traceback.
+    cli_fails("train", TINY, "--epochs", 1, flag, value, "--out", tmp_path, match=message)
+
+
+def test_lr_bounds_include_the_backbone_lr() -> None:
+    TrainConfig(model=TINY, lr=10.0, weight_decay=1.0).check()  # the bounds themselves are fine
+    with pytest.raises(HaloBenchError, match="--lr must be positive and at most 10"):
+        TrainConfig(model=TINY, lr=10.5).check()
+    with pytest.raises(HaloBenchError, match="--backbone-lr-scale x --lr, the backbone's learning rate, must be"):
+        TrainConfig(model=TINY, init_from="w.pt", lr=0.1, backbone_lr_scale=1e40).check()
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("lr", 1e308, "recipe.lr: expected a positive number at most 10, got 1e+308"),
+    ("lr", float("inf"), "recipe.lr: expected a positive number at most 10, got inf"),
+    ("weight_decay", 1e308, "recipe.weight_decay: expected a number in [0, 1]"),
+    ("grad_clip", float("inf"), "recipe.grad_clip: expected a positive number or null, got inf"),
+])
+def test_registry_recipe_values_are_bounded(tmp_path: Path, key: str, value: float, message: str) -> None:
+    path = _write(tmp_path, _mutate(lambda d: d["suites"]["digits"]["recipe"].update({key: value})))
+    with pytest.raises(HaloBenchError, match=re.escape(message)):
+        load_registry(path)
+
+
+def test_embedded_count_is_bounded_when_the_registry_is_read(tmp_path: Path) -> None:
+    from halo_bench.data import embedded as E
+
+    path = _write(tmp_path, _mutate(lambda d: d["datasets"]["uniform-noise"]["params"].update(count=10**12)))
+    # Once a MemoryError (many GiB) when the set was generated; now a line at load time.
+    cli_fails("datasets", "--registry", path,
+              match="datasets.uniform-noise.splits.test: count must be at most 100000")
+    with pytest.raises(E.EmbeddedDataError, match="count must be at most 100000"):
+        E.uniform_noise(count=E.MAX_COUNT + 1)
+    assert len(E.uniform_noise(count=E.MAX_COUNT)[0]) == E.MAX_COUNT
+    bad_seed = _write(tmp_path, _mutate(lambda d: d["datasets"]["uniform-noise"]["params"].update(seed=2**32)))
+    with pytest.raises(HaloBenchError, match=re.escape("uniform-noise.splits.test: seed must be an integer in")):
+        load_registry(bad_seed)

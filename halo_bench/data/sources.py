@@ -38,12 +38,17 @@ def _transform(data_config: dict[str, Any], options: LoadOptions) -> Any:
 
 
 def _validate_embedded(spec: DatasetSpec, where: str) -> None:
-    from .embedded import GENERATORS
+    from .embedded import GENERATORS, EmbeddedDataError, check_params
 
     if spec.generator is None:
         raise HaloBenchError(f"{where}: an embedded dataset needs 'generator' (one of {', '.join(GENERATORS)}).")
     if spec.generator not in GENERATORS:
         raise HaloBenchError(f"{where}: {unknown_name('generator', spec.generator, GENERATORS)}")
+    for split in spec.splits:
+        try:
+            check_params(spec.generator, spec.split_params(split))
+        except EmbeddedDataError as exc:
+            raise HaloBenchError(f"{where}.splits.{split}: {exc}.") from None
 
 
 def to_model_input(images: np.ndarray, data_config: dict[str, Any]) -> Tensor:
