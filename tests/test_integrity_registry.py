@@ -118,3 +118,105 @@ def test_embedded_count_is_bounded_when_the_registry_is_read(tmp_path: Path) -> 
     bad_seed = _write(tmp_path, _mutate(lambda d: d["datasets"]["uniform-noise"]["params"].update(seed=2**32)))
     with pytest.raises(HaloBenchError, match=re.escape("uniform-noise.splits.test: seed must be an integer in")):
         load_registry(bad_seed)
+
+
+# --------------------------------------------------------------------------- 10. registry
+
+
+def _line_of(text: str, fragment: str) -> int:
+    assert text.count(fragment) == 1, fragment
+    return text.count("\n", 0, text.index(fragment)) + 1
+
+
+@pytest.mark.parametrize("old,extra,key,added,original", [
+    # The case: a second `noise:` made "noise" evaluate sk-faces.
+    ("      noise: uniform-noise\n", "      noise: sk-faces\n", "noise", "noise: sk-faces", "noise: uniform-noise"),
+    ("datasets:\n", "  digits-6to9:\n    source: embedded\n    generator: uniform_noise\n"
+     "    params: {count: 5}\n    splits: {test: {}}\n", "digits-6to9",
+     "  digits-6to9:\n    source: embedded\n    generator: uniform_noise",
+     "  digits-6to9:\n    source: embedded\n    description"),
+    ("suites:\n", "  digits:\n    id: digits\n", "digits", "  digits:\n    id: digits\n  digits:",
+     "  digits:\n    description: embedded default suite"),
+    ("count: 300, seed: 3", ", count: 7", "count", ", count: 7", "{count: 300, seed: 3"),  # flow mapping
+])
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path: Path, old: str, extra: str, key: str,
+                                                      added: str, original: str) -> None:
+    text = DEFAULT_REGISTRY.read_text()
+    assert text.count(old) == 1
+    text = text.replace(old, old + extra)
+    lines = sorted([_line_of(text, added), _line_of(text, original)])
+    message = f"key '{key}' appears twice in one mapping, at lines {lines[0]} and {lines[1]}"
+    with pytest.raises(HaloBenchError, match=re.escape(message)):
+        load_registry(_write(tmp_path, text))
+
+
+def test_merge_keys_may_still_override() -> None:
+    from halo_bench.registry import _UniqueKeyLoader
+
+    doc = yaml.load("base: &b {count: 1, seed: 2}\nother:\n  <<: *b\n  count: 5\n", Loader=_UniqueKeyLoader)
+    assert doc["other"] == {"count": 5, "seed": 2}
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda d: d["datasets"]["digits"].update(classes=["0", "1", "2", "3", "4", "4"]),
+     "digits.classes: class name(s) '4' appear more than once"),
+    (lambda d: d["datasets"]["digits"].update(classes=[0, "0", 1]), "class name(s) '0' appear more than once"),
+    (lambda d: d["suites"]["digits"]["far"].update(noise2="uniform-noise"),
+     "suites.digits: dataset 'uniform-noise' is listed twice, as 'noise' and 'noise2'"),
+    (lambda d: d["suites"]["digits"]["near"].update(again="sk-faces"), "dataset 'sk-faces' is listed twice"),
+    (lambda d: d["suites"]["digits"]["far"].update(near="svhn"), "display name 'near' is a group name"),
+    (lambda d: d["suites"]["digits"].update(ood_val={"faces": "sk-heldout"}),
+     "ood_val.faces: 'faces' names 'sk-faces' among the OOD test sets"),
+    (lambda d: d["suites"]["digits"].update(ood_val={"a": "sk-heldout", "b": "sk-heldout"}),
+     "suites.digits.ood_val: dataset 'sk-heldout' is listed twice"),
+])
+def test_names_that_would_collide_are_refused(tmp_path: Path, change, message: str) -> None:
+    with pytest.raises(HaloBenchError, match=re.escape(message)):
+        load_registry(_write(tmp_path, _mutate(change)))
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda d: d["datasets"]["openood-cifar10-tin"]["params"].update(list="../../../../../etc/passwd"),
+     "datasets.openood-cifar10-tin.params.list: '../../../../../etc/passwd' leads out of the data root"),
+    (lambda d: d["datasets"]["openood-cifar10-tin"]["splits"]["val"].update(list="lists/../../val.txt"),
+     "openood-cifar10-tin.splits.val.list: 'lists/../../val.txt' leads out"),
+    (lambda d: d["datasets"]["openood-cifar10-tin"]["params"].update(images=".."), "params.images: '..' leads out"),
+    (lambda d: d["datasets"]["lsun-crop"]["params"].update(dir="../LSUN"), "lsun-crop.params.dir: '../LSUN' leads"),
+    (lambda d: d["datasets"]["svhn"]["params"].update(dir="../../svhn"), "svhn.params.dir: '../../svhn' leads"),
+    (lambda d: d["datasets"]["svhn"]["params"].update(dir=5), "svhn.params.dir: expected a path"),
+])
+def test_relative_paths_stay_under_the_data_root(tmp_path: Path, change, message: str) -> None:
+    with pytest.raises(HaloBenchError, match=re.escape(message)):
+        load_registry(_write(tmp_path, _mutate(change)))
+
+
+def test_paths_inside_the_root_and_absolute_paths_are_accepted(tmp_path: Path) -> None:
+    def change(d: dict) -> None:
+        d["datasets"]["lsun-crop"]["params"]["dir"] = "elsewhere/../LSUN"
+        d["datasets"]["isun"]["params"]["dir"] = str(tmp_path / "iSUN")
+
+    registry = load_registry(_write(tmp_path, _mutate(change)))
+    assert registry.dataset("isun").params["dir"] == str(tmp_path / "iSUN")
+
+
+def _list_entry(tmp_path: Path, list_file: Path) -> object:
+    from dataclasses import replace
+
+    spec = load_registry().dataset("openood-cifar10-tin")
+    (tmp_path / "images").mkdir()
+    return replace(spec, params={"images": str(tmp_path / "images"), "list": str(list_file)})
+
+
+def test_image_list_errors_never_quote_the_file(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"  # e.g. a registry's `list: /etc/passwd`: absolute, so allowed
+    secret.write_text("# header\nroot:x:0:0:TOPSECRET:/root:/bin/bash\n")
+    spec = _list_entry(tmp_path, secret)
+    cfg = load_registry().suite("cifar10").data_config
+    with pytest.raises(DatasetMissing) as err:
+        load_split(spec, "test", cfg, LoadOptions(tmp_path))
+    assert "TOPSECRET" not in str(err.value) and "root:x" not in str(err.value)
+    assert f"line 2 of {secret} names an image that is not in" in str(err.value)
+    secret.write_bytes(b"\xff\xfeTOPSECRET\x80\n")
+    with pytest.raises(HaloBenchError, match="is not a UTF-8 text file of image paths") as err:
+        load_split(spec, "test", cfg, LoadOptions(tmp_path))
+    assert "TOPSECRET" not in str(err.value)
