@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import TrainConfig
+from .config import TrainConfig, check_seeds
 from .console import console
 from .errors import HaloBenchError
 from .io import atomic_write_text
@@ -50,8 +50,7 @@ def check_bench(cfg: BenchConfig) -> None:
     from .data import load_registry
     from .timm_names import check_model_name
 
-    if not cfg.seeds:
-        raise HaloBenchError("--seeds names no seed; give at least one.")
+    check_seeds(cfg.seeds, "--seeds")  # before the runs' own checks, which would name --seed
     if not cfg.losses:
         raise HaloBenchError("--losses names no loss; give at least one.")
     registry = load_registry(cfg.registry)

@@ -103,18 +103,14 @@ def _split(value: str | None) -> list[str] | None:
 
 
 def _seeds(value: str) -> list[int]:
-    """Comma-separated seeds: non-negative, no duplicates, at least one."""
+    """Comma-separated seeds: in [0, 2**32 - 1], no duplicates, at least one."""
+    from .config import check_seeds
+
     try:
         seeds = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise HaloBenchError(f"--seeds takes comma-separated integers, got {value!r}.") from None
-    if not seeds:
-        raise HaloBenchError("--seeds names no seed; give at least one, e.g. --seeds 0,1,2.")
-    if any(seed < 0 for seed in seeds):
-        raise HaloBenchError(f"--seeds must be >= 0, got {value!r}.")
-    duplicates = sorted({seed for seed in seeds if seeds.count(seed) > 1})
-    if duplicates:
-        raise HaloBenchError(f"--seeds lists seed(s) {', '.join(map(str, duplicates))} twice.")
+    check_seeds(seeds, "--seeds")
     return seeds
 
 

@@ -22,6 +22,14 @@ FINETUNE_BACKBONE_LR_SCALE = 0.1  # ... and x 0.1 again for the loaded backbone
 BYOM_DEFAULTS = {"pretrained": False, "init_from": None, "use_ema": False, "freeze_backbone": False,
                  "backbone_lr_scale": 1.0, "img_size": None}
 
+# torch's CPU generator (mt19937) keeps only a seed's low 32 bits, so a larger seed trains the
+# run of a smaller one; numpy's legacy seeding and SeedSequence words are 32 bits too.
+MAX_SEED = 2**32 - 1
+# Bounds on the SGD recipe, far above any sensible value: beyond float32's range the optimizer
+# fails with an overflow traceback instead of a diverged run (train's divergence check).
+MAX_LR = 10.0
+MAX_WEIGHT_DECAY = 1.0
+
 RUNTIME_FIELDS = {"device", "amp", "channels_last", "compile", "num_workers", "out", "data_root", "data_pipeline"}
 DATA_PIPELINES = ("auto", "device", "loader")  # halo_bench/data/device.py
 
@@ -95,13 +103,16 @@ class TrainConfig:
         for flag, value in numbers.items():
             if value is not None and not math.isfinite(value):
                 raise HaloBenchError(f"{flag} must be a finite number, got {value}.")
+        check_seed(self.seed, "--seed")
+        backbone_lr = (self.lr or 0.0) * (self.backbone_lr_scale or 0.0)
         problems = [
-            (self.seed < 0, "--seed must be >= 0"),
             (self.epochs is not None and self.epochs < 1, "--epochs must be at least 1"),
             (self.batch_size is not None and self.batch_size < 1, "--batch-size must be at least 1"),
-            (self.lr is not None and self.lr <= 0, "--lr must be positive"),
+            (self.lr is not None and not 0 < self.lr <= MAX_LR, f"--lr must be positive and at most {MAX_LR:g}, "
+             f"got {self.lr}"),
             (self.momentum is not None and not 0 <= self.momentum < 1, "--momentum must lie in [0, 1)"),
-            (self.weight_decay is not None and self.weight_decay < 0, "--weight-decay must be >= 0"),
+            (self.weight_decay is not None and not 0 <= self.weight_decay <= MAX_WEIGHT_DECAY,
+             f"--weight-decay must lie in [0, {MAX_WEIGHT_DECAY:g}], got {self.weight_decay}"),
             (self.warmup_epochs is not None and self.warmup_epochs < 0, "--warmup-epochs must be >= 0"),
             (self.embed_dim is not None and self.embed_dim < 1, "--embed-dim must be at least 1"),
             (self.num_workers is not None and self.num_workers < 0, "--num-workers must be >= 0"),
@@ -114,6 +125,8 @@ class TrainConfig:
             (self.backbone_lr_scale is not None and not (math.isfinite(self.backbone_lr_scale)
                                                          and self.backbone_lr_scale >= 0),
              "--backbone-lr-scale must be a finite number >= 0"),
+            (backbone_lr > MAX_LR, f"--backbone-lr-scale x --lr, the backbone's learning rate, must be at most "
+             f"{MAX_LR:g}, got {backbone_lr:g}"),
             (self.img_size is not None and self.img_size < 1, "--img-size must be at least 1"),
         ]
         for bad, message in problems:
@@ -163,6 +176,24 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that must match for a checkpoint to be resumed by this config."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUNTIME_FIELDS}
+
+
+def check_seed(seed: int, flag: str) -> None:
+    """A seed in [0, MAX_SEED], the range in which no two seeds give the same run."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise HaloBenchError(f"{flag} must be >= 0 and <= {MAX_SEED} (2**32 - 1; a larger seed repeats the run "
+                             f"of a smaller one), got {seed!r}.")
+
+
+def check_seeds(seeds: list[int], flag: str = "--seeds") -> None:
+    """At least one seed, each in range, none twice (a repeated seed is not an independent run)."""
+    if not seeds:
+        raise HaloBenchError(f"{flag} names no seed; give at least one, e.g. {flag} 0,1,2.")
+    for seed in seeds:
+        check_seed(seed, flag)
+    duplicates = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if duplicates:
+        raise HaloBenchError(f"{flag} lists seed(s) {', '.join(map(str, duplicates))} twice.")
 
 
 def check_data_pipeline(name: str) -> None:

@@ -1,14 +1,17 @@
 """`datasets.yaml` -> typed, validated dataset and suite specs.
 
-The file is data, not code: it is read with `yaml.safe_load`, and every entry is
-checked here so that a typo fails at load time with a message naming the entry,
-never later as a `None` deep inside training.
+The file is data, not code: it is read with a `yaml.SafeLoader` that refuses a key given
+twice in one mapping (plain YAML keeps the last, so a second `noise:` entry would replace
+the first in silence), and every entry is checked here so that a typo fails at load time
+with a message naming the entry, never later as a `None` deep inside training.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from .config import MAX_LR, MAX_WEIGHT_DECAY
 from .errors import HaloBenchError, unknown_name
 
 REGISTRY_ENV = "HALO_BENCH_DATASETS"
@@ -45,10 +49,10 @@ _DATA_CONFIG_KEYS = {"input_size", "mean", "std", "interpolation", "crop_pct"}
 _RECIPE_FIELDS: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "epochs": ((int,), lambda v: v > 0, "a positive integer"),
     "batch_size": ((int,), lambda v: v > 0, "a positive integer"),
-    "lr": ((int, float), lambda v: v > 0, "a positive number"),
+    "lr": ((int, float), lambda v: 0 < v <= MAX_LR, f"a positive number at most {MAX_LR:g}"),
     "momentum": ((int, float), lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "nesterov": ((bool,), lambda v: True, "true or false"),
-    "weight_decay": ((int, float), lambda v: v >= 0, "a non-negative number"),
+    "weight_decay": ((int, float), lambda v: 0 <= v <= MAX_WEIGHT_DECAY, f"a number in [0, {MAX_WEIGHT_DECAY:g}]"),
     "grad_clip": ((int, float, type(None)), lambda v: v is None or v > 0, "a positive number or null"),
     "warmup_epochs": ((int,), lambda v: v >= 0, "a non-negative integer"),
 }
@@ -187,6 +191,28 @@ class Registry:
         return chosen
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A key given twice in one YAML mapping."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader`, except that a key given twice in one mapping is an error."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden on purpose
+                continue
+            # Compared as text: the registry turns every name into a string, so 1 and "1" collide.
+            key = str(self.construct_object(key_node, deep=deep))
+            line = key_node.start_mark.line + 1
+            if key in first:
+                raise DuplicateKey(f"key {key!r} appears twice in one mapping, at lines {first[key]} and {line}; "
+                                   "keep one (YAML would silently use the last).")
+            first[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def registry_path(path: str | os.PathLike[str] | None = None) -> Path:
     """The registry to read: `path`, else $HALO_BENCH_DATASETS, else the packaged file."""
     if path is not None:
@@ -208,7 +234,9 @@ def read_registry(sources: SourceChecks, path: str | os.PathLike[str] | None = N
     except OSError as exc:
         raise HaloBenchError(f"cannot read dataset registry {path}: {exc.strerror}.") from None
     try:
-        doc = yaml.safe_load(raw)
+        doc = yaml.load(raw, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
+    except DuplicateKey as exc:
+        raise HaloBenchError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
@@ -281,6 +309,9 @@ def _dataset(name: str, entry: Any, where: str, sources: SourceChecks) -> Datase
         if not isinstance(classes, list) or len(classes) < 2:
             raise _fail(f"{where}.classes", "expected a list of at least two class names, or their number.")
         classes = tuple(str(c) for c in classes)
+        twice = sorted(c for c, n in Counter(classes).items() if n > 1)
+        if twice:  # two labels of one name: predictions of either read as the same class
+            raise _fail(f"{where}.classes", f"class name(s) {', '.join(map(repr, twice))} appear more than once.")
     aliases = entry.get("aliases") or []
     if not (isinstance(aliases, list) and all(isinstance(a, str) for a in aliases)):
         raise _fail(f"{where}.aliases", "expected a list of names.")
@@ -329,6 +360,8 @@ def _suite(name: str, entry: Any, where: str, datasets: dict[str, DatasetSpec]) 
     clash = set(groups["near"]) & set(groups["far"])
     if clash:
         raise _fail(where, f"{', '.join(sorted(clash))} listed as both near and far.")
+    tested = {**groups["near"], **groups["far"]}
+    _one_name_each(tested, where)
     ood_val = {str(k): v for k, v in _mapping(entry.get("ood_val") or {}, f"{where}.ood_val").items()}
     for display, key in ood_val.items():
         if not isinstance(key, str) or key not in datasets:
@@ -336,6 +369,10 @@ def _suite(name: str, entry: Any, where: str, datasets: dict[str, DatasetSpec]) 
         if key == id_name or "val" not in datasets[key].splits:
             raise _fail(f"{where}.ood_val.{display}", f"an OOD-validation set must be another dataset with a "
                         f"'val' split; {key!r} is not.")
+        if tested.get(display, key) != key:  # results.json would name two datasets by one name
+            raise _fail(f"{where}.ood_val.{display}", f"{display!r} names {tested[display]!r} among the OOD test "
+                        f"sets; give {key!r} another name here.")
+    _one_name_each(ood_val, f"{where}.ood_val")
     if ood_val and "val" not in id_spec.splits:
         raise _fail(f"{where}.ood_val", f"OOD-validation sets need a 'val' split of the ID dataset {id_name!r}.")
     augment = entry.get("train_augment") or []
@@ -356,6 +393,19 @@ def _suite(name: str, entry: Any, where: str, datasets: dict[str, DatasetSpec]) 
         train_augment=tuple(augment),
         ood_val=ood_val,
     )
+
+
+def _one_name_each(members: dict[str, str], where: str) -> None:
+    """Display names and datasets one to one, and no display name `near` or `far`: those select
+    groups, and a dataset under two names would count twice in its group's mean (and its
+    dataset name would pick one of the two)."""
+    by_dataset: dict[str, str] = {}
+    for display, key in members.items():
+        if display in GROUPS:
+            raise _fail(where, f"display name {display!r} is a group name ({', '.join(GROUPS)}); choose another.")
+        if key in by_dataset:
+            raise _fail(where, f"dataset {key!r} is listed twice, as {by_dataset[key]!r} and {display!r}.")
+        by_dataset[key] = display
 
 
 def _data_config(entry: Any, where: str) -> dict[str, Any]:
@@ -390,6 +440,6 @@ def _recipe(entry: Any, where: str) -> dict[str, Any]:
     for key, (types, ok, meaning) in _RECIPE_FIELDS.items():
         value = entry[key]
         bad_type = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
-        if bad_type or not ok(value):
+        if bad_type or (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
             raise _fail(f"{where}.{key}", f"expected {meaning}, got {value!r}.")
     return dict(entry)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import check_data_pipeline
+from ..config import MAX_SEED, check_data_pipeline
 from ..distributed import rank_batch_size
 from ..errors import HaloBenchError
 
@@ -143,7 +143,12 @@ def choose_pipeline(requested: str, dataset: Any, data_config: dict[str, Any], a
 
 def derived_seed(*keys: int) -> int:
     """A 63-bit seed mixed from `keys` (e.g. seed, epoch, rank) by numpy's SeedSequence."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    # SeedSequence splits an integer into 32-bit words and zero-pads its entropy, so without
+    # these two guards (2**32, e) would equal (0, 1, e), and (seed, epoch) would equal
+    # (seed, epoch, 0): DDP rank 0's dropout stream would replay the epoch's batch draws.
+    if any(not 0 <= key <= MAX_SEED for key in keys):
+        raise ValueError(f"derived_seed takes keys in [0, 2**32 - 1], got {keys}")
+    return int(np.random.SeedSequence([len(keys), *keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def epoch_generator(device: torch.device, seed: int, epoch: int) -> torch.Generator:

@@ -8,7 +8,8 @@ out-of-distribution image is rendered into the ID format (8x8, uint8, levels
 Each generator returns plain numpy arrays `(images (N, 8, 8) uint8, labels (N,) int64)`
 and is registered by name in `GENERATORS`; `generate(name, **params)` dispatches.
 All randomness goes through `np.random.default_rng(seed)`, so equal arguments give
-byte-identical output.
+byte-identical output. A `count` is at most `MAX_COUNT` (100,000) and a `seed` lies in
+[0, 2**32 - 1]; `check_params` applies these rules when the registry is read.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ SIDE = 8
 LEVELS = 16  # intensities are 0..LEVELS, as in sklearn's digits
 N_FACES = 100  # lfw_subset(): the first 100 images are faces, the rest are not
 MIN_FACE_CROP = 0.7  # extra face crops keep at least this fraction of the side
+# Every image is generated in memory and then converted to float model inputs (12 KB each at
+# CIFAR's 3x32x32), so a count far beyond any benchmark's (sklearn ships 1,797 digits) is
+# refused at validation instead of failing later in an allocation of many GiB.
+MAX_COUNT = 100_000
 
 # skimage.data function -> the files it reads. Only names whose files all lie in
 # the installed package directory are offered: any other name would make skimage
@@ -86,12 +91,12 @@ def generator(name: str) -> Callable[[Generator], Generator]:
     return register
 
 
-def generate(name: str, **params: object) -> tuple[Array, Array]:
-    """Run the generator registered as `name` with `params`."""
+def check_params(name: str, params: dict[str, object]) -> None:
+    """Check, without generating anything, that `params` fit the generator `name`: its
+    parameter names, and `count` and `seed` where given."""
     if name not in GENERATORS:
         raise EmbeddedDataError(str(unknown_name("embedded generator", name, GENERATORS)))
-    fn = GENERATORS[name]
-    signature = inspect.signature(fn)
+    signature = inspect.signature(GENERATORS[name])
     try:
         signature.bind(**params)
     except TypeError as err:
@@ -99,7 +104,16 @@ def generate(name: str, **params: object) -> tuple[Array, Array]:
             f"embedded generator {name!r}: {err}; "
             f"its parameters are: {', '.join(signature.parameters)}"
         ) from None
-    return fn(**params)
+    if "count" in params:
+        _check_count(params["count"])
+    if "seed" in params:
+        _check_seed(params["seed"])
+
+
+def generate(name: str, **params: object) -> tuple[Array, Array]:
+    """Run the generator registered as `name` with `params`."""
+    check_params(name, params)
+    return GENERATORS[name](**params)
 
 
 # ---------------------------------------------------------------- rendering
@@ -181,6 +195,9 @@ def _check_count(count: object) -> int:
         raise EmbeddedDataError(f"count must be a positive integer, got {count!r}") from None
     if value < 1:
         raise EmbeddedDataError(f"count must be at least 1, got {value}")
+    if value > MAX_COUNT:
+        raise EmbeddedDataError(f"count must be at most {MAX_COUNT} (every image is generated in memory), "
+                                f"got {value}")
     return value
 
 

@@ -47,10 +47,15 @@ def scan_folder(root: Path, labelled: bool) -> tuple[list[Path], list[int], list
     return [p for p, _ in nested], [index[folder] for _, folder in nested], classes
 
 
-def read_image_list(list_file: Path, image_root: Path) -> tuple[list[Path], list[int]]:
-    """Parse `relative/path [label]` lines (OpenOOD's benchmark_imglist format)."""
-    paths, labels = [], []
-    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+def read_image_list(list_file: Path, image_root: Path) -> tuple[list[Path], list[int], list[int]]:
+    """Parse `relative/path [label]` lines (OpenOOD's benchmark_imglist format) into image
+    paths, labels and the line number of each. Errors quote no line: the file may be anything."""
+    paths, labels, numbers = [], [], []
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise HaloBenchError(f"{list_file} is not a UTF-8 text file of image paths.") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -62,9 +67,10 @@ def read_image_list(list_file: Path, image_root: Path) -> tuple[list[Path], list
             raise HaloBenchError(f"{list_file}:{number}: image paths must be relative to the image root.")
         paths.append(image_root / line)
         labels.append(label)
+        numbers.append(number)
     if not paths:
         raise HaloBenchError(f"{list_file} lists no images.")
-    return paths, labels
+    return paths, labels, numbers
 
 
 def _is_int(text: str) -> bool:

@@ -1,7 +1,13 @@
-"""Source adapters: `embedded` (in memory, offline), `torchvision`, `folder`, `imagelist`."""
+"""Source adapters: `embedded` (in memory, offline), `torchvision`, `folder`, `imagelist`.
+
+A relative path in a dataset entry (`dir`, `list`, `images`) is read under the data root and
+must stay inside it; an absolute path is taken as written. Error messages name files and line
+numbers, never what a file contains.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +32,24 @@ def _missing(spec: DatasetSpec, options: LoadOptions, detail: str) -> DatasetMis
     )
 
 
+def _where(spec: DatasetSpec, split: str, key: str, where: str) -> str:
+    """Where `key` of `split` is written: in the split's own entry, else in the shared params."""
+    return f"{where}.splits.{split}.{key}" if key in spec.splits[split] else f"{where}.params.{key}"
+
+
+def _check_path(value: Any, where: str) -> None:
+    """A path string that, if relative, stays under the data root once `..` is resolved.
+
+    A registry can come from someone else: `list: ../../../etc/passwd` must not make halo-bench
+    read files outside the data root. An absolute path is the user's own explicit choice.
+    """
+    if not isinstance(value, str):
+        raise HaloBenchError(f"{where}: expected a path (a string), got {type(value).__name__}.")
+    if not os.path.isabs(value) and Path(os.path.normpath(value)).parts[:1] == ("..",):
+        raise HaloBenchError(f"{where}: {value!r} leads out of the data root; give a path inside it, "
+                             "or an absolute path.")
+
+
 def _transform(data_config: dict[str, Any], options: LoadOptions) -> Any:
     from .transforms import eval_transform, train_transform
 
@@ -38,12 +62,17 @@ def _transform(data_config: dict[str, Any], options: LoadOptions) -> Any:
 
 
 def _validate_embedded(spec: DatasetSpec, where: str) -> None:
-    from .embedded import GENERATORS
+    from .embedded import GENERATORS, EmbeddedDataError, check_params
 
     if spec.generator is None:
         raise HaloBenchError(f"{where}: an embedded dataset needs 'generator' (one of {', '.join(GENERATORS)}).")
     if spec.generator not in GENERATORS:
         raise HaloBenchError(f"{where}: {unknown_name('generator', spec.generator, GENERATORS)}")
+    for split in spec.splits:
+        try:
+            check_params(spec.generator, spec.split_params(split))
+        except EmbeddedDataError as exc:
+            raise HaloBenchError(f"{where}.splits.{split}: {exc}.") from None
 
 
 def to_model_input(images: np.ndarray, data_config: dict[str, Any]) -> Tensor:
@@ -110,6 +139,8 @@ def _validate_torchvision(spec: DatasetSpec, where: str) -> None:
     if cls not in TORCHVISION_CLASSES:
         error = unknown_name("torchvision dataset", str(cls), TORCHVISION_CLASSES)
         raise HaloBenchError(f"{where}.params.class: {error}")
+    # The folder is `dir`, else the dataset's name: either must stay under the data root.
+    _check_path(spec.params.get("dir", spec.name), f"{where}.params.dir" if "dir" in spec.params else where)
     for split in spec.splits:
         concat = spec.split_params(split).get("concat")
         if concat is not None and not (isinstance(concat, list) and all(isinstance(p, dict) for p in concat)):
@@ -191,6 +222,7 @@ def _validate_folder(spec: DatasetSpec, where: str) -> None:
         params = spec.split_params(split)
         if not isinstance(params.get("dir"), str):
             raise HaloBenchError(f"{where}: a folder dataset needs 'dir' (in params or for split {split!r}).")
+        _check_path(params["dir"], _where(spec, split, "dir", where))
         if params.get("labels", "none") not in ("none", "subfolders"):
             raise HaloBenchError(f"{where}: 'labels' must be 'none' or 'subfolders'.")
 
@@ -224,6 +256,8 @@ def _validate_imagelist(spec: DatasetSpec, where: str) -> None:
         params = spec.split_params(split)
         if not (isinstance(params.get("list"), str) and isinstance(params.get("images"), str)):
             raise HaloBenchError(f"{where}: an imagelist dataset needs 'list' and 'images' (for split {split!r}).")
+        for key in ("list", "images"):
+            _check_path(params[key], _where(spec, split, key, where))
 
 
 def _imagelist_paths(spec: DatasetSpec, root: Path) -> list[Path]:
@@ -246,8 +280,8 @@ def load_imagelist(spec: DatasetSpec, split: str, data_config: dict[str, Any], o
         raise _missing(spec, options, f"no list file {list_file}")
     if not image_root.is_dir():
         raise _missing(spec, options, f"no image folder {image_root}")
-    paths, labels = read_image_list(list_file, image_root)
-    absent = next((p for p in paths if not p.is_file()), None)
-    if absent is not None:
-        raise _missing(spec, options, f"{list_file} names {absent}, which does not exist")
+    paths, labels, lines = read_image_list(list_file, image_root)
+    absent = next((line for path, line in zip(paths, lines) if not path.is_file()), None)
+    if absent is not None:  # the line number, not the line: the list may be any file
+        raise _missing(spec, options, f"line {absent} of {list_file} names an image that is not in {image_root}")
     return ImageFiles(paths, labels, _transform(data_config, options))
