@@ -41,7 +41,8 @@ PipelineOpt = Annotated[str, typer.Option(
     "augmented there, the DataLoader serves the rest and everything on a CPU; device: insist on that; loader: "
     "always the DataLoader. See README 'GPU'.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
-    "--num-workers", "--workers", "-j", min=0, help="DataLoader worker processes (default: 0 for in-memory data, up to 8 for image files).",
+    "--num-workers", "--workers", "-j", min=0, help="DataLoader worker processes (default: 0 for in-memory data: "
+    "CIFAR, SVHN, the MNIST family and the embedded sets; for image files, up to 8 of the CPUs this process may use).",
     show_default=False)]
 
 

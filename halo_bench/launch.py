@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .bench import BenchConfig
 from .console import console, make_progress
+from .cpus import usable_cpus
 from .errors import HaloBenchError, unknown_name
 from .io import atomic_write_json, sha256_file, utc_now
 from .config import RUNTIME_FIELDS, TrainConfig
@@ -213,7 +214,7 @@ class RunJob:
     train_config: TrainConfig
     eval_config: EvalConfig
     registry: str | None = None
-    threads: int | None = None  # torch CPU threads (default: SLURM's cpus-per-task, else torch's)
+    threads: int | None = None  # torch CPU threads (default: torch's, at most the CPUs the job may use)
     slots: str | None = None  # local launcher: folder of lock files limiting concurrent jobs
     max_parallel: int = 1
     gpus_per_job: int = 0
@@ -285,9 +286,8 @@ def run_job(job: RunJob) -> dict[str, Any]:
         return {"run": name, "rank": rank, "skipped": True}
     # ... and trains alone: without this, train() would read WORLD_SIZE > 1 and wait for the others.
     os.environ.update(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0")
-    threads = job.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
-    if threads:
-        torch.set_num_threads(threads)
+    # torch's default counts the node's cores; a job may hold fewer (SLURM's --cpus-per-task).
+    torch.set_num_threads(job.threads or min(torch.get_num_threads(), usable_cpus()))
     with _slot(job.slots, job.max_parallel) as slot:
         visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
         if job.slots and job.gpus_per_job and len(visible) >= (slot + 1) * job.gpus_per_job:
@@ -553,7 +553,7 @@ def make_jobs(plans: list[RunPlan], cfg: BenchConfig, cluster: ClusterConfig, la
     parallel = cluster.parallel(launcher, n_jobs)
     threads = cluster.cpus_per_job
     if launcher == "local" and threads is None:
-        threads = max(1, (os.cpu_count() or 1) // parallel)
+        threads = max(1, usable_cpus() // parallel)
     slots = str(jobs_folder(cfg.out) / "slots") if launcher == "local" else None
     return [
         RunJob(train_config=plan.train_config,

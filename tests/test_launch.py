@@ -274,3 +274,23 @@ def test_job_settings_fail_before_torch_loads(tmp_path: Path) -> None:
         proc = subprocess.run([sys.executable, "-c", code, "bench", "--out", str(tmp_path / "runs"), *args],
                               capture_output=True, text=True, timeout=120, env={**os.environ, **cache})
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_local_jobs_share_the_cpus_this_process_may_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        registry) -> None:
+    from halo_bench.bench import BenchConfig
+    from halo_bench.launch import ClusterConfig, make_jobs, plan_runs
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the machine ...
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)  # ... and ours
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    cfg = BenchConfig(model=MODEL, seeds=[0], out=str(tmp_path))
+    plans = plan_runs(cfg, registry)
+
+    def threads(**cluster: int) -> list[int | None]:
+        return [job.threads for job in make_jobs(plans, cfg, ClusterConfig(**cluster), "local", len(plans))]
+
+    assert threads(max_parallel=2) == [4, 4]
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")  # bench itself inside a SLURM allocation
+    assert threads(max_parallel=2) == [1, 1]
+    assert threads(max_parallel=2, cpus_per_job=3) == [3, 3]  # asked for: as asked
