@@ -86,13 +86,17 @@ class StepOutcome:
 
     loss: torch.Tensor
     correct: torch.Tensor
-    finite: torch.Tensor  # loss and gradient norm finite (fp16: the scaler skips bad steps itself)
+    finite: torch.Tensor  # loss and gradient norm finite
     grad_norm: torch.Tensor
+    scaled: bool = False  # fp16's GradScaler stepped: it skipped a non-finite step itself
 
 
 class DivergenceWatch:
     """Notes, on the device, the first step of an epoch whose loss or gradient is not
     finite; the host reads it (one sync) every `every` steps and at the epoch's end.
+
+    Under fp16's GradScaler a non-finite step is an overflow the scaler skips (halving
+    its scale), not a divergence; only a collapsing scale is (`problem`).
 
     A bad step has already updated the weights by the time the host knows, but the
     weights only reach disk in the checkpoint after the epoch-end check, so the last
@@ -106,10 +110,11 @@ class DivergenceWatch:
         self.step = torch.zeros((), device=device)
 
     def observe(self, outcome: StepOutcome) -> None:
-        bad = ~outcome.finite
-        values = torch.stack([self.step, outcome.loss.float(), outcome.grad_norm.float()])
-        self.first = torch.where(bad & ~self.found, values, self.first)
-        self.found |= bad
+        if not outcome.scaled:
+            bad = ~outcome.finite
+            values = torch.stack([self.step, outcome.loss.float(), outcome.grad_norm.float()])
+            self.first = torch.where(bad & ~self.found, values, self.first)
+            self.found |= bad
         self.step += 1
 
     def due(self, step: int) -> bool:
@@ -448,6 +453,7 @@ def train_epoch(cfg: TrainConfig, setup: Setup, opt: Optimisation, forward: nn.M
         setup.loader.sampler.set_epoch(epoch)
     started = time.perf_counter()
     loss_sum = torch.zeros((), device=setup.device)
+    loss_seen = torch.zeros((), device=setup.device)  # samples of the steps with a finite loss (fp16 overflows)
     correct = torch.zeros((), device=setup.device, dtype=torch.long)
     watch = DivergenceWatch(setup.device)
     seen = 0
@@ -467,14 +473,16 @@ def train_epoch(cfg: TrainConfig, setup: Setup, opt: Optimisation, forward: nn.M
             check()
         opt.scheduler.step()
         correct += outcome.correct
-        loss_sum += outcome.loss * len(y)
+        finite_loss = torch.isfinite(outcome.loss)
+        loss_sum += torch.where(finite_loss, outcome.loss.float() * len(y), 0.0)
+        loss_seen += finite_loss * len(y)
         seen += len(y)
         advance()
     check()
-    totals = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=setup.device)])
+    totals = torch.stack([loss_sum, loss_seen, correct.float(), torch.tensor(float(seen), device=setup.device)])
     distributed.all_sum(totals)
     distributed.share_buffers(model)  # rank 0's BatchNorm statistics everywhere, as DDP's next forward would
-    loss_total, correct_total, seen_total = totals.tolist()
+    loss_total, loss_count, correct_total, seen_total = totals.tolist()
     seconds = time.perf_counter() - started  # the sync above waited for the epoch's last step
     finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
     if not bool(finite):
@@ -485,7 +493,7 @@ def train_epoch(cfg: TrainConfig, setup: Setup, opt: Optimisation, forward: nn.M
                                     cfg.eval_batch_size, setup.workers, setup.memory_format)
     return {
         "epoch": epoch + 1,
-        "loss": loss_total / seen_total,
+        "loss": loss_total / loss_count if loss_count else math.nan,
         "train_acc": 100.0 * correct_total / seen_total,
         **monitor,
         "lr": max(group["lr"] for group in opt.optimizer.param_groups),
@@ -546,7 +554,8 @@ def train_step(forward: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: 
 
     Returns device tensors only and never waits for the device: whether the loss and
     gradient norm were finite is for a `DivergenceWatch` to note. (fp16's GradScaler
-    reads its overflow flag on the host and skips overflowing steps itself.)
+    reads its overflow flag on the host and skips overflowing steps itself, so under an
+    enabled scaler a non-finite step is not a divergence.)
     """
     model: Classifier = getattr(forward, "module", forward).model
     with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -555,13 +564,13 @@ def train_step(forward: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: 
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
-    finite = torch.isfinite(loss.detach()) & (torch.isfinite(norm) | scaler.is_enabled())
+    finite = torch.isfinite(loss.detach()) & torch.isfinite(norm)
     scaler.step(optimizer)
     scaler.update()
     with torch.no_grad():  # outside autocast: the head reads its own float32 weights
         logits = model.head(z.detach().float())
         correct = (logits[:, : model.num_classes].argmax(dim=1) == y).sum()
-    return StepOutcome(loss.detach(), correct, finite, norm.detach())
+    return StepOutcome(loss.detach(), correct, finite, norm.detach(), scaler.is_enabled())
 
 
 def _diverged(cfg: TrainConfig, run_dir: Path, epoch: int, step: int, value: str) -> TrainingDiverged:

@@ -207,3 +207,57 @@ def test_collapsing_fp16_loss_scale_counts_as_divergence() -> None:
     problem = watch.problem(scaler)
     assert problem is not None and "loss scale fell" in problem[1]
     assert torch.equal(model.embed.weight, before)  # the scaler skipped every step
+
+
+def test_fp16_scaler_skips_a_non_finite_loss_without_calling_it_divergence() -> None:
+    """fp16 (GPUs without bf16): an overflowing step is the GradScaler's to skip, on the CPU here."""
+    from halo_bench.models import build_model
+    from halo_bench.train import DivergenceWatch, TrainForward, param_groups, train_step
+
+    model = build_model(TINY, "cce", num_classes=6, in_chans=1, seed=0)
+    optimizer = torch.optim.SGD(param_groups(model, 0.0), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    forward, watch = TrainForward(model, model.backbone), DivergenceWatch(torch.device("cpu"))
+
+    class Overflow(TrainForward):  # the same step, its loss overflowed
+        def forward(self, x, y):
+            loss, z = super().forward(x, y)
+            return loss * float("inf"), z
+
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 6, (8,))
+    before, scale = model.embed.weight.detach().clone(), scaler.get_scale()
+    outcome = train_step(Overflow(model, model.backbone), x, y, optimizer, scaler, 5.0, None)
+    assert torch.isinf(outcome.loss) and not bool(outcome.finite)  # what happened, as it happened
+    watch.observe(outcome)
+    assert watch.problem(scaler) is None  # ... is not a divergence:
+    assert torch.equal(model.embed.weight, before) and scaler.get_scale() == scale / 2  # the scaler skipped it
+    watch.observe(train_step(forward, x, y, optimizer, scaler, 5.0, None))
+    assert watch.problem(scaler) is None and not torch.equal(model.embed.weight, before)
+
+
+def test_an_fp16_epoch_with_an_overflowing_step_trains_on(tmp_path: Path, registry, monkeypatch) -> None:
+    from halo_bench import train as train_module
+    from halo_bench.losses import linear as heads
+
+    made = []
+    original_opt, original_loss = train_module.make_optimisation, heads.LinearHead.loss
+
+    def fp16_scaler(cfg, setup):  # as on a GPU without bf16
+        opt = original_opt(cfg, setup)
+        opt.scaler = torch.amp.GradScaler("cpu", enabled=True)
+        made.append(opt)
+        return opt
+
+    calls = {"n": 0}
+
+    def overflow_once(self, x, y, reduction=None):
+        calls["n"] += 1
+        loss = original_loss(self, x, y, reduction)
+        return loss * float("inf") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(train_module, "make_optimisation", fp16_scaler)
+    monkeypatch.setattr(heads.LinearHead, "loss", overflow_once)
+    result = train(TrainConfig(model=TINY, loss="cce", epochs=1, out=str(tmp_path)), registry)
+    (row,) = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert calls["n"] > 3 and made[0].scaler.get_scale() == 2.0**15  # one skipped step: 2**16 halved once
+    assert 0 < row["loss"] < 10  # the mean over the steps whose loss was finite
