@@ -352,9 +352,29 @@ def restore(state: dict[str, Any], setup: Setup, opt: Optimisation) -> tuple[int
         opt.scaler.load_state_dict(ts["scaler"])
     setup.loader_gen.set_state(ts["loader_rng"])
     torch.set_rng_state(ts["torch_rng"])
-    if ts.get("cuda_rng") is not None and setup.device.type == "cuda":
-        torch.cuda.set_rng_state_all(ts["cuda_rng"])
+    restore_cuda_rng(ts.get("cuda_rng"), state["meta"].get("device"), setup.device)
     return int(ts["epoch"]), list(ts["history"])
+
+
+def restore_cuda_rng(saved: Any, saved_device: str | None, device: torch.device) -> None:
+    """Set this process's GPU generator from the checkpoint's, and no other GPU's.
+
+    A checkpoint holds the state of the one GPU its writer trained on; older ones hold
+    one state per GPU the writer could see (8 from an 8-GPU job), which a job with fewer
+    GPUs (a requeue) cannot set. Under torchrun each rank's streams are re-derived from
+    (seed, epoch, rank) anyway, so only a one-process run needs the saved state.
+    """
+    if saved is None or device.type != "cuda":
+        return
+    if isinstance(saved, (list, tuple)):  # one state per visible GPU: take the writer's own
+        writer = torch.device(saved_device) if saved_device and saved_device.startswith("cuda") else None
+        index = writer.index if writer is not None and writer.index is not None else 0
+        if index >= len(saved):
+            return
+        saved = saved[index]
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index < torch.cuda.device_count():
+        torch.cuda.set_rng_state(saved, index)
 
 
 def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = False,
@@ -516,7 +536,7 @@ def record_epoch(cfg: TrainConfig, setup: Setup, opt: Optimisation, meta: dict[s
         "scaler": opt.scaler.state_dict(),
         "loader_rng": setup.loader_gen.get_state(),
         "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if setup.device.type == "cuda" else None,
+        "cuda_rng": torch.cuda.get_rng_state(setup.device) if setup.device.type == "cuda" else None,  # its GPU's
         "history": history,
     }
     # A finished run needs no optimiser state: that halves the file.

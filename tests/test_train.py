@@ -261,3 +261,51 @@ def test_an_fp16_epoch_with_an_overflowing_step_trains_on(tmp_path: Path, regist
     (row,) = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert calls["n"] > 3 and made[0].scaler.get_scale() == 2.0**15  # one skipped step: 2**16 halved once
     assert 0 < row["loss"] < 10  # the mean over the steps whose loss was finite
+
+
+def test_a_checkpoint_of_an_8_gpu_job_resumes_in_a_1_gpu_job(tmp_path: Path, monkeypatch) -> None:
+    """A requeue on fewer GPUs: each process sets its own GPU's generator, and no GPU it cannot see."""
+    from types import SimpleNamespace
+
+    from halo_bench import train as train_module
+
+    gpus = {"count": 8}
+    states = [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]  # GPU i's generator state
+    restored: list[tuple[int, torch.Tensor]] = []
+
+    def index(device) -> int:
+        device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+        if device.index is not None and device.index >= gpus["count"]:
+            raise IndexError("tuple index out of range")  # torch.cuda.default_generators[index]
+        return 0 if device.index is None else device.index
+
+    def set_rng_state(state, device="cuda") -> None:
+        restored.append((index(device), state.clone()))
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus["count"])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    for module in (torch.cuda, torch.cuda.random):  # set_rng_state_all calls random's own
+        monkeypatch.setattr(module, "set_rng_state", set_rng_state)
+        monkeypatch.setattr(module, "get_rng_state", lambda device="cuda": states[index(device)])
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [states[i] for i in range(gpus["count"])])
+
+    def job(device: torch.device) -> tuple[SimpleNamespace, SimpleNamespace]:
+        model = torch.nn.Linear(3, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        opt = SimpleNamespace(optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+                              scaler=torch.amp.GradScaler("cpu", enabled=False))
+        return SimpleNamespace(model=model, loader_gen=torch.Generator(), device=device), opt
+
+    ckpt = tmp_path / "ckpt.pt"
+    setup, opt = job(torch.device("cuda", 0))  # rank 0 of an 8-GPU torchrun job writes the checkpoint
+    train_module.record_epoch(SimpleNamespace(epochs=3), setup, opt, {"device": "cuda:0"}, [{"epoch": 1}], ckpt)
+    state = read_checkpoint(ckpt)
+    gpus["count"] = 1  # requeued with one GPU
+    setup, opt = job(torch.device("cuda"))
+    assert train_module.restore(state, setup, opt)[0] == 1
+    assert len(restored) == 1 and restored[0][0] == 0 and torch.equal(restored[0][1], states[0])
+    # A checkpoint written before: every visible GPU's state; the writer's own (cuda:3) is the one set.
+    restored.clear()
+    state["train_state"]["cuda_rng"], state["meta"]["device"] = states[:4], "cuda:3"
+    train_module.restore(state, setup, opt)
+    assert len(restored) == 1 and restored[0][0] == 0 and torch.equal(restored[0][1], states[3])
