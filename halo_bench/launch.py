@@ -33,7 +33,7 @@ from .console import console, make_progress
 from .cpus import usable_cpus
 from .errors import HaloBenchError, unknown_name
 from .io import atomic_write_json, sha256_file, utc_now
-from .config import RUNTIME_FIELDS, TrainConfig
+from .config import TrainConfig, saved_identity
 
 if TYPE_CHECKING:  # evaluate imports torch; the CLI checks everything before torch loads
     from .evaluate import EvalConfig
@@ -361,10 +361,6 @@ def plan_runs(cfg: BenchConfig, registry: Any) -> list[RunPlan]:
     return plans
 
 
-def _identity(train_config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in train_config.items() if k not in RUNTIME_FIELDS}
-
-
 def finished_results(plan: RunPlan, detectors: list[str] | None) -> Path | None:
     """results.json if it evaluates this run's complete checkpoint, as configured; else None."""
     import json
@@ -376,7 +372,7 @@ def finished_results(plan: RunPlan, detectors: list[str] | None) -> Path | None:
         doc = json.loads(path.read_text())
         checkpoint = doc["checkpoint"]
         same = (checkpoint.get("complete") is True and not doc.get("partial")
-                and _identity(doc["train_config"]) == plan.resolved.identity()
+                and saved_identity(doc["train_config"]) == plan.resolved.identity()
                 and doc["eval_config"].get("detectors") == detectors)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

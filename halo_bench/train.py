@@ -20,7 +20,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import distributed
 from .archs import resolve_arch
-from .config import BYOM_DEFAULTS, RUNTIME_FIELDS, TrainConfig
+from .config import TrainConfig, saved_identity
 from .console import console, make_progress
 from .data import LoadOptions, check_labels, default_workers, load_split, resolve_data_root
 from .data.device import DeviceBatches, choose_pipeline, derived_seed
@@ -196,8 +196,7 @@ def find_resumable(cfg: TrainConfig, ckpt_path: Path, force: bool) -> tuple[dict
     if force or not ckpt_path.exists():
         return None, False
     state = read_checkpoint(ckpt_path)
-    saved = {**BYOM_DEFAULTS, **state["meta"].get("train_config", {})}
-    if {k: v for k, v in saved.items() if k not in RUNTIME_FIELDS} != cfg.identity():
+    if saved_identity(state["meta"].get("train_config", {})) != cfg.identity():
         raise HaloBenchError(
             f"{ckpt_path.parent} holds a run with a different configuration; pass --force to "
             "overwrite it or --out to train elsewhere."
@@ -213,9 +212,13 @@ def build(cfg: TrainConfig, registry: Registry) -> Setup:
     if ranks.distributed and cfg.freeze_backbone:
         raise HaloBenchError("--freeze-backbone trains the head on cached features in one process (seconds); "
                              "run it without torchrun.")
-    device = distributed.start(ranks, resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    sync_bn_note = distributed.check_sync_bn(ranks, device) if cfg.sync_bn else None
+    device = distributed.start(ranks, device)
     if not ranks.main:
         console.quiet = True  # rank 0 speaks for the run
+    if sync_bn_note:
+        console.print(sync_bn_note, markup=False)
     from . import finetune
 
     channels = suite.data_config["input_size"][0]
@@ -235,6 +238,8 @@ def build(cfg: TrainConfig, registry: Registry) -> Setup:
     probe_input(model, data_config["input_size"], arch)
     if cfg.freeze_backbone:
         finetune.freeze_backbone(model)
+    if cfg.sync_bn and sync_bn_note is None:
+        distributed.sync_batchnorm(model)
     # Same data order and dropout stream for every loss of a seed, whatever the head drew.
     torch.manual_seed(cfg.seed)
     loader_gen = torch.Generator().manual_seed(cfg.seed)
@@ -318,7 +323,7 @@ def run_meta(cfg: TrainConfig, setup: Setup, registry: Registry) -> dict[str, An
     channels = data_config["input_size"][0]
     report = getattr(setup.model, "weights_report", None)
     return {
-        "train_config": asdict(cfg),
+        "train_config": cfg.record(),
         "run": cfg.run_name,
         "loss": {"name": spec.name, "label": spec.display(cfg.loss_knobs), "tag": cfg.loss_tag,
                  "knobs": dict(cfg.loss_knobs), "changed": spec.changed(cfg.loss_knobs)},
