@@ -26,11 +26,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_torchrun_trains_ddp_replicas_that_stay_equal_and_rank_0_writes_the_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pipeline", ["device", "loader"])
+def test_torchrun_trains_ddp_replicas_that_stay_equal_and_rank_0_writes_the_run(tmp_path: Path,
+                                                                                 pipeline: str) -> None:
+    """device: each rank its slice of the global batch; loader: a DataLoader per rank over its
+    DistributedSampler shard, at the per-rank batch."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
                "127.0.0.1", "--master-port", str(_free_port()), "-m", "halo_bench", "train", TINY, "--loss",
-               "halo", "--epochs", "1", "--device", "cpu", "--data-pipeline", "device", "--out", str(tmp_path)]
+               "halo", "--epochs", "1", "--device", "cpu", "--data-pipeline", pipeline, "--out", str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240, check=False)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
@@ -40,7 +44,7 @@ def test_torchrun_trains_ddp_replicas_that_stay_equal_and_rank_0_writes_the_run(
     assert [r.name for r in runs] == ["digits-test_resnet-halo-s0"]
     state = read_checkpoint(runs[0] / "ckpt.pt")
     assert state["meta"]["complete"] and state["meta"]["world_size"] == 2
-    assert state["meta"]["data_pipeline"] == "device"  # each rank its slice of the GPU path's global batch
+    assert state["meta"]["data_pipeline"] == pipeline
     assert output.count("epoch 1/1:") == 1  # rank 0 alone logs
     history = [json.loads(line) for line in (runs[0] / "metrics.jsonl").read_text().splitlines()]
     config = json.loads((runs[0] / "config.json").read_text())
