@@ -309,3 +309,120 @@ def test_a_checkpoint_of_an_8_gpu_job_resumes_in_a_1_gpu_job(tmp_path: Path, mon
     state["train_state"]["cuda_rng"], state["meta"]["device"] = states[:4], "cuda:3"
     train_module.restore(state, setup, opt)
     assert len(restored) == 1 and restored[0][0] == 0 and torch.equal(restored[0][1], states[3])
+
+
+class _HostReads:
+    """While `armed`, reading a tensor's value on the host fails the test.
+
+    A GPU run has torch.cuda.set_sync_debug_mode("error") for this; on the CPU every value is
+    at hand, so the guard is twofold: the Python conversions (item, bool, float, int, index,
+    tolist, numpy, cpu) and, under them, the dispatcher's ops that copy a value out to the host
+    (`_local_scalar_dense`, run by .item() and bool()) or size their output by the data (nonzero,
+    masked_select, unique, indexing by a boolean mask): each a device sync on a GPU.
+    """
+
+    CONVERSIONS = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "cpu")
+
+    def __init__(self, monkeypatch) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        self.armed = False
+        ops = torch.ops.aten
+        syncing = {ops._local_scalar_dense, ops.nonzero, ops.masked_select, ops._unique2, ops.unique_consecutive,
+                   ops.unique_dim}
+        indexing = {ops.index, ops.index_put, ops.index_put_, ops._index_put_impl_}
+        guard = self
+
+        def by_mask(args) -> bool:
+            return any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in args[1])
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                packet = func.overloadpacket
+                if guard.armed and (packet in syncing or packet in indexing and by_mask(args)):
+                    raise AssertionError(f"host sync in the training loop: aten.{packet.__name__}")
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+        for name in self.CONVERSIONS:
+            original = getattr(torch.Tensor, name)
+
+            def checked(tensor, *args, _name=name, _original=original, **kwargs):
+                if guard.armed:
+                    raise AssertionError(f"host sync in the training loop: Tensor.{_name}")
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, checked)
+        one_hot = torch.nn.functional.one_hot
+
+        def cuda_one_hot(labels, num_classes=-1):
+            # On the CPU one_hot reads the labels' range to check it; on CUDA, given num_classes, it
+            # leaves that to scatter's device-side assert and does not sync: allowed as on CUDA.
+            armed, guard.armed = guard.armed, guard.armed and num_classes < 1
+            try:
+                return one_hot(labels, num_classes)
+            finally:
+                guard.armed = armed
+
+        monkeypatch.setattr(torch.nn.functional, "one_hot", cuda_one_hot)
+
+    def loader(self, loader) -> None:
+        """Disarmed while `loader` draws a batch (the DataLoader reads its sampler's indices), armed
+        from the moment the loop receives one until it asks for the next."""
+        guard = self
+
+        class Guarded(type(loader)):
+            def __iter__(self):
+                batches = super().__iter__()
+                while True:
+                    guard.armed = False
+                    try:
+                        batch = next(batches)
+                    except StopIteration:
+                        return
+                    guard.armed = True
+                    yield batch
+
+        loader.__class__ = Guarded
+
+
+@pytest.mark.parametrize(("pipeline", "loss"), [("loader", "halo"), ("device", "cce")])
+def test_the_training_loop_reads_nothing_from_the_device_between_divergence_checks(tmp_path: Path, registry,
+                                                                                  monkeypatch, pipeline: str,
+                                                                                  loss: str) -> None:
+    from halo_bench import train as train_module
+
+    guard = _HostReads(monkeypatch)
+    with guard.mode:  # the guard can fail: each kind of host read, armed
+        guard.armed = True
+        for read in (lambda t: t.item(), bool, float, lambda t: t.tolist(), lambda t: t.cpu(), torch.nonzero,
+                     lambda t: t[t > 0], lambda t: torch.nn.functional.one_hot(t.long())):
+            with pytest.raises(AssertionError, match="host sync in the training loop"):
+                read(torch.ones(()) if read in (bool, float) else torch.ones(3))
+        assert torch.nn.functional.one_hot(torch.ones(3).long(), 4).shape == (3, 4)  # no sync on CUDA
+        guard.armed = False
+    original_build, original_problem = train_module.build, train_module.DivergenceWatch.problem
+    checks = []
+
+    def build(cfg, registry):
+        setup = original_build(cfg, registry)
+        guard.loader(setup.loader)
+        return setup
+
+    def problem(self, scaler):  # the one read allowed: every CHECK_EVERY steps and at the epoch's end
+        armed, guard.armed = guard.armed, False
+        checks.append(armed)
+        try:
+            return original_problem(self, scaler)
+        finally:
+            guard.armed = armed
+
+    monkeypatch.setattr(train_module, "CHECK_EVERY", 3)
+    monkeypatch.setattr(train_module, "build", build)
+    monkeypatch.setattr(train_module.DivergenceWatch, "problem", problem)
+    with guard.mode:
+        result = train(TrainConfig(model=TINY, loss=loss, epochs=1, data_pipeline=pipeline, out=str(tmp_path)),
+                       registry)
+    steps = json.loads((result.run_dir / "config.json").read_text())["steps_per_epoch"]
+    assert json.loads((result.run_dir / "config.json").read_text())["data_pipeline"] == pipeline
+    assert steps > 3 and checks == [True] * (steps // 3) + [False]  # in the loop, then after it
