@@ -295,8 +295,9 @@ def test_the_hub_probe_decides_between_timms_download_and_the_fetch_command(tmp_
 
     monkeypatch.setattr(socket, "create_connection", create_connection)
     monkeypatch.setattr(timm, "create_model", create_model)
-    for endpoint, address in ((None, ("huggingface.co", 443)), ("http://mirror.internal:8080", ("mirror.internal", 8080)),
-                              ("https://hf-mirror.example", ("hf-mirror.example", 443))):
+    endpoints = ((None, ("huggingface.co", 443)), ("http://mirror.internal:8080", ("mirror.internal", 8080)),
+                 ("https://hf-mirror.example", ("hf-mirror.example", 443)))
+    for endpoint, address in endpoints:
         if endpoint is None:
             monkeypatch.delenv("HF_ENDPOINT", raising=False)
         else:

@@ -292,8 +292,8 @@ def test_a_checkpoint_of_an_8_gpu_job_resumes_in_a_1_gpu_job(tmp_path: Path, mon
     def job(device: torch.device) -> tuple[SimpleNamespace, SimpleNamespace]:
         model = torch.nn.Linear(3, 2)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        opt = SimpleNamespace(optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
-                              scaler=torch.amp.GradScaler("cpu", enabled=False))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        opt = SimpleNamespace(optimizer=optimizer, scheduler=scheduler, scaler=torch.amp.GradScaler("cpu", enabled=False))
         return SimpleNamespace(model=model, loader_gen=torch.Generator(), device=device), opt
 
     ckpt = tmp_path / "ckpt.pt"
