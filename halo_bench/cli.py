@@ -42,7 +42,8 @@ PipelineOpt = Annotated[str, typer.Option(
     "augmented there, the DataLoader serves the rest and everything on a CPU; device: insist on that; loader: "
     "always the DataLoader. See README 'GPU'.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
-    "--num-workers", "--workers", "-j", min=0, help="DataLoader worker processes (default: 0 for in-memory data, up to 8 for image files).",
+    "--num-workers", "--workers", "-j", min=0, help="DataLoader worker processes (default: 0 for in-memory data: "
+    "CIFAR, SVHN, the MNIST family and the embedded sets; for image files, up to 8 of the CPUs this process may use).",
     show_default=False)]
 
 
@@ -178,10 +179,12 @@ def train(
     freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Train only the embedding and the head, on backbone features computed once (backbone in eval mode, no augmentation).")] = False,
     backbone_lr_scale: Annotated[Optional[float], typer.Option("--backbone-lr-scale", help="Backbone learning rate = --lr x this (default: 0.1 with loaded weights, else 1).", show_default=False)] = None,
     img_size: Annotated[Optional[int], typer.Option("--img-size", help="Input height and width (default: the pretrained model's, else the suite's).", show_default=False)] = None,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm), not each GPU's slice of it; part of the run's configuration.")] = False,
 ) -> None:
     """Train MODEL on a suite's ID set; resumes an interrupted run of the same config.
 
-    Several GPUs: torchrun --nproc-per-node N -m halo_bench train ... (--batch-size is the global batch)."""
+    Several GPUs: torchrun --nproc-per-node N -m halo_bench train ... (--batch-size is the global batch; --sync-bn
+    takes BatchNorm statistics over it)."""
     from .config import TrainConfig
     from .data import load_registry
     from .losses import parse_loss
@@ -196,7 +199,8 @@ def train(
                       data_pipeline=data_pipeline, out=str(out),
                       data_root=str(data_root) if data_root else None, pretrained=pretrained,
                       init_from=str(_weights_file(init_from)) if init_from else None, use_ema=use_ema,
-                      freeze_backbone=freeze_backbone, backbone_lr_scale=backbone_lr_scale, img_size=img_size)
+                      freeze_backbone=freeze_backbone, backbone_lr_scale=backbone_lr_scale, img_size=img_size,
+                      sync_bn=sync_bn)
     reg = load_registry(registry)
     cfg.resolved(reg)  # every flag, the suite and the loss's knobs checked before torch loads
     check_model_name(model, pretrained=pretrained)

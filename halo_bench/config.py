@@ -19,8 +19,10 @@ FINETUNE_LR_FACTOR = 0.1  # full fine-tuning: the suite's lr x 0.1 for the new l
 FINETUNE_BACKBONE_LR_SCALE = 0.1  # ... and x 0.1 again for the loaded backbone
 
 # What a run saved before these fields existed trained with (so it still resumes).
-BYOM_DEFAULTS = {"pretrained": False, "init_from": None, "use_ema": False, "freeze_backbone": False,
-                 "backbone_lr_scale": 1.0, "img_size": None}
+SAVED_DEFAULTS = {"pretrained": False, "init_from": None, "use_ema": False, "freeze_backbone": False,
+                  "backbone_lr_scale": 1.0, "img_size": None, "sync_bn": False}
+# Recorded only when set: a run without them keeps the saved config (and report grouping) it always had.
+RECORDED_WHEN_SET = ("sync_bn",)
 
 # torch's CPU generator (mt19937) keeps only a seed's low 32 bits, so a larger seed trains the
 # run of a smaller one; numpy's legacy seeding and SeedSequence words are 32 bits too.
@@ -71,6 +73,9 @@ class TrainConfig:
     freeze_backbone: bool = False  # only the embedding and head train, on cached backbone features
     backbone_lr_scale: float | None = None  # backbone lr multiplier (default: 0.1 with loaded weights)
     img_size: int | None = None  # input height = width (default: the model's, else the suite's)
+    # BatchNorm statistics over the global batch under torchrun (SyncBatchNorm, CUDA only), not each
+    # GPU's slice: it changes what is trained, so it is part of the identity, not of the run's name.
+    sync_bn: bool = False
 
     def resolved(self, registry: Registry) -> TrainConfig:
         """A copy with every unset recipe field filled from the suite's recipe and every
@@ -176,6 +181,19 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that must match for a checkpoint to be resumed by this config."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUNTIME_FIELDS}
+
+    def record(self) -> dict[str, Any]:
+        """The config as a run saves it (config.json, ckpt.pt, results.json)."""
+        values = asdict(self)
+        for name in RECORDED_WHEN_SET:
+            if values[name] == SAVED_DEFAULTS[name]:
+                del values[name]
+        return values
+
+
+def saved_identity(saved: dict[str, Any]) -> dict[str, Any]:
+    """`TrainConfig.identity()` of a saved config, whichever halo-bench version saved it."""
+    return {k: v for k, v in {**SAVED_DEFAULTS, **saved}.items() if k not in RUNTIME_FIELDS}
 
 
 def check_seed(seed: int, flag: str) -> None:

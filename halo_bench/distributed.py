@@ -8,6 +8,14 @@ DistributedDataParallel on its slice of every global batch (`--batch-size` is th
 global batch, so the recipe and the learning-rate schedule are those of one GPU).
 NCCL joins CUDA processes, gloo CPU ones (what the tests run). Rank 0 alone writes
 the run folder; every rank reads a checkpoint to resume.
+
+What still differs from one GPU: BatchNorm normalises each rank's slice (batch / N
+samples) unless `--sync-bn` (SyncBatchNorm, CUDA only) takes its statistics over the
+global batch; the device pipeline serves every step the same global batch on any
+number of ranks, but the DataLoader path shards its own permutation and augments with
+per-rank streams; dropout draws per-rank streams; and gradients are summed in another
+order. So a multi-GPU run matches a one-GPU run statistically, like another seed,
+never bit for bit.
 """
 
 from __future__ import annotations
@@ -126,3 +134,25 @@ def share_buffers(module: torch.nn.Module) -> None:
         for buffer in module.buffers():
             dist.broadcast(buffer.data, src=0)
 
+
+def check_sync_bn(ranks: Ranks, device: torch.device) -> str | None:
+    """Whether `--sync-bn` applies to this launch: None if it does, a note if it has nothing
+    to do (one process); a HaloBenchError where it cannot run (checked before the process
+    group is joined, so no rank is left waiting)."""
+    if not ranks.distributed:
+        return ("--sync-bn: one process already normalises BatchNorm over the whole batch; nothing to "
+                "synchronise (it matters under torchrun).")
+    if device.type != "cuda":
+        raise HaloBenchError(f"--sync-bn synchronises BatchNorm across GPUs: torch's SyncBatchNorm runs on CUDA "
+                             f"(NCCL) only, and this torchrun job trains on {device.type} (gloo). Drop --sync-bn, "
+                             "or train on GPUs.")
+    return None
+
+
+def sync_batchnorm(model: torch.nn.Module) -> None:
+    """Replace, in place, every BatchNorm layer inside `model` by a SyncBatchNorm with the same
+    parameters and statistics (the state_dict keeps its keys: a checkpoint loads into the plain model)."""
+    import torch
+
+    for name, child in model.named_children():
+        setattr(model, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))

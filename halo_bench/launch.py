@@ -7,6 +7,13 @@ submitted is kept in `<out>/jobs/jobs.json`, so running the same `bench` again c
 tell finished, running, failed and missing runs apart: it skips the finished and
 running ones and resubmits the others, which resume from their last checkpoint.
 
+Whether a SLURM job still runs is sacct's to say. When sacct cannot (accounting off, the
+job aged out of it, a failing call: submitit then reports UNKNOWN), the job's logs are
+read for SLURM's and submitit's end lines (cancelled, time limit, out of memory, task
+exit); failing those, the job counts as running for `unknown_limit` (default: its time
+limit) from when its state was first unknown, kept in jobs.json across benches, and then
+as failed: listed with its log and resubmitted.
+
 A job that is preempted or reaches its time limit gets submitit's signal, calls
 `RunJob.checkpoint` and is requeued; `train()` then resumes from the run's ckpt.pt
 (written after every epoch), so at most the epoch in progress is trained again.
@@ -30,9 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 from .bench import BenchConfig
 from .console import console, make_progress
+from .cpus import usable_cpus
 from .errors import HaloBenchError, unknown_name
 from .io import atomic_write_json, sha256_file, utc_now
-from .config import RUNTIME_FIELDS, TrainConfig
+from .config import TrainConfig, saved_identity
 
 if TYPE_CHECKING:  # evaluate imports torch; the CLI checks everything before torch loads
     from .evaluate import EvalConfig
@@ -42,9 +50,20 @@ JOBS_DIR = "jobs"  # under --out: each job's logs and submitit's pickles, jobs.j
 JOBS_FILE = "jobs.json"
 JOBS_SCHEMA = "halo-bench/jobs"
 INSTALL_HINT = 'pip install "halo-bench[cluster]" (or pip install submitit)'
-# sacct states of a job that may still run (a requeued job shows its latest attempt).
+# sacct states of a job that may still run (a requeued job shows its latest attempt). Not UNKNOWN:
+# submitit's word for "sacct said nothing", which a dead job says forever (JobStates).
 SLURM_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "COMPLETING",
-                "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "UNKNOWN", "READY"}
+                "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "READY"}
+UNKNOWN = "UNKNOWN"
+JOB_STARTED = "job started (slot"  # run_job's first line, in the job's stderr, at every attempt
+REQUEUED = "preempted or timed out; requeued"  # RunJob.checkpoint's
+# Log lines that end a job's attempt (slurmstepd, srun, submitit), and lines of an attempt that
+# goes on or starts again after them (a requeue); the last of either in a log tells which.
+LOG_ENDS = re.compile(r"CANCELLED AT|oom[-_]kill event|srun: error: .*task \d+: |Job completed successfully|"
+                      r"Submitted job triggered an exception|Job not requeued because")
+LOG_GOES_ON = ("DUE TO JOB REQUEUE", "Requeued job", "Exiting gracefully after preemption/timeout",
+               "- Starting with", JOB_STARTED, REQUEUED)
+LOG_TAIL_BYTES = 1 << 20
 DEFAULT_TIME_MIN = 24 * 60  # SLURM
 LOCAL_NO_LIMIT_MIN = 366 * 24 * 60  # local jobs: in effect none (a job waiting for a slot counts)
 ERROR_LINES = 5
@@ -64,11 +83,16 @@ class ClusterConfig:
     sbatch_lines: list[str] = field(default_factory=list)
     setup: list[str] = field(default_factory=list)  # shell lines run before each job (module load ...)
     max_requeues: int = 3  # time-outs after which submitit stops requeuing a job
+    unknown_limit: float | None = None  # minutes a SLURM job sacct cannot report on counts as running (default: time)
 
     def parallel(self, launcher: str, n_jobs: int) -> int:
         if self.max_parallel is not None:
             return self.max_parallel
         return 1 if launcher == "local" else max(1, n_jobs)
+
+    def unknown_limit_s(self) -> float:
+        minutes = self.unknown_limit if self.unknown_limit is not None else self.time or DEFAULT_TIME_MIN
+        return 60.0 * minutes
 
 
 def parse_time(value: Any, where: str = "--time") -> int:
@@ -165,6 +189,11 @@ def _validated(values: dict[str, Any], origin: dict[str, str]) -> ClusterConfig:
     mem = values.get("mem_gb")
     if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float)) or mem <= 0):
         raise HaloBenchError(f"{origin['mem_gb']} must be a positive number of GB, got {mem!r}.")
+    unknown = values.get("unknown_limit")
+    if isinstance(unknown, str):
+        unknown = parse_time(unknown, origin["unknown_limit"])
+    elif unknown is not None and (isinstance(unknown, bool) or not isinstance(unknown, (int, float)) or unknown < 0):
+        raise HaloBenchError(f"{origin['unknown_limit']} must be minutes >= 0 or H:MM:SS, got {unknown!r}.")
     cfg = ClusterConfig(
         partition=text("partition"),
         time=parse_time(values["time"], origin["time"]) if values.get("time") is not None else None,
@@ -176,6 +205,7 @@ def _validated(values: dict[str, Any], origin: dict[str, str]) -> ClusterConfig:
         sbatch_lines=lines("sbatch_lines"),
         setup=lines("setup"),
         max_requeues=integer("max_requeues", 0, 3),
+        unknown_limit=float(unknown) if unknown is not None else None,
     )
     for line in cfg.sbatch_lines:
         _sbatch_option(line, origin["sbatch_lines"])
@@ -213,7 +243,7 @@ class RunJob:
     train_config: TrainConfig
     eval_config: EvalConfig
     registry: str | None = None
-    threads: int | None = None  # torch CPU threads (default: SLURM's cpus-per-task, else torch's)
+    threads: int | None = None  # torch CPU threads (default: torch's, at most the CPUs the job may use)
     slots: str | None = None  # local launcher: folder of lock files limiting concurrent jobs
     max_parallel: int = 1
     gpus_per_job: int = 0
@@ -224,8 +254,7 @@ class RunJob:
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         from submitit.helpers import DelayedSubmission
 
-        console.print(f"{self.train_config.run_name}: preempted or timed out; requeued, it resumes "
-                      "from its last checkpoint.")
+        console.print(f"{self.train_config.run_name}: {REQUEUED}, it resumes from its last checkpoint.")
         return DelayedSubmission(self)
 
 
@@ -285,15 +314,14 @@ def run_job(job: RunJob) -> dict[str, Any]:
         return {"run": name, "rank": rank, "skipped": True}
     # ... and trains alone: without this, train() would read WORLD_SIZE > 1 and wait for the others.
     os.environ.update(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0")
-    threads = job.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None
-    if threads:
-        torch.set_num_threads(threads)
+    # torch's default counts the node's cores; a job may hold fewer (SLURM's --cpus-per-task).
+    torch.set_num_threads(job.threads or min(torch.get_num_threads(), usable_cpus()))
     with _slot(job.slots, job.max_parallel) as slot:
         visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
         if job.slots and job.gpus_per_job and len(visible) >= (slot + 1) * job.gpus_per_job:
             # local launcher: slot k gets the k-th group of GPUs (CUDA is not initialised yet)
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(visible[slot * job.gpus_per_job:(slot + 1) * job.gpus_per_job])
-        console.print(f"{name}: job started (slot {slot}, {torch.get_num_threads()} threads, "
+        console.print(f"{name}: {JOB_STARTED} {slot}, {torch.get_num_threads()} threads, "
                       f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}, "
                       f"{dist or 'no submitit environment'})", markup=False)
         registry = load_registry(job.registry)
@@ -315,7 +343,7 @@ class RunPlan:
     run_dir: Path
     state: str = "missing"  # finished | running | failed | missing
     record: dict[str, Any] | None = None
-    detail: str = ""  # failed: the error's last lines; missing: how far a checkpoint got
+    detail: str = ""  # failed: the error's last lines; missing: how far a checkpoint got; running: why, if unsure
 
 
 def jobs_folder(out: str | os.PathLike[str]) -> Path:
@@ -339,8 +367,10 @@ def read_jobs(out: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     return runs
 
 
-def _record_jobs(out: str | os.PathLike[str], records: dict[str, dict[str, Any]]) -> None:
-    """Merge `records` into jobs.json under a lock (two benches may share an --out)."""
+@contextlib.contextmanager
+def _editing_jobs(out: str | os.PathLike[str]) -> Iterator[dict[str, dict[str, Any]]]:
+    """jobs.json's records, to change in place and written back, under a lock (two benches may
+    share an --out)."""
     import fcntl
 
     folder = jobs_folder(out)
@@ -348,8 +378,26 @@ def _record_jobs(out: str | os.PathLike[str], records: dict[str, dict[str, Any]]
     with open(folder / ".jobs.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         runs = read_jobs(out)
-        runs.update(records)
+        yield runs
         atomic_write_json(folder / JOBS_FILE, {"schema": JOBS_SCHEMA, "version": 1, "runs": runs})
+
+
+def _record_jobs(out: str | os.PathLike[str], records: dict[str, dict[str, Any]]) -> None:
+    """Merge `records` (run name -> its job's record) into jobs.json."""
+    with _editing_jobs(out) as runs:
+        runs.update(records)
+
+
+def _update_jobs(out: str | os.PathLike[str], changes: dict[str, dict[str, Any]]) -> None:
+    """Set fields of the records of these job ids (None removes one); a run resubmitted
+    meanwhile has another job id and is left alone."""
+    with _editing_jobs(out) as runs:
+        for record in runs.values():
+            for key, value in changes.get(record["job_id"], {}).items():
+                if value is None:
+                    record.pop(key, None)
+                else:
+                    record[key] = value
 
 
 def plan_runs(cfg: BenchConfig, registry: Any) -> list[RunPlan]:
@@ -359,10 +407,6 @@ def plan_runs(cfg: BenchConfig, registry: Any) -> list[RunPlan]:
         tcfg = replace(tcfg, out=str(Path(tcfg.out).absolute()))
         plans.append(RunPlan(tcfg.run_name, tcfg, tcfg.resolved(registry), Path(tcfg.out) / tcfg.run_name))
     return plans
-
-
-def _identity(train_config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in train_config.items() if k not in RUNTIME_FIELDS}
 
 
 def finished_results(plan: RunPlan, detectors: list[str] | None) -> Path | None:
@@ -378,7 +422,7 @@ def finished_results(plan: RunPlan, detectors: list[str] | None) -> Path | None:
         doc = json.loads(path.read_text())
         checkpoint = doc["checkpoint"]
         same = (checkpoint.get("complete") is True and not doc.get("partial")
-                and _identity(doc["train_config"]) == plan.resolved.identity()
+                and saved_identity(doc["train_config"]) == plan.resolved.identity()
                 and doc["eval_config"].get("detectors") == detectors)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -413,16 +457,52 @@ def _local_alive(job_id: str) -> bool:
     return True
 
 
+def log_ending(record: dict[str, Any]) -> str | None:
+    """The line of a job's logs that ended its latest attempt (cancelled, time limit, out of
+    memory, a task's exit, submitit's end), or None: no such line, or a requeue or a new
+    attempt after it."""
+    for key in ("stderr", "stdout"):
+        try:
+            with open(record.get(key) or "", "rb") as handle:  # a requeued job appends: its tail is enough
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - LOG_TAIL_BYTES))
+                text = handle.read().decode(errors="replace")
+        except OSError:  # no log yet: never started, or only pending
+            continue
+        ending = None
+        for line in text.splitlines():
+            if any(mark in line for mark in LOG_GOES_ON):
+                ending = None
+            elif LOG_ENDS.search(line):
+                ending = line.strip()
+        if ending:
+            return ending
+    return None
+
+
 class JobStates:
-    """Whether recorded jobs may still run: local controller processes, or sacct for SLURM."""
+    """Whether recorded jobs may still run: local controller processes, or sacct for SLURM.
+
+    A SLURM job sacct says nothing about (UNKNOWN) runs until its log shows its end, or for
+    its record's `unknown_limit_s` from when it was first seen unknown; `changes` holds the
+    record fields that time needs kept (`save` writes them to jobs.json), `notes` what to
+    tell the user about each such job.
+    """
 
     def __init__(self, records: list[dict[str, Any]], live: dict[str, Any] | None = None) -> None:
         self.live = live or {}  # job id -> submitit Job submitted by this process (reaps its process)
         self.slurm: dict[str, str] = {}
+        self.changes: dict[str, dict[str, Any]] = {}  # job id -> record fields to set (None: remove)
+        self.notes: dict[str, str] = {}
+        self.endings: dict[str, str] = {}  # job id -> the log line that ended it, where sacct could not say
+        self.now = time.time()
         slurm_ids = [r["job_id"] for r in records if r.get("launcher") == "slurm"]
         if slurm_ids:
-            submitit = _require_submitit("slurm")
-            watcher = submitit.SlurmJob.watcher
+            _require_submitit("slurm")
+            from submitit.slurm.slurm import SlurmInfoWatcher
+
+            # A watcher of our own: submitit's shared one keeps the last answer when sacct fails.
+            watcher = SlurmInfoWatcher()
             for job_id in slurm_ids:
                 watcher.register_job(job_id)
             watcher.update()
@@ -433,9 +513,49 @@ class JobStates:
         if job is not None and record.get("launcher") == "local":
             return job._process is not None and job._process.poll() is None
         if record.get("launcher") == "slurm":
-            state = self.slurm.get(record["job_id"], "UNKNOWN").split()[0].upper()
-            return state in SLURM_ACTIVE and not Path(record["result"]).exists()
+            return self._slurm_active(record)
         return _local_alive(record["job_id"])
+
+    def _slurm_active(self, record: dict[str, Any]) -> bool:
+        job_id = record["job_id"]
+        state = (self.slurm.get(job_id) or UNKNOWN).split()[0].upper()
+        if state != UNKNOWN:
+            if record.get("unknown_since") is not None:
+                self._change(record, unknown_since=None)
+            return state in SLURM_ACTIVE and not Path(record["result"]).exists()
+        if Path(record["result"]).exists():
+            return False
+        ending = log_ending(record)
+        if ending is not None:
+            self.notes[job_id] = "sacct reports no state for it, and its log shows it ended:"
+            self.endings[job_id] = ending
+            return False
+        since = record.get("unknown_since")
+        if since is None:
+            since = self.now
+            self._change(record, unknown_since=since)
+        limit = float(record.get("unknown_limit_s", DEFAULT_TIME_MIN * 60))
+        if self.now - since > limit:
+            self.notes[job_id] = (f"sacct has reported no state for it since {_clock(since)} and its log shows no "
+                                  f"end; past the {limit / 60:g} min unknown_limit it counts as dead.")
+            return False
+        self.notes[job_id] = (f"sacct has reported no state for it since {_clock(since)}: it counts as running "
+                              f"until {_clock(since + limit)}, unless its log shows it ended.")
+        return True
+
+    def _change(self, record: dict[str, Any], **fields: Any) -> None:
+        record.update(fields)
+        self.changes.setdefault(record["job_id"], {}).update(fields)
+
+    def save(self, out: str | os.PathLike[str]) -> None:
+        """Keep the changed record fields in jobs.json (for the next bench) and forget them here."""
+        if self.changes:
+            _update_jobs(out, self.changes)
+            self.changes = {}
+
+
+def _clock(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(seconds))
 
 
 def _result(record: dict[str, Any]) -> tuple[str, Any]:
@@ -480,13 +600,19 @@ def classify(plans: list[RunPlan], cfg: BenchConfig, states: JobStates) -> None:
         plan.detail = ""
         if plan.record is not None and states.active(plan.record):
             plan.state = "running"
+            plan.detail = states.notes.get(plan.record["job_id"], "")
         elif finished_results(plan, cfg.detectors) is not None:
             plan.state = "finished"
         elif plan.record is not None and _outcome(plan.record) != "success":
             plan.state = "failed"
-            plan.detail = failure_detail(plan.record)
+            job_id = plan.record["job_id"]
+            detail = failure_detail(plan.record)
+            ending = states.endings.get(job_id, "")
+            lines = [states.notes.get(job_id, ""), ending if ending not in detail else "", detail]
+            plan.detail = "\n".join(line for line in lines if line)
         else:  # never submitted, or its job succeeded but the results are out of date (e.g. --detectors)
             plan.state = "missing"
+    states.save(cfg.out)
 
 
 @contextlib.contextmanager
@@ -555,7 +681,7 @@ def make_jobs(plans: list[RunPlan], cfg: BenchConfig, cluster: ClusterConfig, la
     parallel = cluster.parallel(launcher, n_jobs)
     threads = cluster.cpus_per_job
     if launcher == "local" and threads is None:
-        threads = max(1, (os.cpu_count() or 1) // parallel)
+        threads = max(1, usable_cpus() // parallel)
     slots = str(jobs_folder(cfg.out) / "slots") if launcher == "local" else None
     return [
         RunJob(train_config=plan.train_config,
@@ -600,7 +726,8 @@ def launch_bench(cfg: BenchConfig, cluster: ClusterConfig, launcher: str, wait: 
             plan.detail = _check_same_config(plan) or plan.detail
     for plan in plans:
         if plan.state == "running":
-            lines.append(f"{plan.name}: still running as job {plan.record['job_id']}; not resubmitted.")
+            why = f" {plan.detail}" if plan.detail else ""
+            lines.append(f"{plan.name}: still running as job {plan.record['job_id']}; not resubmitted.{why}")
     skipped = sum(p.state == "finished" for p in plans) if not cfg.force else 0
     if skipped:
         lines.append(f"{skipped} of {len(plans)} runs already finished; skipped (--force reruns them).")
@@ -621,6 +748,7 @@ def launch_bench(cfg: BenchConfig, cluster: ClusterConfig, launcher: str, wait: 
                 "launcher": launcher, "job_id": job.job_id, "folder": str(job.paths.folder),
                 "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
                 "result": str(job.paths.result_pickle), "submitted": utc_now(),
+                "unknown_limit_s": cluster.unknown_limit_s(),
             }
             live[job.job_id] = job
             outcome.submitted[plan.name] = job.job_id

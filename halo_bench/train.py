@@ -21,7 +21,7 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import distributed
 from .archs import resolve_arch
-from .config import BYOM_DEFAULTS, RUNTIME_FIELDS, TrainConfig
+from .config import TrainConfig, saved_identity
 from .console import console, make_progress
 from .data import LoadOptions, check_labels, default_workers, load_split, resolve_data_root
 from .data.device import DeviceBatches, choose_pipeline, derived_seed
@@ -87,13 +87,17 @@ class StepOutcome:
 
     loss: torch.Tensor
     correct: torch.Tensor
-    finite: torch.Tensor  # loss and gradient norm finite (fp16: the scaler skips bad steps itself)
+    finite: torch.Tensor  # loss and gradient norm finite
     grad_norm: torch.Tensor
+    scaled: bool = False  # fp16's GradScaler stepped: it skipped a non-finite step itself
 
 
 class DivergenceWatch:
     """Notes, on the device, the first step of an epoch whose loss or gradient is not
     finite; the host reads it (one sync) every `every` steps and at the epoch's end.
+
+    Under fp16's GradScaler a non-finite step is an overflow the scaler skips (halving
+    its scale), not a divergence; only a collapsing scale is (`problem`).
 
     A bad step has already updated the weights by the time the host knows, but the
     weights only reach disk in the checkpoint after the epoch-end check, so the last
@@ -107,10 +111,11 @@ class DivergenceWatch:
         self.step = torch.zeros((), device=device)
 
     def observe(self, outcome: StepOutcome) -> None:
-        bad = ~outcome.finite
-        values = torch.stack([self.step, outcome.loss.float(), outcome.grad_norm.float()])
-        self.first = torch.where(bad & ~self.found, values, self.first)
-        self.found |= bad
+        if not outcome.scaled:
+            bad = ~outcome.finite
+            values = torch.stack([self.step, outcome.loss.float(), outcome.grad_norm.float()])
+            self.first = torch.where(bad & ~self.found, values, self.first)
+            self.found |= bad
         self.step += 1
 
     def due(self, step: int) -> bool:
@@ -192,8 +197,7 @@ def find_resumable(cfg: TrainConfig, ckpt_path: Path, force: bool) -> tuple[dict
     if force or not ckpt_path.exists():
         return None, False
     state = read_checkpoint(ckpt_path)
-    saved = {**BYOM_DEFAULTS, **state["meta"].get("train_config", {})}
-    if {k: v for k, v in saved.items() if k not in RUNTIME_FIELDS} != cfg.identity():
+    if saved_identity(state["meta"].get("train_config", {})) != cfg.identity():
         raise HaloBenchError(
             f"{ckpt_path.parent} holds a run with a different configuration; pass --force to "
             "overwrite it or --out to train elsewhere."
@@ -209,9 +213,13 @@ def build(cfg: TrainConfig, registry: Registry) -> Setup:
     if ranks.distributed and cfg.freeze_backbone:
         raise HaloBenchError("--freeze-backbone trains the head on cached features in one process (seconds); "
                              "run it without torchrun.")
-    device = distributed.start(ranks, resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    sync_bn_note = distributed.check_sync_bn(ranks, device) if cfg.sync_bn else None
+    device = distributed.start(ranks, device)
     if not ranks.main:
         console.quiet = True  # rank 0 speaks for the run
+    if sync_bn_note:
+        console.print(sync_bn_note, markup=False)
     from . import finetune
 
     channels = suite.data_config["input_size"][0]
@@ -231,6 +239,8 @@ def build(cfg: TrainConfig, registry: Registry) -> Setup:
     probe_input(model, data_config["input_size"], arch)
     if cfg.freeze_backbone:
         finetune.freeze_backbone(model)
+    if cfg.sync_bn and sync_bn_note is None:
+        distributed.sync_batchnorm(model)
     # Same data order and dropout stream for every loss of a seed, whatever the head drew.
     torch.manual_seed(cfg.seed)
     loader_gen = torch.Generator().manual_seed(cfg.seed)
@@ -314,7 +324,7 @@ def run_meta(cfg: TrainConfig, setup: Setup, registry: Registry) -> dict[str, An
     channels = data_config["input_size"][0]
     report = getattr(setup.model, "weights_report", None)
     return {
-        "train_config": asdict(cfg),
+        "train_config": cfg.record(),
         "run": cfg.run_name,
         "loss": {"name": spec.name, "label": spec.display(cfg.loss_knobs), "tag": cfg.loss_tag,
                  "knobs": dict(cfg.loss_knobs), "changed": spec.changed(cfg.loss_knobs)},
@@ -348,9 +358,29 @@ def restore(state: dict[str, Any], setup: Setup, opt: Optimisation) -> tuple[int
         opt.scaler.load_state_dict(ts["scaler"])
     setup.loader_gen.set_state(ts["loader_rng"])
     torch.set_rng_state(ts["torch_rng"])
-    if ts.get("cuda_rng") is not None and setup.device.type == "cuda":
-        torch.cuda.set_rng_state_all(ts["cuda_rng"])
+    restore_cuda_rng(ts.get("cuda_rng"), state["meta"].get("device"), setup.device)
     return int(ts["epoch"]), list(ts["history"])
+
+
+def restore_cuda_rng(saved: Any, saved_device: str | None, device: torch.device) -> None:
+    """Set this process's GPU generator from the checkpoint's, and no other GPU's.
+
+    A checkpoint holds the state of the one GPU its writer trained on; older ones hold
+    one state per GPU the writer could see (8 from an 8-GPU job), which a job with fewer
+    GPUs (a requeue) cannot set. Under torchrun each rank's streams are re-derived from
+    (seed, epoch, rank) anyway, so only a one-process run needs the saved state.
+    """
+    if saved is None or device.type != "cuda":
+        return
+    if isinstance(saved, (list, tuple)):  # one state per visible GPU: take the writer's own
+        writer = torch.device(saved_device) if saved_device and saved_device.startswith("cuda") else None
+        index = writer.index if writer is not None and writer.index is not None else 0
+        if index >= len(saved):
+            return
+        saved = saved[index]
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index < torch.cuda.device_count():
+        torch.cuda.set_rng_state(saved, index)
 
 
 def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = False,
@@ -458,6 +488,7 @@ def train_epoch(cfg: TrainConfig, setup: Setup, opt: Optimisation, forward: nn.M
         setup.loader.sampler.set_epoch(epoch)
     started = time.perf_counter()
     loss_sum = torch.zeros((), device=setup.device)
+    loss_seen = torch.zeros((), device=setup.device)  # samples of the steps with a finite loss (fp16 overflows)
     correct = torch.zeros((), device=setup.device, dtype=torch.long)
     watch = DivergenceWatch(setup.device)
     seen = 0
@@ -477,14 +508,16 @@ def train_epoch(cfg: TrainConfig, setup: Setup, opt: Optimisation, forward: nn.M
             check()
         opt.scheduler.step()
         correct += outcome.correct
-        loss_sum += outcome.loss * len(y)
+        finite_loss = torch.isfinite(outcome.loss)
+        loss_sum += torch.where(finite_loss, outcome.loss.float() * len(y), 0.0)
+        loss_seen += finite_loss * len(y)
         seen += len(y)
         advance()
     check()
-    totals = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(seen), device=setup.device)])
+    totals = torch.stack([loss_sum, loss_seen, correct.float(), torch.tensor(float(seen), device=setup.device)])
     distributed.all_sum(totals)
     distributed.share_buffers(model)  # rank 0's BatchNorm statistics everywhere, as DDP's next forward would
-    loss_total, correct_total, seen_total = totals.tolist()
+    loss_total, loss_count, correct_total, seen_total = totals.tolist()
     seconds = time.perf_counter() - started  # the sync above waited for the epoch's last step
     finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
     if not bool(finite):
@@ -495,7 +528,7 @@ def train_epoch(cfg: TrainConfig, setup: Setup, opt: Optimisation, forward: nn.M
                                     cfg.eval_batch_size, setup.workers, setup.memory_format)
     return {
         "epoch": epoch + 1,
-        "loss": loss_total / seen_total,
+        "loss": loss_total / loss_count if loss_count else math.nan,
         "train_acc": 100.0 * correct_total / seen_total,
         **monitor,
         "lr": max(group["lr"] for group in opt.optimizer.param_groups),
@@ -518,7 +551,7 @@ def record_epoch(cfg: TrainConfig, setup: Setup, opt: Optimisation, meta: dict[s
         "scaler": opt.scaler.state_dict(),
         "loader_rng": setup.loader_gen.get_state(),
         "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if setup.device.type == "cuda" else None,
+        "cuda_rng": torch.cuda.get_rng_state(setup.device) if setup.device.type == "cuda" else None,  # its GPU's
         "history": history,
     }
     # metrics.jsonl first: a kill before the checkpoint replaces it leaves a line for an epoch the
@@ -571,7 +604,8 @@ def train_step(forward: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: 
 
     Returns device tensors only and never waits for the device: whether the loss and
     gradient norm were finite is for a `DivergenceWatch` to note. (fp16's GradScaler
-    reads its overflow flag on the host and skips overflowing steps itself.)
+    reads its overflow flag on the host and skips overflowing steps itself, so under an
+    enabled scaler a non-finite step is not a divergence.)
     """
     model: Classifier = getattr(forward, "module", forward).model
     with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -580,13 +614,13 @@ def train_step(forward: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: 
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
-    finite = torch.isfinite(loss.detach()) & (torch.isfinite(norm) | scaler.is_enabled())
+    finite = torch.isfinite(loss.detach()) & torch.isfinite(norm)
     scaler.step(optimizer)
     scaler.update()
     with torch.no_grad():  # outside autocast: the head reads its own float32 weights
         logits = model.head(z.detach().float())
         correct = (logits[:, : model.num_classes].argmax(dim=1) == y).sum()
-    return StepOutcome(loss.detach(), correct, finite, norm.detach())
+    return StepOutcome(loss.detach(), correct, finite, norm.detach(), scaler.is_enabled())
 
 
 def _diverged(cfg: TrainConfig, run_dir: Path, epoch: int, step: int, value: str) -> TrainingDiverged:

@@ -143,11 +143,18 @@ def _offline() -> bool:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub ($HF_ENDPOINT, else huggingface.co) accepts a connection within `timeout`
+    seconds: one probe instead of huggingface_hub's retries (about 50 s) when it cannot."""
     from urllib.parse import urlparse
 
-    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = url.hostname or "huggingface.co"
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
+        port = url.port or (80 if url.scheme == "http" else 443)  # a mirror may listen elsewhere
+    except ValueError:  # a port that is not a number: let huggingface_hub say so
+        return True
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False

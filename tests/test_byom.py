@@ -260,3 +260,59 @@ def test_with_halo_head_freezes_the_backbone_as_timm_does() -> None:
     assert not any(p.requires_grad for p in model.backbone.parameters())
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 4)
+
+
+@pytest.mark.parametrize("reachable", [True, False])
+def test_the_hub_probe_decides_between_timms_download_and_the_fetch_command(tmp_path, monkeypatch,
+                                                                             reachable: bool) -> None:
+    """weights._hub_reachable's two outcomes, with a stand-in for the network: no connection, no 3 s."""
+    import socket
+
+    from halo_bench import weights
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))  # nothing cached
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    probes, downloads = [], []
+
+    class Connection:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            return None
+
+    def create_connection(address, timeout=None, *args, **kwargs):
+        probes.append((address, timeout))
+        if not reachable:
+            raise socket.timeout("timed out")  # what a hub that never answers gives after `timeout`
+        return Connection()
+
+    stand_in = _tiny(3, 0, 0)
+
+    def create_model(name, **kwargs):  # timm's download, stood in for
+        downloads.append((name, kwargs))
+        return stand_in
+
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    monkeypatch.setattr(timm, "create_model", create_model)
+    endpoints = ((None, ("huggingface.co", 443)), ("http://mirror.internal:8080", ("mirror.internal", 8080)),
+                 ("https://hf-mirror.example", ("hf-mirror.example", 443)))
+    for endpoint, address in endpoints:
+        if endpoint is None:
+            monkeypatch.delenv("HF_ENDPOINT", raising=False)
+        else:
+            monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        assert weights._hub_reachable() is reachable and probes[-1] == (address, 3.0)
+    started = time.perf_counter()
+    if reachable:  # timm fetches the weights itself
+        model, report = weights.create_pretrained(TAGGED, in_chans=3)
+        assert model is stand_in and downloads == [(TAGGED, {"pretrained": True, "num_classes": 0, "in_chans": 3,
+                                       "pretrained_cfg_overlay": None})]
+        assert report.kind == "hf-hub" and report.path is None and report.name == TAGGED
+    else:  # one probe, then the command that fetches them elsewhere
+        with pytest.raises(HaloBenchError, match="the Hugging Face hub cannot be reached.*huggingface-cli download "
+                                                 "timm/test_resnet.r160_in1k"):
+            weights.create_pretrained(TAGGED, in_chans=3)
+        assert downloads == []
+    assert len(probes) == 4 and time.perf_counter() - started < 1.0

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from halo_bench import metrics
 from halo_bench.calibration import fit_temperature, nll_at, temperature_scaled_metrics
 
 
@@ -41,13 +40,42 @@ def test_first_order_condition() -> None:
     assert abs(float(grad)) < 1e-4
 
 
+def _scaled_metrics(logits: np.ndarray, labels: np.ndarray, t: float, k: int) -> dict:
+    """ECE, NLL, Brier of softmax(logits / T) from docs/protocol.md section 3, in float64 numpy:
+    prediction and confidence over the first K columns, every column in the softmax."""
+    z = logits / t
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    rows = np.arange(len(labels))
+    pred = p[:, :k].argmax(axis=1)
+    conf, correct = p[rows, pred], (pred == labels).astype(np.float64)
+    ece = 0.0
+    for b in range(15):  # (b/15, (b+1)/15]; confidence 0 joins the first bin
+        inside = (conf > b / 15) & (conf <= (b + 1) / 15) | ((b == 0) & (conf == 0))
+        ece += abs(correct[inside].sum() - conf[inside].sum())
+    onehot = np.eye(p.shape[1])[labels]
+    return {"ece": ece / len(labels), "nll": float(-np.log(np.maximum(p[rows, labels], 1e-12)).mean()),
+            "brier": float(((p - onehot) ** 2).sum(axis=1).mean()), "abstain": p[:, k:].sum(axis=1)}
+
+
 def test_halo_abstain_column_stays_zero_and_metrics_use_the_scaled_softmax() -> None:
     logits, labels = _calibrated(2000, 4, seed=2)
-    halo = torch.cat([logits * 4, torch.zeros(len(logits), 1, dtype=torch.float64)], 1)
+    halo = torch.cat([logits * 4, torch.zeros(len(logits), 1, dtype=torch.float64)], 1)  # logits vs abstain's 0
     out = temperature_scaled_metrics(halo[:1000], labels[:1000], halo[1000:], labels[1000:], num_classes=4)
     t = out["ts_temperature"]
-    expected = metrics.id_metrics((halo[1000:] / t).softmax(1).numpy(), labels[1000:].numpy(), 4)
-    assert out["ts_ece"] == expected["ece"] and out["ts_nll"] == expected["nll"] and out["ts_brier"] == expected["brier"]
-    raw = metrics.id_metrics(halo[1000:].softmax(1).numpy(), labels[1000:].numpy(), 4)
-    assert out["ts_nll"] < raw["nll"] and t > 1.5
-    assert np.isfinite(out["ts_ece"])
+    test, y = halo[1000:].numpy(), labels[1000:].numpy()
+    # The scaled model is softmax(l_1/T, ..., l_K/T, 0): the abstain logit stays 0, its mass stays in.
+    expected = _scaled_metrics(test, y, t, 4)
+    assert out["ts_ece"] == pytest.approx(expected["ece"], rel=1e-9)
+    assert out["ts_nll"] == pytest.approx(expected["nll"], rel=1e-9)
+    assert out["ts_brier"] == pytest.approx(expected["brier"], rel=1e-9)
+    assert expected["abstain"].min() > 1e-6 and expected["abstain"].max() < 1  # mass that lowers confidence
+    # ... which the K-way softmax (abstain column dropped) is not.
+    dropped = _scaled_metrics(test[:, :4], y, t, 4)
+    assert abs(dropped["nll"] - out["ts_nll"]) > 1e-3 and abs(dropped["brier"] - out["ts_brier"]) > 1e-4
+    # T was fitted on validation with the abstain column in, 4x overconfident logits: T near 4.
+    val = halo[:1000].numpy()
+    grid = np.geomspace(1.0, 16.0, 2001)
+    nlls = [_scaled_metrics(val, labels[:1000].numpy(), g, 4)["nll"] for g in grid]
+    assert grid[int(np.argmin(nlls))] == pytest.approx(t, rel=2e-3) and 3 < t < 5
+    assert out["ts_nll"] < _scaled_metrics(test, y, 1.0, 4)["nll"]

@@ -178,3 +178,49 @@ def test_the_pipeline_choice(tmp_path: Path) -> None:
     with pytest.raises(HaloBenchError, match="--data-pipeline device cannot serve this data: ImageFiles"):
         choose_pipeline("device", files, CONFIG, (), CPU)
     assert image_array(files, CONFIG)[0] is None
+
+
+def test_in_memory_torchvision_sets_are_the_ones_the_device_pipeline_reads_as_arrays() -> None:
+    """default_workers' list of in-memory classes and _tv_array's cannot drift apart."""
+    import torchvision.datasets as tv
+
+    from halo_bench.data.base import IN_MEMORY_TORCHVISION
+    from halo_bench.data.device import _tv_array
+    from halo_bench.data.sources import TORCHVISION_CLASSES
+
+    arrays = set()
+    for name in TORCHVISION_CLASSES:
+        dataset = object.__new__(getattr(tv, name))  # no files: only the attributes _tv_array reads
+        dataset.target_transform = None
+        dataset.data = np.zeros((2, 4, 4, 3), dtype=np.uint8)
+        dataset.targets = dataset.labels = [0, 1]
+        if _tv_array(dataset) is not None:
+            arrays.add(name)
+    assert arrays == set(IN_MEMORY_TORCHVISION) and {"CIFAR10", "SVHN", "MNIST"} <= arrays
+
+
+def test_in_memory_data_gets_no_workers_and_files_get_the_cpus_this_process_may_use(monkeypatch,
+                                                                                    registry) -> None:
+    import os
+
+    from halo_bench.cpus import usable_cpus
+    from halo_bench.data import default_workers
+    from halo_bench.registry import DatasetSpec
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert usable_cpus() == 6  # the affinity mask, not the machine
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert usable_cpus() == 3  # SLURM's allocation, where task affinity is off
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "16")
+    assert usable_cpus() == 6
+    files = DatasetSpec(name="imgs", source="folder", params={"dir": "imgs"})
+    assert default_workers(files, None) == 6 and default_workers(files, 2) == 2
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS: no affinity call
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    assert usable_cpus() == 64 and default_workers(files, None) == 8
+    for name in ("cifar10", "cifar100", "svhn", "mnist", "digits"):
+        assert default_workers(registry.dataset(name), None) == 0, name
+        assert default_workers(registry.dataset(name), 4) == 4
+    assert default_workers(registry.dataset("dtd"), None) == 8  # torchvision, but image files

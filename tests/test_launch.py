@@ -232,6 +232,7 @@ def test_time_limits() -> None:
     (["--launcher", "local"], "gpus_per_job: two\n", "gpus_per_job must be an integer >= 0"),
     (["--launcher", "local"], "- a\n- b\n", "expected a mapping"),
     (["--launcher", "local"], "time: [1\n", "not readable YAML"),
+    (["--launcher", "local"], "unknown_limit: -1\n", "unknown_limit must be minutes >= 0 or H:MM:SS, got -1"),
 ])
 def test_job_settings_errors(tmp_path: Path, args: list[str], yaml_text: str | None, match: str) -> None:
     if yaml_text is not None:
@@ -274,3 +275,116 @@ def test_job_settings_fail_before_torch_loads(tmp_path: Path) -> None:
         proc = subprocess.run([sys.executable, "-c", code, "bench", "--out", str(tmp_path / "runs"), *args],
                               capture_output=True, text=True, timeout=120, env={**os.environ, **cache})
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_local_jobs_share_the_cpus_this_process_may_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        registry) -> None:
+    from halo_bench.bench import BenchConfig
+    from halo_bench.launch import ClusterConfig, make_jobs, plan_runs
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the machine ...
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)  # ... and ours
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    cfg = BenchConfig(model=MODEL, seeds=[0], out=str(tmp_path))
+    plans = plan_runs(cfg, registry)
+
+    def threads(**cluster: int) -> list[int | None]:
+        return [job.threads for job in make_jobs(plans, cfg, ClusterConfig(**cluster), "local", len(plans))]
+
+    assert threads(max_parallel=2) == [4, 4]
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")  # bench itself inside a SLURM allocation
+    assert threads(max_parallel=2) == [1, 1]
+    assert threads(max_parallel=2, cpus_per_job=3) == [3, 3]  # asked for: as asked
+
+
+def _failing_sacct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SLURM stand-ins whose sacct fails (accounting off): submitit reports every job UNKNOWN.
+    sbatch numbers its arrays 5000, 5001, ... so a resubmission is told apart."""
+    bin_dir = _fake_slurm(tmp_path, monkeypatch)
+    (bin_dir / "sacct").write_text("#!/bin/sh\necho 'sacct: error: Slurm accounting storage is disabled' >&2\n"
+                                   "exit 1\n")
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\nn=$(ls {tmp_path} | grep -c sbatch-)\n'
+                                    f'cp "$1" "{tmp_path}/sbatch-$n.sh"\necho "Submitted batch job 500$n"\n')
+
+
+def test_a_slurm_job_sacct_cannot_see_fails_by_its_log_or_past_the_limit(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    _failing_sacct(tmp_path, monkeypatch)
+    out, config = tmp_path / "runs", tmp_path / "cluster.yaml"
+    config.write_text("unknown_limit: 0\n")  # minutes: dead at the second look without news
+    common = ["--seeds", "0", "--epochs", "1", "--out", str(out), "--launcher", "slurm"]
+    assert "submitted 2 job(s)" in _bench(*common, "--cluster-config", str(config))
+    cce, halo = f"digits-{MODEL}-cce-s0", f"digits-{MODEL}-halo-s0"
+    jobs = _jobs(out)
+    assert [jobs[cce]["job_id"], jobs[halo]["job_id"]] == ["5000_0", "5000_1"]
+    Path(jobs[cce]["stderr"]).write_text(  # killed for its memory: never writes a result
+        f"{cce}: job started (slot 0, 8 threads, ...)\nslurmstepd: error: Detected 1 oom-kill event(s) in "
+        "StepId=5000_0.batch. Some of your processes may have been killed by the cgroup out-of-memory handler.\n")
+    Path(jobs[halo]["stderr"]).write_text(  # requeued: it runs again
+        f"{halo}: job started (slot 0, 8 threads, ...)\nslurmstepd: error: *** JOB 5001 ON node1 CANCELLED AT "
+        "2026-01-01T00:00:00 DUE TO JOB REQUEUE ***\n")
+
+    text = _bench(*common)  # the limit is the submission's, kept in jobs.json
+    assert f"{cce}: job 5000_0 failed (log {jobs[cce]['stderr']})" in text
+    assert "its log shows it ended:\n    " in text and "slurmstepd: error: Detected 1 oom-kill event(s)" in text
+    assert f"{halo}: still running as job 5000_1; not resubmitted. sacct has reported no state for it" in text
+    assert "submitted 1 job(s)" in text and f"{cce}  job 5001\n" in text
+    since = _jobs(out)[halo]["unknown_since"]
+    assert since <= time.time()
+
+    text = _bench(*common)  # a new bench: the HALO job has been unknown since the last one, past 0 min
+    assert f"{halo}: job 5000_1 failed (log {jobs[halo]['stderr']})" in text
+    assert "past the 0 min unknown_limit it counts as dead" in text and f"{halo}  job 5002\n" in text
+    assert f"{cce}: still running as job 5001; not resubmitted. sacct" in text  # its own first unknown look
+    again = _jobs(out)
+    assert "unknown_since" not in again[halo] and again[cce]["unknown_since"] >= since
+
+
+def test_wait_ends_when_sacct_cannot_see_a_job_past_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              registry) -> None:
+    from halo_bench.bench import BenchConfig
+    from halo_bench.launch import cluster_config, launch_bench
+
+    _failing_sacct(tmp_path, monkeypatch)
+    polls = []
+
+    def sleep(seconds: float) -> None:
+        polls.append(seconds)
+        assert len(polls) < 20, "--wait never ends"
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    cfg = BenchConfig(model=MODEL, seeds=[0], losses=["cce"], epochs=1, detectors=["msp"], out=str(tmp_path / "o"),
+                      device="cpu")
+    outcome = launch_bench(cfg, cluster_config(None, unknown_limit=0), "slurm", wait=True, poll_s=0.01)
+    assert polls == [0.01] and outcome.exit_code == 1  # one look that saw it unknown, one that gave up
+    assert any("counts as dead" in line for line in outcome.lines)
+    assert outcome.lines[-1].startswith("1 of 1 runs did not finish: digits-test_resnet-cce-s0 (failed)")
+
+
+@pytest.mark.parametrize(("stderr", "stdout", "ended"), [
+    ("slurmstepd: error: *** JOB 7 ON n1 CANCELLED AT 2026-01-01T00:00:00 DUE TO TIME LIMIT ***", "", True),
+    ("slurmstepd: error: *** JOB 7 ON n1 CANCELLED AT 2026-01-01T00:00:00 ***", "", True),  # scancel
+    ("x: job started (slot 0, ...)\nsrun: error: n1: task 0: Out Of Memory", "", True),
+    ("slurmstepd: error: *** JOB 7 ON n1 CANCELLED AT 2026-01-01T00:00:00 DUE TO NODE FAILURE, SEE SLURMCTLD LOG "
+     "FOR DETAILS ***", "", True),
+    ("", "submitit INFO (2026-01-01 00:00:00,000) - Job completed successfully", True),
+    ("submitit ERROR (2026-01-01 00:00:00,000) - Submitted job triggered an exception", "", True),
+    # a requeue, then the new attempt: it runs
+    ("slurmstepd: error: *** JOB 7 ON n1 CANCELLED AT 2026-01-01T00:00:00 DUE TO TIME LIMIT ***\n"
+     "x: job started (slot 0, ...)", "", False),
+    ("submitit WARNING (2026-01-01 00:00:00,000) - Caught signal SIGUSR2 on n1: this job is timed-out.\n"
+     "x: preempted or timed out; requeued, it resumes from its last checkpoint.",
+     "submitit INFO (2026-01-01 00:00:01,000) - Requeued job 7 (2 remaining timeouts)", False),
+    ("x: job started (slot 0, ...)\nx epoch 3/10: loss 0.5", "submitit INFO (...) - Starting with JobEnvironment()",
+     False),
+    (None, None, False),  # no log yet: pending
+])
+def test_a_jobs_log_tells_whether_its_latest_attempt_ended(tmp_path: Path, stderr: str | None, stdout: str | None,
+                                                           ended: bool) -> None:
+    from halo_bench.launch import log_ending
+
+    record = {"stderr": str(tmp_path / "7_0_log.err"), "stdout": str(tmp_path / "7_0_log.out")}
+    for key, text in (("stderr", stderr), ("stdout", stdout)):
+        if text is not None:
+            Path(record[key]).write_text(text + "\n")
+    assert (log_ending(record) is not None) == ended

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -82,13 +83,46 @@ class _Page(HTMLParser):
         self.text: list[str] = []
         self.urls: list[str] = []
         self.imgs = 0
+        self.tables: list[list[list[str]]] = []  # table -> row -> the text of each <th> or <td>
+        self._cell: list[str] | None = None
 
     def handle_starttag(self, tag: str, attrs: list) -> None:
         self.imgs += tag == "img"
         self.urls += [value for name, value in attrs if name in ("src", "href") and value]
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
 
     def handle_data(self, data: str) -> None:
         self.text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+# A number as a whole token: "0.50" is not found in "10.50", "+0.505" or "0.50.1".
+NUMBER = re.compile(r"(?<![\w.+-])[+-]?\d+\.\d+(?![\w.])")
+
+
+def _markdown_tables(markdown: str) -> list[list[list[str]]]:
+    """Each pipe table of a markdown text as rows of stripped cells (the |---| rule left out)."""
+    tables: list[list[list[str]]] = []
+    previous = False
+    for line in markdown.splitlines():
+        row = line.startswith("|")
+        if row and not re.fullmatch(r"\|[-:| ]+\|", line.strip()):
+            if not previous:
+                tables.append([])
+            tables[-1].append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        previous = row
+    return tables
 
 
 def _render(paths: list[Path], fmt: str, **kwargs) -> str:
@@ -106,13 +140,13 @@ def test_html_parses_embeds_every_plot_and_shows_every_markdown_number(single: l
     assert "://" not in page_text  # no URL anywhere (base64 has no ':')
     assert page.imgs >= 6 and len(page.urls) == page.imgs  # per-seed, reliability, 2 x (histograms, ROC)
     assert all(url.startswith("data:image/png;base64,") for url in page.urls)
-    text = " ".join(page.text)
-    numbers = re.findall(r"[+-]?\d+\.\d+", markdown)
-    assert len(numbers) > 40
-    missing = [n for n in numbers if n not in text]
-    assert not missing
-    cells = {c.strip() for line in markdown.splitlines() if line.startswith("|") for c in line.strip("|").split("|")}
-    assert {c for c in cells if "[" in c} <= set(page.text)  # interval cells intact, one per <td>
+    # Every table, cell for cell the markdown report's (an interval is one cell, a number its own cell) ...
+    tables = _markdown_tables(markdown)
+    assert len(tables) >= 4 and sum(len(t) for t in tables) > 10 and page.tables == tables
+    # ... and every number of the markdown report, as a whole token, as often somewhere in the page.
+    numbers = Counter(NUMBER.findall(markdown))
+    assert sum(numbers.values()) > 40
+    assert not numbers - Counter(NUMBER.findall("\n".join(page.text)))
 
 
 def test_reliability_bin_is_recomputed_from_the_scores_file(single: list[Path]) -> None:

@@ -207,3 +207,222 @@ def test_collapsing_fp16_loss_scale_counts_as_divergence() -> None:
     problem = watch.problem(scaler)
     assert problem is not None and "loss scale fell" in problem[1]
     assert torch.equal(model.embed.weight, before)  # the scaler skipped every step
+
+
+def test_fp16_scaler_skips_a_non_finite_loss_without_calling_it_divergence() -> None:
+    """fp16 (GPUs without bf16): an overflowing step is the GradScaler's to skip, on the CPU here."""
+    from halo_bench.models import build_model
+    from halo_bench.train import DivergenceWatch, TrainForward, param_groups, train_step
+
+    model = build_model(TINY, "cce", num_classes=6, in_chans=1, seed=0)
+    optimizer = torch.optim.SGD(param_groups(model, 0.0), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    forward, watch = TrainForward(model, model.backbone), DivergenceWatch(torch.device("cpu"))
+
+    class Overflow(TrainForward):  # the same step, its loss overflowed
+        def forward(self, x, y):
+            loss, z = super().forward(x, y)
+            return loss * float("inf"), z
+
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 6, (8,))
+    before, scale = model.embed.weight.detach().clone(), scaler.get_scale()
+    outcome = train_step(Overflow(model, model.backbone), x, y, optimizer, scaler, 5.0, None)
+    assert torch.isinf(outcome.loss) and not bool(outcome.finite)  # what happened, as it happened
+    watch.observe(outcome)
+    assert watch.problem(scaler) is None  # ... is not a divergence:
+    assert torch.equal(model.embed.weight, before) and scaler.get_scale() == scale / 2  # the scaler skipped it
+    watch.observe(train_step(forward, x, y, optimizer, scaler, 5.0, None))
+    assert watch.problem(scaler) is None and not torch.equal(model.embed.weight, before)
+
+
+def test_an_fp16_epoch_with_an_overflowing_step_trains_on(tmp_path: Path, registry, monkeypatch) -> None:
+    from halo_bench import train as train_module
+    from halo_bench.losses import linear as heads
+
+    made = []
+    original_opt, original_loss = train_module.make_optimisation, heads.LinearHead.loss
+
+    def fp16_scaler(cfg, setup):  # as on a GPU without bf16
+        opt = original_opt(cfg, setup)
+        opt.scaler = torch.amp.GradScaler("cpu", enabled=True)
+        made.append(opt)
+        return opt
+
+    calls = {"n": 0}
+
+    def overflow_once(self, x, y, reduction=None):
+        calls["n"] += 1
+        loss = original_loss(self, x, y, reduction)
+        return loss * float("inf") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(train_module, "make_optimisation", fp16_scaler)
+    monkeypatch.setattr(heads.LinearHead, "loss", overflow_once)
+    result = train(TrainConfig(model=TINY, loss="cce", epochs=1, out=str(tmp_path)), registry)
+    (row,) = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert calls["n"] > 3 and made[0].scaler.get_scale() == 2.0**15  # one skipped step: 2**16 halved once
+    assert 0 < row["loss"] < 10  # the mean over the steps whose loss was finite
+
+
+def test_a_checkpoint_of_an_8_gpu_job_resumes_in_a_1_gpu_job(tmp_path: Path, monkeypatch) -> None:
+    """A requeue on fewer GPUs: each process sets its own GPU's generator, and no GPU it cannot see."""
+    from types import SimpleNamespace
+
+    from halo_bench import train as train_module
+
+    gpus = {"count": 8}
+    states = [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]  # GPU i's generator state
+    restored: list[tuple[int, torch.Tensor]] = []
+
+    def index(device) -> int:
+        device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+        if device.index is not None and device.index >= gpus["count"]:
+            raise IndexError("tuple index out of range")  # torch.cuda.default_generators[index]
+        return 0 if device.index is None else device.index
+
+    def set_rng_state(state, device="cuda") -> None:
+        restored.append((index(device), state.clone()))
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus["count"])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    for module in (torch.cuda, torch.cuda.random):  # set_rng_state_all calls random's own
+        monkeypatch.setattr(module, "set_rng_state", set_rng_state)
+        monkeypatch.setattr(module, "get_rng_state", lambda device="cuda": states[index(device)])
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [states[i] for i in range(gpus["count"])])
+
+    def job(device: torch.device) -> tuple[SimpleNamespace, SimpleNamespace]:
+        model = torch.nn.Linear(3, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        opt = SimpleNamespace(optimizer=optimizer, scheduler=scheduler, scaler=torch.amp.GradScaler("cpu", enabled=False))
+        return SimpleNamespace(model=model, loader_gen=torch.Generator(), device=device), opt
+
+    ckpt = tmp_path / "ckpt.pt"
+    setup, opt = job(torch.device("cuda", 0))  # rank 0 of an 8-GPU torchrun job writes the checkpoint
+    train_module.record_epoch(SimpleNamespace(epochs=3), setup, opt, {"device": "cuda:0"}, [{"epoch": 1}], ckpt)
+    state = read_checkpoint(ckpt)
+    gpus["count"] = 1  # requeued with one GPU
+    setup, opt = job(torch.device("cuda"))
+    assert train_module.restore(state, setup, opt)[0] == 1
+    assert len(restored) == 1 and restored[0][0] == 0 and torch.equal(restored[0][1], states[0])
+    # A checkpoint written before: every visible GPU's state; the writer's own (cuda:3) is the one set.
+    restored.clear()
+    state["train_state"]["cuda_rng"], state["meta"]["device"] = states[:4], "cuda:3"
+    train_module.restore(state, setup, opt)
+    assert len(restored) == 1 and restored[0][0] == 0 and torch.equal(restored[0][1], states[3])
+
+
+class _HostReads:
+    """While `armed`, reading a tensor's value on the host fails the test.
+
+    A GPU run has torch.cuda.set_sync_debug_mode("error") for this; on the CPU every value is
+    at hand, so the guard is twofold: the Python conversions (item, bool, float, int, index,
+    tolist, numpy, cpu) and, under them, the dispatcher's ops that copy a value out to the host
+    (`_local_scalar_dense`, run by .item() and bool()) or size their output by the data (nonzero,
+    masked_select, unique, indexing by a boolean mask): each a device sync on a GPU.
+    """
+
+    CONVERSIONS = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "cpu")
+
+    def __init__(self, monkeypatch) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        self.armed = False
+        ops = torch.ops.aten
+        syncing = {ops._local_scalar_dense, ops.nonzero, ops.masked_select, ops._unique2, ops.unique_consecutive,
+                   ops.unique_dim}
+        indexing = {ops.index, ops.index_put, ops.index_put_, ops._index_put_impl_}
+        guard = self
+
+        def by_mask(args) -> bool:
+            return any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in args[1])
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                packet = func.overloadpacket
+                if guard.armed and (packet in syncing or packet in indexing and by_mask(args)):
+                    raise AssertionError(f"host sync in the training loop: aten.{packet.__name__}")
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+        for name in self.CONVERSIONS:
+            original = getattr(torch.Tensor, name)
+
+            def checked(tensor, *args, _name=name, _original=original, **kwargs):
+                if guard.armed:
+                    raise AssertionError(f"host sync in the training loop: Tensor.{_name}")
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, checked)
+        one_hot = torch.nn.functional.one_hot
+
+        def cuda_one_hot(labels, num_classes=-1):
+            # On the CPU one_hot reads the labels' range to check it; on CUDA, given num_classes, it
+            # leaves that to scatter's device-side assert and does not sync: allowed as on CUDA.
+            armed, guard.armed = guard.armed, guard.armed and num_classes < 1
+            try:
+                return one_hot(labels, num_classes)
+            finally:
+                guard.armed = armed
+
+        monkeypatch.setattr(torch.nn.functional, "one_hot", cuda_one_hot)
+
+    def loader(self, loader) -> None:
+        """Disarmed while `loader` draws a batch (the DataLoader reads its sampler's indices), armed
+        from the moment the loop receives one until it asks for the next."""
+        guard = self
+
+        class Guarded(type(loader)):
+            def __iter__(self):
+                batches = super().__iter__()
+                while True:
+                    guard.armed = False
+                    try:
+                        batch = next(batches)
+                    except StopIteration:
+                        return
+                    guard.armed = True
+                    yield batch
+
+        loader.__class__ = Guarded
+
+
+@pytest.mark.parametrize(("pipeline", "loss"), [("loader", "halo"), ("device", "cce")])
+def test_the_training_loop_reads_nothing_from_the_device_between_divergence_checks(tmp_path: Path, registry,
+                                                                                  monkeypatch, pipeline: str,
+                                                                                  loss: str) -> None:
+    from halo_bench import train as train_module
+
+    guard = _HostReads(monkeypatch)
+    with guard.mode:  # the guard can fail: each kind of host read, armed
+        guard.armed = True
+        for read in (lambda t: t.item(), bool, float, lambda t: t.tolist(), lambda t: t.cpu(), torch.nonzero,
+                     lambda t: t[t > 0], lambda t: torch.nn.functional.one_hot(t.long())):
+            with pytest.raises(AssertionError, match="host sync in the training loop"):
+                read(torch.ones(()) if read in (bool, float) else torch.ones(3))
+        assert torch.nn.functional.one_hot(torch.ones(3).long(), 4).shape == (3, 4)  # no sync on CUDA
+        guard.armed = False
+    original_build, original_problem = train_module.build, train_module.DivergenceWatch.problem
+    checks = []
+
+    def build(cfg, registry):
+        setup = original_build(cfg, registry)
+        guard.loader(setup.loader)
+        return setup
+
+    def problem(self, scaler):  # the one read allowed: every CHECK_EVERY steps and at the epoch's end
+        armed, guard.armed = guard.armed, False
+        checks.append(armed)
+        try:
+            return original_problem(self, scaler)
+        finally:
+            guard.armed = armed
+
+    monkeypatch.setattr(train_module, "CHECK_EVERY", 3)
+    monkeypatch.setattr(train_module, "build", build)
+    monkeypatch.setattr(train_module.DivergenceWatch, "problem", problem)
+    with guard.mode:
+        result = train(TrainConfig(model=TINY, loss=loss, epochs=1, data_pipeline=pipeline, out=str(tmp_path)),
+                       registry)
+    steps = json.loads((result.run_dir / "config.json").read_text())["steps_per_epoch"]
+    assert json.loads((result.run_dir / "config.json").read_text())["data_pipeline"] == pipeline
+    assert steps > 3 and checks == [True] * (steps // 3) + [False]  # in the loop, then after it

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..cpus import usable_cpus
 from ..errors import HaloBenchError
 
 if TYPE_CHECKING:
@@ -16,6 +17,10 @@ if TYPE_CHECKING:
     from ..registry import DatasetSpec
 
 DATA_ROOT_ENV = "HALO_BENCH_DATA"
+# torchvision classes that hold a whole split as one array in memory (data/device.py's _tv_array):
+# a DataLoader worker would only copy it, so they load in the main process by default.
+IN_MEMORY_TORCHVISION = ("CIFAR10", "CIFAR100", "SVHN", "MNIST", "FashionMNIST", "KMNIST")
+MAX_DEFAULT_WORKERS = 8
 DEFAULT_DATA_ROOT = "data"
 
 
@@ -123,11 +128,18 @@ def check_labels(spec: DatasetSpec, dataset: Any, num_classes: int) -> None:
         )
 
 
+def in_memory(spec: DatasetSpec) -> bool:
+    """Whether the dataset's splits are arrays in memory (embedded sets, CIFAR, SVHN, MNIST family)."""
+    return spec.source == "embedded" or (spec.source == "torchvision"
+                                         and spec.params.get("class") in IN_MEMORY_TORCHVISION)
+
+
 def default_workers(spec: DatasetSpec, requested: int | None) -> int:
-    """DataLoader workers: as asked, else none for in-memory data and up to 8 for files."""
+    """DataLoader workers: as asked, else none for in-memory data and, for image files, up to 8
+    of the CPUs this process may use."""
     if requested is not None:
         return requested
-    return 0 if spec.source == "embedded" else min(8, os.cpu_count() or 1)
+    return 0 if in_memory(spec) else min(MAX_DEFAULT_WORKERS, usable_cpus())
 
 
 @dataclass(frozen=True)
