@@ -68,6 +68,28 @@ def test_knn_matches_pytorch_ood(field, monkeypatch) -> None:
     assert np.std(ours) > 0.01
 
 
+def test_knn_k_must_stay_below_the_train_split(field, capsys) -> None:
+    _, ctx, out = field
+    n = len(ctx.train.labels)
+    for k in (n, n + 1):  # an explicit k reaching N is an error, never a silent score
+        with pytest.raises(HaloBenchError, match=f"k={k} exceeds .* {n} ID-train samples"):
+            DETECTORS["knn"](k=k).fit(ctx)
+    # The default k (50) on a 20-sample train split (eval --limit 20): k = 19, said and recorded.
+    few = SplitOutputs(*(t[:20] for t in (ctx.train.logits, ctx.train.features, ctx.train.labels)),
+                       ctx.train.penultimate[:20])
+    small = DetectorContext(model=ctx.model, device=ctx.device, data_config={}, train=few)
+    det = DETECTORS["knn"]()
+    det.fit(small)
+    assert det.settings()["k_used"] == 19 and det.settings()["params"] == {"k": 50.0}
+    assert "using k=19" in capsys.readouterr().err
+    bank = few.penultimate.double().numpy()
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True).clip(min=1e-12)
+    q = out.penultimate.double().numpy()
+    q /= np.linalg.norm(q, axis=1, keepdims=True).clip(min=1e-12)
+    dist = np.sort(np.linalg.norm(q[:, None] - bank[None], axis=2), axis=1)
+    np.testing.assert_allclose(det.score_outputs(small, out), -dist[:, 18], rtol=1e-5, atol=1e-5)
+
+
 def test_vim_matches_pytorch_ood(field) -> None:
     model, ctx, out = field
     w, b = linear_map(ctx, "vim")
