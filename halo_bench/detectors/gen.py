@@ -36,11 +36,12 @@ class GEN(Detector):
     summary = "-sum_top-M p^gamma (1-p)^gamma over the K-class softmax"
     defaults = {"gamma": 0.1, "m": 100.0}
     checks = {"gamma": POSITIVE, "m": POSITIVE_INT}
-    tune_grid = {"gamma": (0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0)}  # OpenOOD v1.5's gamma sweep
+    # OpenOOD's gen.yml sweep (added with GEN's v1.5 leaderboard entry, after the v1.5 tag).
+    tune_grid = {"gamma": (0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0), "m": (10.0, 50.0, 100.0, 200.0, 500.0, 1000.0)}
     reads = "logits"
 
     def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
-        gamma = self.params["gamma"]
+        gamma = self.float_param("gamma")
         p = class_logits(outputs.logits, ctx.num_classes).softmax(dim=1)
         m = min(self.int_param("m"), p.shape[1])
         top = p.sort(dim=1, descending=True).values[:, :m]

@@ -46,7 +46,7 @@ class KNN(Detector):
     summary = "-distance to the k-th nearest ID-train neighbour, L2-normalised penultimate features"
     defaults = {"k": 50.0}
     checks = {"k": POSITIVE_INT}
-    tune_grid = {"k": (50.0, 100.0, 200.0, 500.0, 1000.0)}  # OpenOOD v1.5's sweep
+    tune_grid = {"k": (50.0, 100.0, 200.0, 500.0, 1000.0)}  # OpenOOD v1.5's knn.yml sweep
     reads = "penultimate"
     needs_train = True
 

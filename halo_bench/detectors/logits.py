@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists wit
 
 @register_detector
 class MSP(Detector):
+    # No tune_grid here or for maxlogit: OpenOOD's msp.yml and mls.yml sweep nothing.
     name = "msp"
     summary = "max softmax probability over the K classes (HALO: of the K+1 softmax)"
 
@@ -44,11 +45,12 @@ class Energy(Detector):
     summary = "T * logsumexp(logits / T) over the K classes"
     defaults = {"temperature": 1.0}
     checks = {"temperature": POSITIVE}
-    tune_grid = {"temperature": (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 100.0)}
+    # OpenOOD v1.5's ebo.yml sweep (at the v1.5 tag; its main branch sweeps only T = 1 since Sep 2023).
+    tune_grid = {"temperature": (1.0, 10.0, 100.0, 1000.0)}
 
     def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
         import torch
 
-        t = self.params["temperature"]
+        t = self.float_param("temperature")
         logits = class_logits(outputs.logits, ctx.num_classes)
         return (t * torch.logsumexp(logits / t, dim=1)).numpy()

@@ -22,7 +22,7 @@ class ODIN(Detector):
     summary = "max softmax(f(x')/T), x' = x - eps * sign(grad_x CE(f(x)/T, argmax)) / std"
     defaults = {"temperature": 1000.0, "eps": 0.0014}
     checks = {"temperature": POSITIVE, "eps": NON_NEGATIVE}
-    tune_grid = {"temperature": (1.0, 10.0, 100.0, 1000.0), "eps": (0.0014, 0.0028)}  # OpenOOD v1.5's sweep
+    tune_grid = {"temperature": (1.0, 10.0, 100.0, 1000.0), "eps": (0.0014, 0.0028)}  # OpenOOD v1.5's odin.yml sweep
     reads = "inputs"
     needs_inputs = True
 
@@ -31,7 +31,7 @@ class ODIN(Detector):
 
         from ..data.device import eval_batches
 
-        t, eps = self.params["temperature"], self.params["eps"]
+        t, eps = self.float_param("temperature"), self.float_param("eps")
         k = ctx.num_classes
         # eps is in [0, 1] pixel units; inputs are normalised per channel, so scale by 1/std.
         std = torch.tensor(ctx.data_config["std"], device=ctx.device).view(1, -1, 1, 1)
