@@ -133,3 +133,22 @@ def test_detector_selection(tiny_runs) -> None:
         detectors_for(["halo_abstain"], abstain=False)
     with pytest.raises(HaloBenchError, match="no parameter"):
         DETECTORS["energy"](temprature=2.0)
+
+
+@pytest.mark.parametrize("amp_dtype, memory_format", [(torch.bfloat16, torch.channels_last), (None, None)])
+def test_odin_runs_in_the_evaluations_precision_and_memory_format(amp_dtype, memory_format) -> None:
+    from halo_bench.models import build_model
+
+    model = build_model("test_resnet", "cce", num_classes=4, in_chans=3, seed=0).eval()
+    seen = []  # per forward: (gradient pass?, autocast on?, channels-last input?, input dtype)
+    model.register_forward_pre_hook(lambda _, args: seen.append(
+        (torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"),
+         args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous(),
+         args[0].dtype)))
+    ds = torch.utils.data.TensorDataset(torch.randn(6, 3, 8, 8), torch.zeros(6).long())
+    ctx = DetectorContext(model=model, device=torch.device("cpu"), batch_size=6, amp_dtype=amp_dtype,
+                          memory_format=memory_format, data_config={"std": [0.2, 0.25, 0.3]})
+    scores = DETECTORS["odin"](temperature=10.0).score(ctx, None, ds)
+    on, cl = amp_dtype is not None, memory_format is not None
+    assert seen == [(True, on, cl, torch.float32), (False, on, cl, torch.float32)]  # both passes
+    assert scores.dtype == np.float64 and np.isfinite(scores).all()

@@ -30,7 +30,8 @@ class DetectorContext:
     data_config: dict[str, Any]
     batch_size: int = 256
     num_workers: int = 0
-    amp_dtype: torch.dtype | None = None
+    amp_dtype: torch.dtype | None = None  # the evaluation's autocast dtype, for detectors that run the model
+    memory_format: torch.memory_format | None = None  # and its memory format (channels-last on CUDA)
     pipeline: str = "loader"  # "auto": in-memory arrays are served from the device (data/device.py)
     train: SplitOutputs | None = None  # ID train outputs (eval transform), for detectors that fit
     memo: dict[str, Any] = field(default_factory=dict)  # per-model values detectors share (e.g. the linear map)

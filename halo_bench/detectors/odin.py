@@ -18,6 +18,10 @@ if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists wit
 
 @register_detector
 class ODIN(Detector):
+    """Both forward passes run in the evaluation's precision (`ctx.amp_dtype` autocast) and
+    memory format (`ctx.memory_format`), as the cached pass does; the loss and its input
+    gradient are float32, the tempered softmax float64."""
+
     name = "odin"
     summary = "max softmax(f(x')/T), x' = x - eps * sign(grad_x CE(f(x)/T, argmax)) / std"
     defaults = {"temperature": 1000.0, "eps": 0.0014}
@@ -51,12 +55,17 @@ class ODIN(Detector):
         import torch
         import torch.nn.functional as F
 
-        x = x.to(ctx.device).requires_grad_(True)
+        amp = {"device_type": ctx.device.type, "dtype": ctx.amp_dtype, "enabled": ctx.amp_dtype is not None}
+        fmt = ctx.memory_format or torch.contiguous_format
+        x = x.to(ctx.device).contiguous(memory_format=fmt).requires_grad_(True)
         with torch.enable_grad():
-            logits = model(x).float() / t
+            with torch.autocast(**amp):
+                out = model(x)
+            logits = out.float() / t
             loss = F.cross_entropy(logits, logits[:, :k].argmax(dim=1))
             (grad,) = torch.autograd.grad(loss, x)
-        x_hat = x.detach() - eps * grad.sign() / std
-        with torch.no_grad():
-            probs = (model(x_hat).double() / t).softmax(dim=1)
+        x_hat = (x.detach() - eps * grad.sign() / std).contiguous(memory_format=fmt)
+        with torch.no_grad(), torch.autocast(**amp):
+            out = model(x_hat)
+        probs = (out.double() / t).softmax(dim=1)
         return probs[:, :k].max(dim=1).values.cpu()
