@@ -189,12 +189,18 @@ def test_gen_matches_pytorch_ood_and_openood(field) -> None:
                             torch.zeros(50, 1), torch.zeros(50).long())
     expected = -K * GEN.score(logits.double(), gamma=0.1).numpy()  # mean -> sum, OOD -> ID sign
     np.testing.assert_allclose(_ours("gen", ctx, moderate), expected, rtol=1e-9)
-    # OpenOOD's formula in float64 on confident logits, top M = 3 of the K.
+    # OpenOOD's formula in float64 on confident logits, top M = 3 of the K, with 1 - p of the top
+    # class as the sum of the others (1 - p itself rounds to 0, or loses digits, in float64).
     confident = SplitOutputs(torch.cat([logits * 40, torch.zeros(50, 1)], 1) if model.abstain else logits * 40,
                              torch.zeros(50, 1), torch.zeros(50).long())
-    p = np.sort(torch.softmax(confident.logits[:, :K].double(), 1).numpy(), axis=1)[:, ::-1][:, :3]
-    np.testing.assert_allclose(_ours("gen", ctx, confident, gamma=0.5, m=3),
-                               -np.sum(p**0.5 * (1 - p) ** 0.5, axis=1), rtol=1e-9, atol=1e-12)
+    p = np.sort(torch.softmax(confident.logits[:, :K].double(), 1).numpy(), axis=1)[:, ::-1]
+    q = 1 - p
+    q[:, 0] = p[:, 1:].sum(axis=1)
+    exact = -np.sum(p[:, :3] ** 0.5 * q[:, :3] ** 0.5, axis=1)
+    ours = _ours("gen", ctx, confident, gamma=0.5, m=3)
+    np.testing.assert_allclose(ours, exact, rtol=1e-9, atol=0)
+    naive = -np.sum(p[:, :3] ** 0.5 * (1 - p[:, :3]) ** 0.5, axis=1)  # what GEN computed before
+    assert not np.allclose(naive, exact, rtol=1e-6, atol=0) and np.unique(ours).size == len(ours)
 
 
 @pytest.fixture

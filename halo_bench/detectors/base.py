@@ -233,6 +233,29 @@ def penultimate(outputs: SplitOutputs, who: str) -> Tensor:
     return outputs.penultimate.double()
 
 
-def softmax_probs(logits: Tensor) -> Tensor:
-    """The model's softmax in float64: K-way for CCE, (K+1)-way for HALO (the one its loss trained)."""
-    return logits.double().softmax(dim=1)
+def softplus(x: Tensor) -> Tensor:
+    """log(1 + exp(x)) to full float64 precision at every x (torch's softplus returns x above 20)."""
+    import torch
+
+    return x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
+
+
+def top_and_rest(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(l_top, its column, r) per row, float64: the largest of the first `k` logits and
+    r = log sum_{j != top} exp(l_j - l_top) over every column. A confident sample's softmax
+    rounds to exactly 1.0 in float64 once the other classes hold less than 1e-16 of it; in
+    terms of r it keeps its order: log p_top = -softplus(r), log(1 - p_top) = r - softplus(r)."""
+    import torch
+
+    logits = logits.double()
+    top, index = logits[:, :k].max(dim=1)
+    others = (logits - top[:, None]).scatter(1, index[:, None], float("-inf"))
+    return top, index, torch.logsumexp(others, dim=1)
+
+
+def log_max_softmax(logits: Tensor, k: int) -> Tensor:
+    """log of the largest of the first `k` softmax probabilities, the softmax over every
+    column (K for CCE; HALO's K+1, the one its loss trained), float64 and exact where the
+    probability itself rounds to 1: a monotone function of MSP, so its metrics are MSP's."""
+    _, _, rest = top_and_rest(logits, k)
+    return -softplus(rest)

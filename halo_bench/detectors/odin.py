@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..console import make_progress
-from .base import NON_NEGATIVE, POSITIVE, Detector, DetectorContext, register_detector
+from .base import NON_NEGATIVE, POSITIVE, Detector, DetectorContext, log_max_softmax, register_detector
 
 if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it
     import torch
@@ -20,10 +20,11 @@ if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists wit
 class ODIN(Detector):
     """Both forward passes run in the evaluation's precision (`ctx.amp_dtype` autocast) and
     memory format (`ctx.memory_format`), as the cached pass does; the loss and its input
-    gradient are float32, the tempered softmax float64."""
+    gradient are float32. The score is the log of the tempered MSP, in float64 (as `msp`:
+    exact where the MSP itself would round to 1)."""
 
     name = "odin"
-    summary = "max softmax(f(x')/T), x' = x - eps * sign(grad_x CE(f(x)/T, argmax)) / std"
+    summary = "log max softmax(f(x')/T), x' = x - eps * sign(grad_x CE(f(x)/T, argmax)) / std"
     defaults = {"temperature": 1000.0, "eps": 0.0014}
     checks = {"temperature": POSITIVE, "eps": NON_NEGATIVE}
     tune_grid = {"temperature": (1.0, 10.0, 100.0, 1000.0), "eps": (0.0014, 0.0028)}  # OpenOOD v1.5's odin.yml sweep
@@ -67,5 +68,4 @@ class ODIN(Detector):
         x_hat = (x.detach() - eps * grad.sign() / std).contiguous(memory_format=fmt)
         with torch.no_grad(), torch.autocast(**amp):
             out = model(x_hat)
-        probs = (out.double() / t).softmax(dim=1)
-        return probs[:, :k].max(dim=1).values.cpu()
+        return log_max_softmax(out.double() / t, k).cpu()
