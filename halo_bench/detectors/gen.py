@@ -30,11 +30,11 @@ class GEN(Detector):
 
     OpenOOD's formula, float64, no clamping, each term as exp(gamma (log p + log(1 - p))) with
     1 - p of the top class as the sum of the other probabilities (r of `base.top_and_rest`):
-    in float64 it rounds to 0 for a confident sample, whose scores would then tie more often.
-    pytorch-ood's `GEN` returns the *mean* over the M
-    terms (the sum / M) with the OOD sign, and clamps p to [1e-7, 1 - 1e-7] first: that moves the
-    scores of confident samples (p < 1e-7 contributes (1e-7)^gamma = 0.2 for gamma 0.1, not ~0),
-    so the two agree only where no probability falls outside the clamp.
+    computed as 1 - p it rounds to 0 for a confident sample, whose top term is then lost.
+    pytorch-ood's `GEN` returns the *mean* over the M terms (the sum / M) with the OOD sign,
+    and clamps p to [1e-7, 1 - 1e-7] first: that moves the scores of confident samples
+    (p < 1e-7 contributes (1e-7)^gamma = 0.2 for gamma 0.1, not ~0), so the two agree only
+    where no probability falls outside the clamp.
     """
 
     name = "gen"
