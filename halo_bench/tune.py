@@ -73,7 +73,7 @@ def tune_detector(base: Detector, ctx: DetectorContext, val: ValidationData) -> 
         return None
     tuned = make_detector(base.name, {**fixed, **best[1]}, abstain=ctx.abstain)
     tuned.explicit = frozenset(best[1]) | frozenset(fixed)
-    tuned.label = f"{settings_label(base.name, fixed)}[tuned]"
+    tuned.label = f"{settings_label(base.name, {k: v for k, v in fixed.items() if v != base.defaults[k]})}[tuned]"
     tuned.tuning = {"chosen": best[1], "val_auroc": best[0], "trials": trials,
                     "id_val": "val split of the ID dataset", "ood_val": list(val.ood)}
     return tuned

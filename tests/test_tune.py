@@ -77,7 +77,7 @@ def test_tuning_picks_the_validation_auroc_argmax(tiny_runs, registry) -> None:
     ash_b = make_detector("ash", {"variant": "b"}, abstain=False)
     tuned_b = tune_detector(ash_b, ctx, val)
     assert tuned_b.label == "ash[variant=b][tuned]" and tuned_b.params["variant"] == "b"
-    assert tune_detector(DETECTORS["ash"](), ctx, val).label == "ash[tuned]"
+    assert tune_detector(make_detector("ash", {"variant": "s"}, abstain=False), ctx, val).label == "ash[tuned]"
     # No grid point fits (ViM's dims vs 96 features): no tuned detector, the base records why.
     vim = DETECTORS["vim"]()
     assert tune_detector(vim, ctx, val) is None and "must be smaller" in vim.tuning["skipped"]
