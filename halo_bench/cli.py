@@ -505,7 +505,7 @@ def detectors() -> None:
     from rich.table import Table
 
     from .console import console
-    from .detectors import DETECTORS
+    from .detectors import DETECTORS, format_value
 
     table = Table(title="detectors (score: higher = more in-distribution)")
     for col in ("name", "score", "reads", "defaults", "--tune grid", "needs"):
@@ -513,12 +513,13 @@ def detectors() -> None:
     for cls in DETECTORS.values():
         needs = [n for n, on in (("HALO model", cls.halo_only), ("ID-train pass", cls.needs_train),
                                  ("gradient passes", cls.needs_inputs)) if on]
-        defaults = ", ".join(f"{k}={v:g}" for k, v in cls.defaults.items())
+        defaults = ", ".join(f"{k}={format_value(v)}" + (f" (of {'|'.join(cls.choices[k])})" if k in cls.choices
+                                                          else "") for k, v in cls.defaults.items())
         grid = "; ".join(f"{k} in {{{', '.join(f'{v:g}' for v in values)}}}" for k, values in cls.tune_grid.items())
         table.add_row(cls.name, cls.summary, cls.reads, defaults or "-", grid or "-", ", ".join(needs) or "-")
     console.print(table, soft_wrap=False)
-    console.print("Set parameters with --detectors NAME:PARAM=VALUE, e.g. knn:k=100,odin:temperature=1000:eps=0.0014; "
-                  "a detector with non-default settings is reported as NAME[PARAM=VALUE]. 'penultimate' = the "
+    console.print("Set parameters with --detectors NAME:PARAM=VALUE, e.g. knn:k=100,odin:temperature=1000:eps=0.0014,"
+                  "ash:variant=b; a detector with non-default settings is reported as NAME[PARAM=VALUE]. 'penultimate' = the "
                   "backbone's pooled features (OpenOOD's); 'embedding' = the layer the head reads.", soft_wrap=True)
 
 

@@ -162,7 +162,7 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
 
     ctx = DetectorContext(model=model, device=device, data_config=data_config,
                           batch_size=cfg.batch_size, num_workers=workers, amp_dtype=dtype,
-                          pipeline=cfg.data_pipeline, train=train_outputs)
+                          memory_format=memory_format, pipeline=cfg.data_pipeline, train=train_outputs)
     scores: dict[str, dict[str, np.ndarray]] = {name: {} for name in splits}
     for det in detectors:
         started = time.perf_counter()

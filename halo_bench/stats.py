@@ -30,7 +30,7 @@ from .errors import HaloBenchError
 RESAMPLES = 1000
 SEED = 0
 N_BINS = 15  # ECE bins, as metrics.id_metrics
-CONFIDENCE_COLUMN = "msp"  # for ID rows: the top-label probability ECE is computed from
+CONFIDENCE_COLUMN = "msp"  # for ID rows: the top-label probability ECE is computed from (see `confidence`)
 
 
 @dataclass
@@ -55,6 +55,14 @@ def read_scores(path: str | Path, data: bytes | None = None) -> pd.DataFrame:
     if missing:
         raise HaloBenchError(f"{path}: scores file lacks column(s) {', '.join(missing)}; re-run `halo-bench eval`.")
     return frame
+
+
+def confidence(msp: np.ndarray) -> np.ndarray:
+    """The top-label probability from the `msp` column. The msp detector stores log MSP (exact
+    where MSP rounds to 1); files written before it did hold MSP itself, which is always > 0,
+    while log MSP never is: such a column passes through unchanged."""
+    msp = np.asarray(msp, dtype=float)
+    return np.exp(msp) if (msp <= 0).all() else msp
 
 
 def run_scores(entry: tuple[str, str | None] | None) -> pd.DataFrame | None:
@@ -96,7 +104,7 @@ def scores_mismatch(entries: dict[tuple, tuple[str, str | None]]) -> list[str]:
 
 def load_scores(frame: pd.DataFrame, detectors: list[str]) -> Scores:
     ids = frame[frame["group"] == "id"]
-    conf = ids[CONFIDENCE_COLUMN].to_numpy(float) if CONFIDENCE_COLUMN in ids else None
+    conf = confidence(ids[CONFIDENCE_COLUMN].to_numpy(float)) if CONFIDENCE_COLUMN in ids else None
     correct = (ids["pred"].to_numpy() == ids["label"].to_numpy()).astype(float)
     dets = [d for d in detectors if d in frame.columns]
     ood = {}
@@ -269,7 +277,9 @@ def bootstrap_table(table: pd.DataFrame, baseline: str, resamples: int | None = 
 def reliability_bins(conf: np.ndarray, correct: np.ndarray, n_bins: int = N_BINS
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(edges, accuracy, mean confidence, count) per equal-width bin (lo, hi], as metrics.ece
-    bins them; empty bins give NaN accuracy and confidence."""
+    bins them; empty bins give NaN accuracy and confidence. `conf` may be the `msp` column as
+    stored (log MSP): see `confidence`."""
+    conf = confidence(conf)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     idx = np.clip(np.searchsorted(edges, np.clip(conf, 0.0, 1.0), side="left") - 1, 0, n_bins - 1)
     count = np.bincount(idx, minlength=n_bins).astype(float)

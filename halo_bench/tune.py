@@ -4,7 +4,9 @@ Only validation data decide (PROTOCOL.md section 4): the ID dataset's `val` spli
 the suite's `ood_val` sets, all through the evaluation transform and the feature cache, so
 only ODIN (which perturbs inputs) runs the model per grid point. Fitted detectors fit on
 ID train as at their defaults. The chosen detector is reported beside the default one as
-`NAME[tuned]`; ties go to the earlier grid point, in the grid's order.
+`NAME[tuned]` (with settings the grid does not cover, e.g. `ash[variant=b][tuned]`); ties go
+to the earlier grid point, in the grid's order. A detector none of whose grid points applies
+to the model (e.g. ViM's dims on a narrow backbone) gets no tuned row, with a warning.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from rich.markup import escape
 
 from . import metrics
-from .detectors import Detector, DetectorContext, make_detector
+from .console import console
+from .detectors import Detector, DetectorContext, make_detector, settings_label
 from .errors import HaloBenchError
 from .features import SplitOutputs
 
@@ -43,7 +47,8 @@ def validation_auroc(det: Detector, ctx: DetectorContext, val: ValidationData) -
 
 def tune_detector(base: Detector, ctx: DetectorContext, val: ValidationData) -> Detector | None:
     """The detector at the grid point of highest validation AUROC, labelled `NAME[tuned]`,
-    with the search recorded in `tuning`; None for a detector without a grid."""
+    with the search recorded in `tuning`; None for a detector without a grid, or whose every
+    grid point is refused (recorded in `base.tuning`)."""
     if not base.tune_grid:
         return None
     fixed = {k: v for k, v in base.params.items() if k in base.explicit and k not in base.tune_grid}
@@ -61,11 +66,14 @@ def tune_detector(base: Detector, ctx: DetectorContext, val: ValidationData) -> 
         if best is None or score > best[0]:
             best = (score, point)
     if best is None:
-        raise HaloBenchError(f"--tune: no grid point of {base.name!r} applies to this model: "
-                             f"{trials[0]['skipped'] if trials else 'empty grid'}")
+        reason = trials[0]["skipped"] if trials else "empty grid"
+        console.print(f"[yellow]warning:[/] --tune: no grid point of {escape(repr(base.label))} applies to this "
+                      f"model, so it has no tuned row ({escape(reason)})")
+        base.tuning = {"skipped": reason, "trials": trials}
+        return None
     tuned = make_detector(base.name, {**fixed, **best[1]}, abstain=ctx.abstain)
     tuned.explicit = frozenset(best[1]) | frozenset(fixed)
-    tuned.label = f"{base.name}[tuned]"
+    tuned.label = f"{settings_label(base.name, {k: v for k, v in fixed.items() if v != base.defaults[k]})}[tuned]"
     tuned.tuning = {"chosen": best[1], "val_auroc": best[0], "trials": trials,
                     "id_val": "val split of the ID dataset", "ood_val": list(val.ood)}
     return tuned

@@ -221,10 +221,21 @@ def test_foreign_classifier_gives_timms_logits_and_evaluates(tmp_path) -> None:
     with torch.no_grad():
         assert torch.equal(model(x), theirs(x))
         assert torch.equal(model.forward_features(x), theirs.forward_head(theirs.forward_features(x), pre_logits=True))
+    # ViM's affine map from penultimate features to logits is the classifier's own fc.
+    from halo_bench.detectors import DETECTORS, DetectorContext
+    from halo_bench.detectors.tail import linear_map
+
+    w, b = linear_map(DetectorContext(model=model, device=torch.device("cpu"), data_config={}), "vim")
+    assert torch.equal(w, theirs.fc.weight.double()) and torch.equal(b, theirs.fc.bias.double())
+    # Every detector that applies to a CCE model, at its defaults (knn's k clamped to the 40 train samples).
     out = tmp_path / "eval"
-    _ok("eval", path, "--model", TINY, "--suite", "digits", *EVAL_FAST, "--out", out)
+    _ok("eval", path, "--model", TINY, "--suite", "digits", "--limit", "40", "--device", "cpu", "--ood", "near",
+        "--out", out)
     results = results_in(out)
-    assert results["model"]["loss"] == "cce" and set(results["ood"]) == {"msp", "energy", "mahalanobis"}
+    assert results["model"]["loss"] == "cce"
+    assert set(results["ood"]) == {name for name, cls in DETECTORS.items() if not cls.halo_only}
+    assert all(0 <= res["near"]["auroc"] <= 100 for res in results["ood"].values())
+    assert results["detectors"]["knn"]["k_used"] == 39 and results["detectors"]["vim"]["dim_used"] == 48
     torch.save(_tiny(1, 10, 6).state_dict(), tmp_path / "ten.pth")
     _fails("eval", tmp_path / "ten.pth", "--model", TINY, "--suite", "digits", match="classifies 10 classes")
     _fails("eval", path, "--model", TINY, match="--model and --suite go together")

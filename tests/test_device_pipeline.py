@@ -224,3 +224,34 @@ def test_in_memory_data_gets_no_workers_and_files_get_the_cpus_this_process_may_
         assert default_workers(registry.dataset(name), None) == 0, name
         assert default_workers(registry.dataset(name), 4) == 4
     assert default_workers(registry.dataset("dtd"), None) == 8  # torchvision, but image files
+
+
+def test_auto_evaluation_on_the_cpu_serves_arrays_with_the_dataloaders_outputs(tmp_path: Path, monkeypatch) -> None:
+    """eval and ODIN (eval_batches) under `auto` skip PIL on the CPU, and the model sees the same bits."""
+    import torchvision.datasets.cifar as tv_cifar
+    from torch.utils.data import DataLoader, Subset
+
+    from halo_bench.data import load_registry
+    from halo_bench.data.device import eval_batches
+    from halo_bench.data.synthetic import write_cifar_archive
+    from halo_bench.features import forward_pass
+    from halo_bench.models import build_model
+
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)  # random stand-in bytes
+    write_cifar_archive(tmp_path / "cifar10", "cifar10", n_train=20, n_test=30)
+    registry = load_registry()
+    digits, cifar = registry.suite("digits").data_config, registry.suite("cifar10").data_config
+    cases = [(load_split(registry.dataset("digits"), "test", digits), digits, 1, 6)]
+    cifar_test = load_split(registry.dataset("cifar10"), "test", cifar, LoadOptions(tmp_path))
+    cases += [(cifar_test, cifar, 3, 10), (Subset(cifar_test, range(17)), cifar, 3, 10)]  # and eval --limit 17
+    for dataset, config, chans, k in cases:
+        assert isinstance(eval_batches(dataset, CPU, 8, 0, config, "auto"), DeviceBatches)
+        assert isinstance(eval_batches(dataset, CPU, 8, 0, config, "loader"), DataLoader)
+        model = build_model("test_resnet", "cce", num_classes=k, in_chans=chans, seed=0).eval()
+        auto, loader = (forward_pass(model, dataset, CPU, 8, data_config=config, pipeline=p, show_progress=False)
+                        for p in ("auto", "loader"))
+        for a, b in zip((auto.logits, auto.features, auto.penultimate, auto.labels),
+                        (loader.logits, loader.features, loader.penultimate, loader.labels), strict=True):
+            assert torch.equal(a, b)
+    # Training under auto keeps the DataLoader on the CPU: its random draws, and so its results, stay.
+    assert choose_pipeline("auto", cifar_test, cifar, (), CPU) is None

@@ -5,7 +5,9 @@ Why: ResNet-18 on CIFAR trains far faster on a GPU than PIL can augment in DataL
 workers, so the fast public CIFAR trainers (airbench, hlb-CIFAR10) keep the whole set
 on the GPU. halo-bench does the same for datasets held in memory as arrays
 (torchvision's CIFAR-10/100, SVHN and MNIST family, and the embedded sets); image-file
-datasets keep the DataLoader path.
+datasets keep the DataLoader path. Evaluation serves such arrays as tensors on the CPU
+too: its batches are unaugmented, so bit-identical, and PIL's cost per image was most of
+an evaluation's time beyond the model's (CPU training keeps the DataLoader: `choose_pipeline`).
 
 Semantics are those of the PIL path (`transforms.train_transform`) wherever the
 device pipeline is used: pad 4 with black and crop back (`random_crop`), flip with
@@ -119,15 +121,19 @@ def image_array(dataset: Any, data_config: dict[str, Any], train: bool = False) 
 
 
 def choose_pipeline(requested: str, dataset: Any, data_config: dict[str, Any], augment: tuple[str, ...],
-                    device: torch.device, train: bool = False) -> ImageArray | None:
+                    device: torch.device, train: bool = False, evaluation: bool = False) -> ImageArray | None:
     """The array to serve from the device, or None for the DataLoader path.
 
-    `auto` keeps the device pipeline for GPUs (on a CPU the DataLoader costs nothing
-    extra and keeps earlier CPU results reproducible); `device` insists, with a
-    clear error where the data cannot be served that way.
+    `auto` serves arrays from GPUs, and from the CPU for `evaluation` (the unaugmented passes
+    of `eval_batches`): there the batches are bit-identical to the DataLoader's and skip PIL's
+    cost per image. CPU training keeps the DataLoader under `auto`: a DataLoader iterator draws
+    from torch's global generator, so serving arrays instead would move every later random
+    draw and change earlier CPU training results. `device` insists, with a clear error where
+    the data cannot be served that way.
     """
     check_data_pipeline(requested)
-    if requested == "loader" or (requested == "auto" and device.type != "cuda"):
+    served = device.type == "cuda" or (evaluation and device.type == "cpu")
+    if requested == "loader" or (requested == "auto" and not served):
         return None
     array, why = image_array(dataset, data_config, train)
     unsupported = [a for a in augment if a not in DEVICE_AUGMENTATIONS]
@@ -242,12 +248,13 @@ class DeviceBatches:
 def eval_batches(dataset: Any, device: torch.device, batch_size: int, num_workers: int = 0,
                  data_config: dict[str, Any] | None = None, pipeline: str = "loader") -> Any:
     """Unshuffled, unaugmented batches of `dataset` in order: from the device where `pipeline`
-    chooses it (`data_config` given), else a DataLoader. Either yields (x, y)."""
+    chooses it (`data_config` given; `auto` on the CPU too), else a DataLoader. Either yields (x, y)."""
     from torch.utils.data import DataLoader
 
     if isinstance(dataset, DeviceBatches):
         return dataset
-    array = choose_pipeline(pipeline, dataset, data_config, (), device) if data_config is not None else None
+    array = (choose_pipeline(pipeline, dataset, data_config, (), device, evaluation=True)
+             if data_config is not None else None)
     if array is not None:
         return DeviceBatches(array, device, batch_size, data_config)
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")

@@ -9,9 +9,11 @@ from .base import (
     Detector,
     DetectorContext,
     detectors_for,
+    format_value,
     make_detector,
     parse_detector_spec,
     register_detector,
+    settings_label,
 )
 
 # Listing order (tables, `halo-bench detectors`): the classic baselines, the modern field, HALO's own.
@@ -19,5 +21,5 @@ _ORDER = ("msp", "maxlogit", "energy", "odin", "mahalanobis", "gen", "knn", "vim
 for _name in [*_ORDER, *(n for n in list(DETECTORS) if n not in _ORDER)]:
     DETECTORS[_name] = DETECTORS.pop(_name)
 
-__all__ = ["DETECTORS", "Detector", "DetectorContext", "detectors_for", "make_detector", "parse_detector_spec",
-           "register_detector"]
+__all__ = ["DETECTORS", "Detector", "DetectorContext", "detectors_for", "format_value", "make_detector",
+           "parse_detector_spec", "register_detector", "settings_label"]

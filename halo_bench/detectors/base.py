@@ -30,7 +30,8 @@ class DetectorContext:
     data_config: dict[str, Any]
     batch_size: int = 256
     num_workers: int = 0
-    amp_dtype: torch.dtype | None = None
+    amp_dtype: torch.dtype | None = None  # the evaluation's autocast dtype, for detectors that run the model
+    memory_format: torch.memory_format | None = None  # and its memory format (channels-last on CUDA)
     pipeline: str = "loader"  # "auto": in-memory arrays are served from the device (data/device.py)
     train: SplitOutputs | None = None  # ID train outputs (eval transform), for detectors that fit
     memo: dict[str, Any] = field(default_factory=dict)  # per-model values detectors share (e.g. the linear map)
@@ -50,6 +51,8 @@ class DetectorContext:
         return self.memo[key]
 
 
+# A parameter's value: a number, or for a parameter with `choices` one of its option names.
+Value = float | str
 # A parameter check: (predicate, what a valid value is).
 Check = tuple[Callable[[float], bool], str]
 POSITIVE: Check = (lambda v: v > 0, "a number > 0")
@@ -66,22 +69,24 @@ class Detector:
     Class attributes say what a detector needs, so evaluation runs the ID-train pass
     only when some detector fits on it, and the model again only for `needs_inputs`.
     `reads` names what it scores: the logits, the head's embedding, the backbone's
-    penultimate features or the inputs themselves. `checks` validates parameters
-    (any other parameter must be a finite number); `tune_grid` is what `--tune`
-    searches, on validation data only.
+    penultimate features or the inputs themselves. `checks` validates numeric parameters
+    (any other must be a finite number); a parameter in `choices` takes one of the
+    named options instead (e.g. ASH's variant); `tune_grid` is what `--tune` searches,
+    on validation data only.
     """
 
     name: ClassVar[str]
     summary: ClassVar[str]
-    defaults: ClassVar[dict[str, float]] = {}
+    defaults: ClassVar[dict[str, Value]] = {}
     checks: ClassVar[dict[str, Check]] = {}
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
     tune_grid: ClassVar[dict[str, tuple[float, ...]]] = {}
     reads: ClassVar[str] = "logits"
     halo_only: ClassVar[bool] = False
     needs_train: ClassVar[bool] = False
     needs_inputs: ClassVar[bool] = False
 
-    def __init__(self, **params: float) -> None:
+    def __init__(self, **params: Value) -> None:
         unknown = set(params) - set(self.defaults)
         if unknown:
             raise HaloBenchError(
@@ -89,17 +94,27 @@ class Detector:
                 f"it takes: {', '.join(self.defaults) or 'none'}."
             )
         for key, value in params.items():
+            if key in self.choices:
+                if value not in self.choices[key]:
+                    raise HaloBenchError(f"detector {self.name!r}: {key} must be one of "
+                                         f"{', '.join(self.choices[key])}, got {format_value(value)!r}.")
+                continue
+            if isinstance(value, str):
+                raise HaloBenchError(f"detector {self.name!r}: {key}={value!r} is not a number.")
             ok, meaning = self.checks.get(key, (lambda v: True, "a finite number"))
             valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             if not valid or not ok(value):
                 raise HaloBenchError(f"detector {self.name!r}: {key} must be {meaning}, got {value!r}.")
-        self.params: dict[str, float] = {**self.defaults, **params}
+        self.params: dict[str, Value] = {**self.defaults, **params}
         self.explicit = frozenset(params)  # parameters the user set
         self.label = self.name  # the key in results; `detectors_for` names non-default settings
         self.tuning: dict[str, Any] | None = None  # set by --tune: the search on validation data
 
     def int_param(self, key: str) -> int:
         return int(self.params[key])
+
+    def float_param(self, key: str) -> float:
+        return float(self.params[key])
 
     def fit(self, ctx: DetectorContext) -> None:
         """Fit on `ctx.train` (only called when `needs_train`)."""
@@ -129,10 +144,24 @@ def register_detector(cls: type[Detector]) -> type[Detector]:
     return cls
 
 
-def parse_detector_spec(spec: str) -> tuple[str, dict[str, float]]:
-    """`knn:k=100` -> ("knn", {"k": 100.0}); `odin:temperature=1000:eps=0.0014` sets two."""
+def format_value(value: Value) -> str:
+    """A parameter value as settings and labels show it: `100`, `0.0014`, `b`."""
+    return value if isinstance(value, str) else f"{value:g}"
+
+
+def settings_label(name: str, settings: dict[str, Value]) -> str:
+    """`knn[k=100]`, `ash[percentile=80,variant=b]`: a detector with non-default settings."""
+    if not settings:
+        return name
+    return f"{name}[{','.join(f'{k}={format_value(v)}' for k, v in settings.items())}]"
+
+
+def parse_detector_spec(spec: str) -> tuple[str, dict[str, Value]]:
+    """`knn:k=100` -> ("knn", {"k": 100.0}); `odin:temperature=1000:eps=0.0014` sets two;
+    `ash:variant=b` names an option. Text that is not a number stays text: the detector
+    says whether the parameter takes it."""
     name, *assignments = [part.strip() for part in spec.strip().split(":")]
-    params: dict[str, float] = {}
+    params: dict[str, Value] = {}
     for item in assignments:
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -141,25 +170,26 @@ def parse_detector_spec(spec: str) -> tuple[str, dict[str, float]]:
                 f"cannot read detector setting {item!r} in {spec!r}; write NAME:PARAM=VALUE[:PARAM=VALUE], "
                 "e.g. knn:k=100 or odin:temperature=1000:eps=0.0014."
             )
+        value: Value
         try:
             value = float(text)
         except ValueError:
-            raise HaloBenchError(f"detector setting {key}={text!r} in {spec!r} is not a number.") from None
+            value = text.strip()
         if key in params:
             raise HaloBenchError(f"detector setting {key!r} is given twice in {spec!r}.")
         params[key] = value
     return name, params
 
 
-def make_detector(name: str, params: dict[str, float], abstain: bool) -> Detector:
+def make_detector(name: str, params: dict[str, Value], abstain: bool) -> Detector:
     if name not in DETECTORS:
         raise unknown_name("detector", name, DETECTORS)
     if DETECTORS[name].halo_only and not abstain:
         raise HaloBenchError(f"detector {name!r} reads a HALO head; this checkpoint was trained with CCE.")
     det = DETECTORS[name](**params)
-    changed = {k: v for k, v in det.params.items() if k in det.explicit and v != det.defaults[k]}
-    if changed:  # a row a reader must not mistake for the default detector
-        det.label = f"{name}[{','.join(f'{k}={v:g}' for k, v in changed.items())}]"
+    # A row a reader must not mistake for the default detector names its settings.
+    det.label = settings_label(name, {k: v for k, v in det.params.items()
+                                      if k in det.explicit and v != det.defaults[k]})
     return det
 
 
@@ -203,6 +233,29 @@ def penultimate(outputs: SplitOutputs, who: str) -> Tensor:
     return outputs.penultimate.double()
 
 
-def softmax_probs(logits: Tensor) -> Tensor:
-    """The model's softmax in float64: K-way for CCE, (K+1)-way for HALO (the one its loss trained)."""
-    return logits.double().softmax(dim=1)
+def softplus(x: Tensor) -> Tensor:
+    """log(1 + exp(x)) to full float64 precision at every x (torch's softplus returns x above 20)."""
+    import torch
+
+    return x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
+
+
+def top_and_rest(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(l_top, its column, r) per row, float64: the largest of the first `k` logits and
+    r = log sum_{j != top} exp(l_j - l_top) over every column. A confident sample's softmax
+    rounds to exactly 1.0 in float64 once the other classes hold less than 1e-16 of it; in
+    terms of r it keeps its order: log p_top = -softplus(r), log(1 - p_top) = r - softplus(r)."""
+    import torch
+
+    logits = logits.double()
+    top, index = logits[:, :k].max(dim=1)
+    others = (logits - top[:, None]).scatter(1, index[:, None], float("-inf"))
+    return top, index, torch.logsumexp(others, dim=1)
+
+
+def log_max_softmax(logits: Tensor, k: int) -> Tensor:
+    """log of the largest of the first `k` softmax probabilities, the softmax over every
+    column (K for CCE; HALO's K+1, the one its loss trained), float64 and exact where the
+    probability itself rounds to 1: a monotone function of MSP, so its metrics are MSP's."""
+    _, _, rest = top_and_rest(logits, k)
+    return -softplus(rest)

@@ -84,6 +84,7 @@ class _Gaussian(Detector):
 
 @register_detector
 class MDS(_Gaussian):
+    # No tune_grid: OpenOOD's mds.yml and rmds.yml sweep nothing (APS_mode False).
     name = "mds"
     summary = "-min_k Mahalanobis distance to ID-train class means, penultimate features (OpenOOD's MDS)"
     reads = "penultimate"

@@ -11,8 +11,8 @@ from .base import (
     Detector,
     DetectorContext,
     class_logits,
+    log_max_softmax,
     register_detector,
-    softmax_probs,
 )
 
 if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it
@@ -22,11 +22,16 @@ if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists wit
 
 @register_detector
 class MSP(Detector):
+    """log MSP = -log(1 + sum_{j != top} exp(l_j - l_top)): the same order as MSP, so the same
+    metrics, without the ties of confident samples whose MSP rounds to 1.0. `scores.csv.gz`
+    stores this log; `stats` takes its exp where it needs the confidence."""
+
+    # No tune_grid here or for maxlogit: OpenOOD's msp.yml and mls.yml sweep nothing.
     name = "msp"
-    summary = "max softmax probability over the K classes (HALO: of the K+1 softmax)"
+    summary = "max softmax probability over the K classes (HALO: of the K+1 softmax), stored as its log"
 
     def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
-        return softmax_probs(outputs.logits)[:, : ctx.num_classes].max(dim=1).values.numpy()
+        return log_max_softmax(outputs.logits, ctx.num_classes).numpy()
 
 
 @register_detector
@@ -44,11 +49,12 @@ class Energy(Detector):
     summary = "T * logsumexp(logits / T) over the K classes"
     defaults = {"temperature": 1.0}
     checks = {"temperature": POSITIVE}
-    tune_grid = {"temperature": (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 100.0)}
+    # OpenOOD v1.5's ebo.yml sweep (at the v1.5 tag; its main branch sweeps only T = 1 since Sep 2023).
+    tune_grid = {"temperature": (1.0, 10.0, 100.0, 1000.0)}
 
     def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
         import torch
 
-        t = self.params["temperature"]
+        t = self.float_param("temperature")
         logits = class_logits(outputs.logits, ctx.num_classes)
         return (t * torch.logsumexp(logits / t, dim=1)).numpy()

@@ -9,6 +9,7 @@ from .gaussian import _Gaussian
 
 @register_detector
 class Mahalanobis(_Gaussian):
+    # halo-bench's own (on the embedding, not OpenOOD's penultimate features): nothing to tune.
     name = "mahalanobis"
     summary = "-min_k (z - mu_k)^T P (z - mu_k), class means and tied covariance of ID-train embeddings"
     reads = "embedding"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..console import make_progress
-from .base import NON_NEGATIVE, POSITIVE, Detector, DetectorContext, register_detector
+from .base import NON_NEGATIVE, POSITIVE, Detector, DetectorContext, log_max_softmax, register_detector
 
 if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it
     import torch
@@ -18,11 +18,16 @@ if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists wit
 
 @register_detector
 class ODIN(Detector):
+    """Both forward passes run in the evaluation's precision (`ctx.amp_dtype` autocast) and
+    memory format (`ctx.memory_format`), as the cached pass does; the loss and its input
+    gradient are float32. The score is the log of the tempered MSP, in float64 (as `msp`:
+    exact where the MSP itself would round to 1)."""
+
     name = "odin"
-    summary = "max softmax(f(x')/T), x' = x - eps * sign(grad_x CE(f(x)/T, argmax)) / std"
+    summary = "log max softmax(f(x')/T), x' = x - eps * sign(grad_x CE(f(x)/T, argmax)) / std"
     defaults = {"temperature": 1000.0, "eps": 0.0014}
     checks = {"temperature": POSITIVE, "eps": NON_NEGATIVE}
-    tune_grid = {"temperature": (1.0, 10.0, 100.0, 1000.0), "eps": (0.0014, 0.0028)}  # OpenOOD v1.5's sweep
+    tune_grid = {"temperature": (1.0, 10.0, 100.0, 1000.0), "eps": (0.0014, 0.0028)}  # OpenOOD v1.5's odin.yml sweep
     reads = "inputs"
     needs_inputs = True
 
@@ -31,7 +36,7 @@ class ODIN(Detector):
 
         from ..data.device import eval_batches
 
-        t, eps = self.params["temperature"], self.params["eps"]
+        t, eps = self.float_param("temperature"), self.float_param("eps")
         k = ctx.num_classes
         # eps is in [0, 1] pixel units; inputs are normalised per channel, so scale by 1/std.
         std = torch.tensor(ctx.data_config["std"], device=ctx.device).view(1, -1, 1, 1)
@@ -51,12 +56,16 @@ class ODIN(Detector):
         import torch
         import torch.nn.functional as F
 
-        x = x.to(ctx.device).requires_grad_(True)
+        amp = {"device_type": ctx.device.type, "dtype": ctx.amp_dtype, "enabled": ctx.amp_dtype is not None}
+        fmt = ctx.memory_format or torch.contiguous_format
+        x = x.to(ctx.device).contiguous(memory_format=fmt).requires_grad_(True)
         with torch.enable_grad():
-            logits = model(x).float() / t
+            with torch.autocast(**amp):
+                out = model(x)
+            logits = out.float() / t
             loss = F.cross_entropy(logits, logits[:, :k].argmax(dim=1))
             (grad,) = torch.autograd.grad(loss, x)
-        x_hat = x.detach() - eps * grad.sign() / std
-        with torch.no_grad():
-            probs = (model(x_hat).double() / t).softmax(dim=1)
-        return probs[:, :k].max(dim=1).values.cpu()
+        x_hat = (x.detach() - eps * grad.sign() / std).contiguous(memory_format=fmt)
+        with torch.no_grad(), torch.autocast(**amp):
+            out = model(x_hat)
+        return log_max_softmax(out.double() / t, k).cpu()

@@ -1,6 +1,6 @@
 """Activation shaping on penultimate features, then energy: ReAct (Sun et al. 2021) and
-ASH-S (Djurisic et al. 2023). The shaped features go through the model's own embed + head
-(`tail.tail_logits`), never the backbone again."""
+ASH (Djurisic et al. 2023; ASH-S, -P or -B). The shaped features go through the model's
+own embed + head (`tail.tail_logits`), never the backbone again."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class ReAct(Detector):
     summary = "energy of the logits of penultimate features clipped at their ID-train percentile"
     defaults = {"percentile": 90.0}
     checks = {"percentile": PERCENTILE}
-    tune_grid = {"percentile": (85.0, 90.0, 95.0, 99.0)}  # OpenOOD v1.5's sweep
+    tune_grid = {"percentile": (85.0, 90.0, 95.0, 99.0)}  # OpenOOD v1.5's react.yml sweep
     reads = "penultimate"
     needs_train = True
 
@@ -41,7 +41,7 @@ class ReAct(Detector):
         assert ctx.train is not None
         acts = ctx.train.penultimate
         assert acts is not None
-        self.threshold = float(np.percentile(acts.numpy().ravel(), self.params["percentile"]))
+        self.threshold = float(np.percentile(acts.numpy().ravel(), self.float_param("percentile")))
 
     def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
         h = penultimate(outputs, self.name).clamp(max=self.threshold)
@@ -54,17 +54,25 @@ class ReAct(Detector):
         return out
 
 
-def ash_s(h: Tensor, percentile: float) -> Tensor:
-    """ASH-S per sample: zero all but the top n - round(n * percentile / 100) activations and
-    scale the kept ones by exp(sum before / sum after). A sample whose kept sum is not
-    positive (all-zero features) is left as pruned, where the formula would divide by zero."""
+def ash(h: Tensor, percentile: float, variant: str = "s") -> Tensor:
+    """ASH per sample: keep the top n - round(n * percentile / 100) activations (at least one),
+    zero the rest, then
+    - "p" (ASH-P): nothing more;
+    - "b" (ASH-B): set every kept one to sum before / kept count (binarise, preserving the sum);
+    - "s" (ASH-S): scale the kept ones by exp(sum before / sum after). A sample whose kept sum
+      is not positive (all-zero features) is left as pruned, where the formula divides by zero.
+    """
     import torch
 
     n = h.shape[1]
-    keep = n - int(np.round(n * percentile / 100.0))
+    keep = max(1, n - int(np.round(n * percentile / 100.0)))  # 0 kept would make ASH-B divide by zero
     s1 = h.sum(dim=1)
     values, index = h.topk(keep, dim=1)
+    if variant == "b":
+        values = (s1 / keep)[:, None].expand_as(values)
     pruned = torch.zeros_like(h).scatter_(1, index, values)
+    if variant != "s":
+        return pruned
     s2 = pruned.sum(dim=1)
     scale = torch.where(s2 > 0, s1 / torch.where(s2 > 0, s2, 1.0), 0.0)
     return pruned * torch.exp(scale)[:, None]
@@ -72,18 +80,24 @@ def ash_s(h: Tensor, percentile: float) -> Tensor:
 
 @register_detector
 class ASH(Detector):
-    """energy(f(ASH-S(h))) on the pooled penultimate features h, as OpenOOD v1.5 shapes them
-    (its ResNet feature vector, seen as C x 1 x 1). Equals pytorch-ood's `ASH(variant="ash-s")`
-    on h[:, :, None, None] with percentile / 100, negated. Note: OpenOOD's `ASHNet` calls its
-    `ash_b` (binarise) in `forward_threshold`; halo-bench follows the paper's recommended ASH-S."""
+    """energy(f(ASH(h))) on the pooled penultimate features h, as OpenOOD v1.5 shapes them
+    (its ResNet feature vector, seen as C x 1 x 1). `variant` s (default, the paper's
+    recommendation), p or b; each equals pytorch-ood's `ASH(variant="ash-<v>")` on
+    h[:, :, None, None] with percentile / 100, negated.
+
+    OpenOOD v1.5's tables are ASH-B: its `ASHNet.forward_threshold` calls `ash_b`. Compare
+    them with `ash:variant=b`.
+    """
 
     name = "ash"
-    summary = "energy of the logits of ASH-S-shaped penultimate features (prune below the percentile, rescale)"
-    defaults = {"percentile": 90.0}
+    summary = ("energy of the logits of ASH-shaped penultimate features, pruned below the percentile; variant s "
+               "rescales the rest (default), p only prunes, b binarises (OpenOOD v1.5's tables: b)")
+    defaults = {"percentile": 90.0, "variant": "s"}
     checks = {"percentile": PERCENTILE}
-    tune_grid = {"percentile": (65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0)}  # OpenOOD v1.5's sweep
+    choices = {"variant": ("s", "p", "b")}  # halo-bench's own setting: OpenOOD's ASH has no variant
+    tune_grid = {"percentile": (65.0, 70.0, 75.0, 80.0, 85.0, 90.0, 95.0)}  # OpenOOD v1.5's ash.yml sweep
     reads = "penultimate"
 
     def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
-        h = ash_s(penultimate(outputs, self.name), self.params["percentile"])
+        h = ash(penultimate(outputs, self.name), self.float_param("percentile"), str(self.params["variant"]))
         return energy(tail_logits(ctx, h))

@@ -51,11 +51,21 @@ def tail_logits(ctx: DetectorContext, h: Tensor) -> Tensor:
 def linear_map(ctx: DetectorContext, who: str, probe: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(W, b), K x P and K, float64, with class logits = h W^T + b; computed once per context.
 
-    CCE: the composition of embed and fc, W = W_fc W_embed, b = W_fc b_embed + b_fc.
-    Otherwise read off the tail (b = f(0), W = f(e_i) - b) and verified on `probe`
-    (e.g. ID-train features): a head whose logits are not affine raises.
+    CCE: the composition of embed and fc, W = W_fc W_embed, b = W_fc b_embed + b_fc (for a
+    foreign classifier, whose embed is the identity, its own fc). Otherwise read off the tail
+    (b = f(0), W = f(e_i) - b) and verified on `probe` (e.g. ID-train features): a head whose
+    logits are not affine raises.
     """
     return ctx.shared("linear_map", lambda: _affine_map(ctx, who, probe))
+
+
+def _linear(layer: nn.Linear) -> tuple[Tensor, Tensor]:
+    """(weight, bias) of a linear layer, float64 on the CPU; a layer without bias has b = 0."""
+    import torch
+
+    w = layer.weight.detach().double().cpu()
+    b = layer.bias.detach().double().cpu() if layer.bias is not None else torch.zeros(len(w), dtype=torch.float64)
+    return w, b
 
 
 @no_grad
@@ -65,12 +75,13 @@ def _affine_map(ctx: DetectorContext, who: str, probe: Tensor | None) -> tuple[T
 
     model = ctx.model
     fc = getattr(model.head, "fc", None)
-    w_e, b_e = model.embed.weight.detach().double().cpu(), model.embed.bias.detach().double().cpu()
-    if not model.abstain and isinstance(fc, nn.Linear):
-        w_f, b_f = fc.weight.detach().double().cpu(), fc.bias.detach().double().cpu()
-        w, b = w_f @ w_e, w_f @ b_e + b_f
+    if not model.abstain and isinstance(fc, nn.Linear) and isinstance(model.embed, (nn.Linear, nn.Identity)):
+        w, b = _linear(fc)
+        if isinstance(model.embed, nn.Linear):
+            w_e, b_e = _linear(model.embed)
+            w, b = w @ w_e, w @ b_e + b
     else:
-        p = w_e.shape[1]
+        p = probe.shape[1] if probe is not None else model.embed.in_features
         b = tail_logits(ctx, torch.zeros(1, p, dtype=torch.float64))[0]
         w = (tail_logits(ctx, torch.eye(p, dtype=torch.float64)) - b).T
         check = probe[:256].double() if probe is not None and len(probe) else torch.randn(64, p, dtype=torch.float64)

@@ -38,7 +38,9 @@ class ViM(Detector):
     summary = "energy - alpha * norm of the penultimate residual outside the top-`dim` ID principal subspace"
     defaults = {"dim": 256.0}
     checks = {"dim": POSITIVE_INT}
-    tune_grid = {"dim": (16.0, 32.0, 64.0, 128.0, 256.0, 512.0)}
+    # OpenOOD v1.5's vim.yml sweep, made for 512-d (ResNet-18) and 2048-d features: a dim not below
+    # the feature count is skipped, so narrower backbones may have no --tune row for vim.
+    tune_grid = {"dim": (256.0, 1000.0)}
     reads = "penultimate"
     needs_train = True
 
