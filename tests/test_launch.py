@@ -21,6 +21,7 @@ pytest.importorskip("submitit")
 runner = CliRunner()
 MODEL = "test_resnet"
 FAST = ["--model", MODEL, "--detectors", "msp,energy", "--device", "cpu"]
+RESULTS = "results-det-msp+energy.json"  # an evaluation with a detector subset, named by it
 
 
 def _bench(*args: str, code: int = 0) -> str:
@@ -39,6 +40,18 @@ def _wait_for(predicate, timeout: float = 180.0, what: str = "") -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def _epochs_checkpointed(run_dir: Path) -> int:
+    """The epochs the run's checkpoint holds (metrics.jsonl is written just before it, so its
+    line count can be one ahead)."""
+    from halo_bench.errors import HaloBenchError
+    from halo_bench.models import read_checkpoint
+
+    try:
+        return int(read_checkpoint(run_dir / "ckpt.pt")["meta"]["epochs_done"])
+    except (HaloBenchError, OSError, KeyError):
+        return 0
 
 
 def _epochs_logged(run_dir: Path) -> int:
@@ -85,7 +98,7 @@ def test_local_launcher_matches_inline_bench(tmp_path: Path) -> None:
         for seed in (0, 1):
             name = f"digits-{MODEL}-{loss}-s{seed}"
             assert name in text  # job id listing
-            assert _metrics(out / name / "results.json") == _metrics(tmp_path / "inline" / name / "results.json")
+            assert _metrics(out / name / RESULTS) == _metrics(tmp_path / "inline" / name / RESULTS)
             log = Path(jobs[name]["stderr"]).read_text()
             assert "'WORLD_SIZE': '1'" in log and "'RANK': '0'" in log  # submitit's distributed env
     # idempotent: nothing left to do, the report is rewritten from the finished runs
@@ -110,7 +123,7 @@ def test_preempted_killed_and_failed_jobs(tmp_path: Path) -> None:
     jobs = _jobs(out)
     controller = int(jobs[cce]["job_id"])
 
-    _wait_for(lambda: _epochs_logged(out / cce) >= 1, what="the first epoch")
+    _wait_for(lambda: _epochs_checkpointed(out / cce) >= 1, what="the first epoch")
     (task,) = _task_pids(controller)
     os.kill(task, signal.SIGUSR2)  # what SLURM sends before preemption or the time limit
     log = Path(jobs[cce]["stderr"])
@@ -119,7 +132,7 @@ def test_preempted_killed_and_failed_jobs(tmp_path: Path) -> None:
     assert tasks and task not in tasks  # the same job, a new task process
     for pid in [*tasks, controller]:  # now a node failure: no signal handler runs
         os.kill(pid, signal.SIGKILL)
-    done_at_kill = _epochs_logged(out / cce)
+    done_at_kill = _epochs_checkpointed(out / cce)
     assert 1 <= done_at_kill < 5, "the job finished before it could be killed"
     assert "preempted or timed out; requeued" in log.read_text()
     _wait_for(lambda: not _local_alive(jobs[halo]["job_id"]), what="the failing job")
@@ -135,7 +148,7 @@ def test_preempted_killed_and_failed_jobs(tmp_path: Path) -> None:
     assert again[halo]["job_id"] != jobs[halo]["job_id"]
     assert f"{halo}: job {again[halo]['job_id']} failed (log {again[halo]['stderr']})" in text
     assert f"1 of 2 runs finished; not included: {halo} (failed)" in text
-    assert (out / cce / "results.json").is_file() and not (out / halo).is_dir()
+    assert (out / cce / RESULTS).is_file() and not (out / halo).is_dir()
     resumed_log = Path(again[cce]["stderr"]).read_text()
     assert f"resuming after epoch {done_at_kill}/5" in resumed_log
     trained = [int(line.split("epoch ")[1].split("/")[0]) for line in resumed_log.splitlines()
@@ -145,7 +158,7 @@ def test_preempted_killed_and_failed_jobs(tmp_path: Path) -> None:
     assert history == [1, 2, 3, 4, 5]
     report = (out / f"report-digits-{MODEL}-cce_halo-s0.md").read_text()
     assert f"1 of 2 runs finished; not included: {halo} (failed)" in report
-    assert json.loads((out / cce / "results.json").read_text())["checkpoint"]["complete"] is True
+    assert json.loads((out / cce / RESULTS).read_text())["checkpoint"]["complete"] is True
 
 
 def _fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sacct_state: str = "") -> Path:
