@@ -37,17 +37,16 @@ import torchvision.datasets.cifar as tv_cifar
 from tabulate import tabulate
 from torch.utils.data import DataLoader
 
-from halo_bench.cache import CACHE_DIR
-from halo_bench.data import LoadOptions, load_split
+from halo_bench.core.devices import amp_dtype, resolve_device
+from halo_bench.data import LoadOptions, load_registry, load_split
 from halo_bench.data.synthetic import write_cifar_archive
 from halo_bench.detectors import DETECTORS, DetectorContext
-from halo_bench.devices import amp_dtype, resolve_device
-from halo_bench.evaluate import EvalConfig, evaluate
-from halo_bench.features import forward_pass
-from halo_bench.models import load_checkpoint
-from halo_bench.schema import SCORES_FILE
-from halo_bench.data import load_registry
-from halo_bench.train import TrainConfig, train
+from halo_bench.evaluate.run import EvalConfig, evaluate
+from halo_bench.features.cache import CACHE_DIR
+from halo_bench.features.passes import forward_pass
+from halo_bench.models.checkpoint import load_checkpoint
+from halo_bench.results import SCORES_FILE
+from halo_bench.train.loop import TrainConfig, train
 
 CCE_DETECTORS = [name for name, cls in DETECTORS.items() if not cls.halo_only]
 
@@ -68,8 +67,19 @@ def _timed(fn, device: torch.device) -> float:
 def pytorch_ood_way(model, meta, loaders: dict[str, DataLoader], train_loader: DataLoader,
                     device: torch.device) -> dict[str, float]:
     """Every detector as pytorch-ood's documentation uses it: its own fit and predict passes."""
-    from pytorch_ood.detector import (ASH, GEN, KNN, ODIN, RMD, EnergyBased, Mahalanobis, MaxLogit, MaxSoftmax,
-                                      ReAct, ViM)
+    from pytorch_ood.detector import (
+        ASH,
+        GEN,
+        KNN,
+        ODIN,
+        RMD,
+        EnergyBased,
+        Mahalanobis,
+        MaxLogit,
+        MaxSoftmax,
+        ReAct,
+        ViM,
+    )
 
     k = model.num_classes
     fc, embed = model.head.fc, model.embed

@@ -32,7 +32,7 @@ def main() -> None:
     import torch
 
     from halo_bench.data import load_registry
-    from halo_bench.train import TrainConfig, train
+    from halo_bench.train.loop import TrainConfig, train
 
     registry = load_registry()
     channels = registry.suite(args.suite).data_config["input_size"][0]

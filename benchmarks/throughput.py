@@ -31,13 +31,13 @@ import torch
 import torchvision.datasets.cifar as tv_cifar
 from tabulate import tabulate
 
+from halo_bench.core.devices import amp_dtype, channels_last_format, resolve_device
 from halo_bench.data import LoadOptions, load_registry, load_split
 from halo_bench.data.synthetic import write_cifar_archive
 from halo_bench.detectors import DETECTORS, DetectorContext
-from halo_bench.devices import amp_dtype, channels_last_format, resolve_device
-from halo_bench.features import forward_pass
-from halo_bench.models import load_checkpoint
-from halo_bench.train import TrainConfig, train
+from halo_bench.features.passes import forward_pass
+from halo_bench.models.checkpoint import load_checkpoint
+from halo_bench.train.loop import TrainConfig, train
 
 SETTINGS = {  # name: (pipeline, amp, channels_last, compile)
     "loader-fp32": ("loader", False, False, False),

@@ -17,7 +17,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(losses, name)
     if name == "with_halo_head":
-        from .finetune import with_halo_head
+        from .models.finetune import with_halo_head
 
         return with_halo_head
     raise AttributeError(f"module 'halo_bench' has no attribute {name!r}")

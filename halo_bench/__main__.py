@@ -1,3 +1,3 @@
-from halo_bench.cli import main
+from .cli import main
 
 main()

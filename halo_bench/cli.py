@@ -14,9 +14,9 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
-from .config import check_data_pipeline
-from .errors import HaloBenchError
-from .preflight import check_eval_request
+from .core.errors import HaloBenchError
+from .data.base import check_data_pipeline
+from .evaluate.preflight import check_eval_request
 
 app = typer.Typer(
     name="halo-bench",
@@ -64,7 +64,7 @@ def _user_errors(func: F) -> F:
             _print_error(f"{exc.strerror or _strip_worker_traceback(str(exc))}: {paths}")
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
-            from .console import console
+            from .core.console import console
 
             console.print("interrupted. A training run resumes from its last checkpoint when you run "
                           "the same command again.")
@@ -76,7 +76,7 @@ def _user_errors(func: F) -> F:
 def _print_error(message: str) -> None:
     from rich.text import Text
 
-    from .console import console
+    from .core.console import console
 
     console.print(Text.assemble(("error: ", "bold red"), message))  # Text: no markup parsing
 
@@ -105,7 +105,7 @@ def _split(value: str | None) -> list[str] | None:
 
 def _seeds(value: str) -> list[int]:
     """Comma-separated seeds: in [0, 2**32 - 1], no duplicates, at least one."""
-    from .config import check_seeds
+    from .train.config import check_seeds
 
     try:
         seeds = [int(v) for v in value.split(",") if v.strip()]
@@ -185,10 +185,10 @@ def train(
 
     Several GPUs: torchrun --nproc-per-node N -m halo_bench train ... (--batch-size is the global batch; --sync-bn
     takes BatchNorm statistics over it)."""
-    from .config import TrainConfig
     from .data import load_registry
     from .losses import parse_loss
-    from .timm_names import check_model_name
+    from .models.timm_names import check_model_name
+    from .train.config import TrainConfig
 
     spec, knobs = parse_loss(loss)
     knobs.update(_loss_knobs(label_smoothing, tau, distill, learn_gamma))
@@ -205,8 +205,8 @@ def train(
     cfg.resolved(reg)  # every flag, the suite and the loss's knobs checked before torch loads
     check_model_name(model, pretrained=pretrained)
 
-    from .distributed import launched_ranks, stop
-    from .train import train as run_train
+    from .core.distributed import launched_ranks, stop
+    from .train.loop import train as run_train
 
     try:
         result = run_train(cfg, reg, force=force)
@@ -243,7 +243,7 @@ def eval_(
 
     With --model NAME --suite S: evaluate a timm classifier trained elsewhere, as it is."""
     from .data import load_registry
-    from .runs import checkpoint_path
+    from .train.runs import checkpoint_path
 
     _single_process("eval")
     check_data_pipeline(data_pipeline)
@@ -253,14 +253,14 @@ def eval_(
     ckpt = _weights_file(checkpoint) if model else checkpoint_path(checkpoint)
     reg = load_registry(registry)
     if model is not None:
-        from .timm_names import check_model_name
+        from .models.timm_names import check_model_name
 
         check_model_name(model, pretrained=True)
     # Detector names and settings, OOD set names and the datasets' presence, before torch loads.
     check_eval_request(ckpt, reg, _split(ood), _split(detectors), str(data_root) if data_root else None, tune,
                        suite=suite)
 
-    from .evaluate import EvalConfig, evaluate, summarize
+    from .evaluate.run import EvalConfig, evaluate, summarize
 
     cfg = EvalConfig(checkpoint=str(ckpt), ood=_split(ood), detectors=_split(detectors),
                      out=str(out) if out else None, device=device, batch_size=batch_size, amp=amp,
@@ -283,16 +283,20 @@ def report(
     plots: Annotated[Optional[Path], typer.Option("--plots", help="Also write every figure of the HTML report to this folder, each as PNG and PDF (for a paper).", show_default=False)] = None,
 ) -> None:
     """Every loss side by side per detector, against a baseline: near/far means, deltas, mean ± std over seeds."""
-    from .schema import check_report_format
+    from .results import check_report_format
 
     check_report_format(format)  # before pandas and the renderers load
-    from .io import atomic_write_text
-    from .report import find_results, load_results, render
+    from .core.io import atomic_write_text
+    from .report.render import render
+    from .report.tables import find_results, load_results
 
     loaded = load_results(find_results(results or [], runs))
     text = render(loaded, format, baseline=baseline, include_incomplete=include_incomplete)
     if plots:
-        from .plots import report_plots, write_plots  # imports matplotlib: only when asked for
+        from .report.plots import (  # imports matplotlib: only when asked for
+            report_plots,
+            write_plots,
+        )
 
         written = write_plots(report_plots(loaded, baseline, include_incomplete), plots)
         typer.echo(f"{len(written)} figure file(s) written to {plots}", err=True)
@@ -331,7 +335,7 @@ def bench(
     sbatch_line: Annotated[Optional[list[str]], typer.Option("--sbatch-line", help="slurm: extra sbatch option, e.g. --sbatch-line constraint=a100 (repeatable).", show_default=False)] = None,
 ) -> None:
     """The main job: train every loss for each seed, evaluate all, write and print the report."""
-    from .bench import BenchConfig, check_bench, run_bench
+    from .bench.sweep import BenchConfig, check_bench, run_bench
 
     _single_process("bench")
     cfg = BenchConfig(model=model, suite=suite, seeds=_seeds(seeds), losses=_losses(losses), baseline=baseline,
@@ -342,7 +346,7 @@ def bench(
     cluster = {"max_parallel": max_parallel, "partition": partition, "time": time_limit, "gpus_per_job": gpus_per_job,
                "cpus_per_job": cpus_per_job, "mem_gb": mem_gb, "account": account, "sbatch_lines": sbatch_line}
     if launcher != "inline" or wait or cluster_config or any(v not in (None, []) for v in cluster.values()):
-        from .launch import run_launcher
+        from .bench.jobs import run_launcher
 
         raise typer.Exit(run_launcher(cfg, launcher, wait, cluster_config, cluster, typer.echo))
     text, path = run_bench(cfg)
@@ -353,7 +357,7 @@ def bench(
 
 def _single_process(command: str) -> None:
     """`eval` and `bench` run in one process; torchrun is for `train` alone."""
-    from .distributed import launched_ranks
+    from .core.distributed import launched_ranks
 
     if launched_ranks().distributed:
         raise HaloBenchError(
@@ -387,7 +391,7 @@ def losses_() -> None:
 
     from rich.table import Table
 
-    from .console import console
+    from .core.console import console
     from .losses import LOSSES
 
     table = Table(title="losses (knobs: --loss NAME:knob=value, or the knob's own flag of `train`)")
@@ -406,7 +410,7 @@ def datasets(data_root: DataRootOpt = None, registry: RegistryOpt = None) -> Non
     """List the registry's datasets (present or not, size, how to get them) and suites."""
     from rich.table import Table
 
-    from .console import console
+    from .core.console import console
     from .data import how_to_get, load_registry, presence, resolve_data_root
 
     reg = load_registry(registry)
@@ -459,7 +463,7 @@ def download(
     """
     import shutil
 
-    from .console import console
+    from .core.console import console
     from .data import SOURCES, how_to_get, load_registry, presence, resolve_data_root
     from .data.sources import torchvision_files
 
@@ -504,7 +508,7 @@ def detectors() -> None:
     """List the OOD detectors, their defaults and what they need."""
     from rich.table import Table
 
-    from .console import console
+    from .core.console import console
     from .detectors import DETECTORS, format_value
 
     table = Table(title="detectors (score: higher = more in-distribution)")

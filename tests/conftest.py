@@ -31,7 +31,7 @@ def registry():
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory: pytest.TempPathFactory, registry) -> dict[str, Path]:
     """One CCE and one HALO run of 2 epochs, trained once for the whole session."""
-    from halo_bench.train import TrainConfig, train
+    from halo_bench.train.loop import TrainConfig, train
 
     out = tmp_path_factory.mktemp("runs")
     runs = {}

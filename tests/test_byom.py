@@ -19,8 +19,8 @@ from clirun import cli_ok as _ok
 from clirun import results_in
 from safetensors.torch import save_file
 
-from halo_bench.errors import HaloBenchError
-from halo_bench.models import read_checkpoint
+from halo_bench.core.errors import HaloBenchError
+from halo_bench.models.checkpoint import read_checkpoint
 
 TINY = "test_resnet"
 TAGGED = "test_resnet.r160_in1k"  # timm's tiny test model with a pretrained tag (hub: timm/test_resnet.r160_in1k)
@@ -108,7 +108,7 @@ def test_use_ema_takes_the_ema_weights_and_full_finetuning_moves_the_backbone(fi
 def test_input_conv_is_adapted_to_the_suites_channels_by_timm(files) -> None:
     from timm.models import adapt_input_conv
 
-    from halo_bench.weights import backbone_from_file
+    from halo_bench.models.weights import backbone_from_file
 
     model, report, _ = backbone_from_file(TINY, files["rgb6"], in_chans=1)
     state = torch.load(files["rgb6"], weights_only=True)
@@ -118,7 +118,8 @@ def test_input_conv_is_adapted_to_the_suites_channels_by_timm(files) -> None:
 
 
 def test_halo_bench_checkpoint_gives_backbone_and_same_loss_head(tmp_path) -> None:
-    from halo_bench.models import build_model, model_meta, save_checkpoint
+    from halo_bench.models.checkpoint import save_checkpoint
+    from halo_bench.models.classifier import build_model, model_meta
 
     trained = build_model(TINY, "cce", 6, 1, seed=11)
     ckpt = tmp_path / "run" / "ckpt.pt"
@@ -144,7 +145,7 @@ def test_crafted_pickle_is_refused_and_nothing_runs(tmp_path) -> None:
     torch.save({"state_dict": {"x": Evil()}}, bad)
     _fails("train", TINY, "--init-from", bad, *FAST, "--out", tmp_path, match="refused to load")
     with pytest.raises(HaloBenchError, match="pickled Python objects"):
-        from halo_bench.weights import read_weights_file
+        from halo_bench.models.weights import read_weights_file
 
         read_weights_file(bad)
     assert not marker.exists()
@@ -198,7 +199,7 @@ def test_missing_hub_weights_fail_at_once_with_the_fetch_command(tmp_path, monke
     else:  # no variable: a hub that cannot be reached is noticed in one probe, not 50 s of retries
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")
-        import halo_bench.weights as weights
+        import halo_bench.models.weights as weights
 
         monkeypatch.setattr(weights, "_hub_reachable", lambda timeout=3.0, _real=weights._hub_reachable:
                             _real(timeout) and False)
@@ -211,7 +212,7 @@ def test_missing_hub_weights_fail_at_once_with_the_fetch_command(tmp_path, monke
 
 def test_foreign_classifier_gives_timms_logits_and_evaluates(tmp_path) -> None:
     from halo_bench.data import load_registry
-    from halo_bench.foreign import foreign_run
+    from halo_bench.models.foreign import foreign_run
 
     theirs = _tiny(1, 6, 5)
     path = tmp_path / "model_best.pth.tar"
@@ -279,7 +280,7 @@ def test_the_hub_probe_decides_between_timms_download_and_the_fetch_command(tmp_
     """weights._hub_reachable's two outcomes, with a stand-in for the network: no connection, no 3 s."""
     import socket
 
-    from halo_bench import weights
+    from halo_bench.models import weights
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty"))  # nothing cached
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)

@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from halo_bench.calibration import fit_temperature, nll_at, temperature_scaled_metrics
+from halo_bench.evaluate.calibration import (
+    fit_temperature,
+    nll_at,
+    temperature_scaled_metrics,
+)
 
 
 def _calibrated(n: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

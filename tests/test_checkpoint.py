@@ -9,9 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from halo_bench.errors import HaloBenchError
-from halo_bench.io import atomic_write_text
-from halo_bench.models import build_model, load_checkpoint, model_meta, read_checkpoint, save_checkpoint
+from halo_bench.core.errors import HaloBenchError
+from halo_bench.core.io import atomic_write_text
+from halo_bench.models.checkpoint import (
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+from halo_bench.models.classifier import build_model, model_meta
 
 
 def _model(loss: str = "halo"):
@@ -72,7 +77,7 @@ def test_corrupt_truncated_foreign_and_missing_files(tmp_path: Path) -> None:
 
 
 def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:
-    from halo_bench.io import atomic_open
+    from halo_bench.core.io import atomic_open
 
     path = tmp_path / "results.json"
     atomic_write_text(path, "old")

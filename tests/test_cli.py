@@ -15,9 +15,9 @@ from clirun import cli_fails as _fails
 from clirun import cli_ok as _ok
 from clirun import results_in, runner
 
-from halo_bench import metrics
 from halo_bench.cli import app
-from halo_bench.registry import DEFAULT_REGISTRY
+from halo_bench.data.registry import DEFAULT_REGISTRY
+from halo_bench.evaluate import metrics
 
 
 @pytest.fixture(scope="module")
@@ -170,11 +170,11 @@ def test_worker_tracebacks_are_reduced_to_our_message() -> None:
 
 
 def test_interrupt_exits_130_and_says_how_to_resume(monkeypatch, tmp_path: Path) -> None:
-    import halo_bench.train
+    import halo_bench.train.loop
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(halo_bench.train, "train", interrupted)
+    monkeypatch.setattr(halo_bench.train.loop, "train", interrupted)
     result = runner.invoke(app, ["train", "test_resnet", "--out", str(tmp_path)])
     assert result.exit_code == 130 and "resumes from its last checkpoint" in result.output

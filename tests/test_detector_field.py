@@ -10,12 +10,17 @@ import pytest
 import torch
 from pytorch_ood.detector import ASH, GEN, KNN, RMD, Mahalanobis, ReAct, ViM
 
-from halo_bench.detectors import DETECTORS, DetectorContext, detectors_for, parse_detector_spec
+from halo_bench.core.errors import HaloBenchError
+from halo_bench.detectors import (
+    DETECTORS,
+    DetectorContext,
+    detectors_for,
+    parse_detector_spec,
+)
 from halo_bench.detectors import knn as knn_module
 from halo_bench.detectors.tail import linear_map
-from halo_bench.errors import HaloBenchError
-from halo_bench.features import SplitOutputs, forward_pass
-from halo_bench.models import build_model
+from halo_bench.features.passes import SplitOutputs, forward_pass
+from halo_bench.models.classifier import build_model
 
 K = 6
 

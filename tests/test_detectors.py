@@ -8,13 +8,13 @@ import pytest
 import torch
 from pytorch_ood.detector import ODIN, EnergyBased, Mahalanobis, MaxLogit, MaxSoftmax
 
+from halo_bench.core.errors import HaloBenchError
 from halo_bench.data import load_split
 from halo_bench.detectors import DETECTORS, DetectorContext, detectors_for
-from halo_bench.errors import HaloBenchError
-from halo_bench.features import forward_pass
-from halo_bench.metrics import auroc
-from halo_bench.metrics import auroc as metrics_auroc
-from halo_bench.models import load_checkpoint
+from halo_bench.evaluate.metrics import auroc
+from halo_bench.evaluate.metrics import auroc as metrics_auroc
+from halo_bench.features.passes import forward_pass
+from halo_bench.models.checkpoint import load_checkpoint
 
 
 def _setup(path, registry, n_eval: int = 200):
@@ -89,7 +89,7 @@ def test_halo_abstain_is_log_one_minus_p_and_ranks_as_energy(tiny_runs, registry
 
 @pytest.mark.parametrize("seed", range(3))
 def test_halo_abstain_keeps_order_where_one_minus_p_rounds_to_one(seed: int) -> None:
-    from halo_bench.features import SplitOutputs
+    from halo_bench.features.passes import SplitOutputs
 
     gen = torch.Generator().manual_seed(seed)
     k = 5
@@ -140,7 +140,7 @@ def test_detector_selection(tiny_runs) -> None:
 
 @pytest.mark.parametrize("amp_dtype, memory_format", [(torch.bfloat16, torch.channels_last), (None, None)])
 def test_odin_runs_in_the_evaluations_precision_and_memory_format(amp_dtype, memory_format) -> None:
-    from halo_bench.models import build_model
+    from halo_bench.models.classifier import build_model
 
     model = build_model("test_resnet", "cce", num_classes=4, in_chans=3, seed=0).eval()
     seen = []  # per forward: (gradient pass?, autocast on?, channels-last input?, input dtype)
@@ -172,7 +172,7 @@ class _Logits(torch.nn.Module):
 def test_softmax_scores_rank_saturated_logits_exactly(abstain: bool) -> None:
     from sklearn.metrics import roc_auc_score
 
-    from halo_bench.features import SplitOutputs
+    from halo_bench.features.passes import SplitOutputs
 
     gen = torch.Generator().manual_seed(5)
     # Two classes, the top one ahead by 40-80: float32 and float64 softmax both round to exactly 1.
@@ -202,9 +202,8 @@ def test_softmax_scores_rank_saturated_logits_exactly(abstain: bool) -> None:
 
 
 def test_stats_reads_the_confidence_from_the_log_msp_column() -> None:
-    from halo_bench.stats import confidence, load_scores, reliability_bins
-
-    from halo_bench.features import SplitOutputs
+    from halo_bench.features.passes import SplitOutputs
+    from halo_bench.report.stats import confidence, load_scores, reliability_bins
 
     logits = torch.tensor([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25], [0.999, 0.0005, 0.0005]]).log()
     ctx = DetectorContext(model=_Logits(3, False), device=torch.device("cpu"), data_config={})

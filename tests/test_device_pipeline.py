@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
+from halo_bench.core.errors import HaloBenchError
 from halo_bench.data import LoadOptions, load_split
 from halo_bench.data.device import (
     CROP_PADDING,
@@ -20,7 +21,6 @@ from halo_bench.data.device import (
     image_array,
     random_crop,
 )
-from halo_bench.errors import HaloBenchError
 
 CPU = torch.device("cpu")
 CONFIG = {"input_size": [3, 12, 12], "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "crop_pct": 1.0}
@@ -203,9 +203,9 @@ def test_in_memory_data_gets_no_workers_and_files_get_the_cpus_this_process_may_
                                                                                     registry) -> None:
     import os
 
-    from halo_bench.cpus import usable_cpus
+    from halo_bench.core.cpus import usable_cpus
     from halo_bench.data import default_workers
-    from halo_bench.registry import DatasetSpec
+    from halo_bench.data.registry import DatasetSpec
 
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
@@ -234,8 +234,8 @@ def test_auto_evaluation_on_the_cpu_serves_arrays_with_the_dataloaders_outputs(t
     from halo_bench.data import load_registry
     from halo_bench.data.device import eval_batches
     from halo_bench.data.synthetic import write_cifar_archive
-    from halo_bench.features import forward_pass
-    from halo_bench.models import build_model
+    from halo_bench.features.passes import forward_pass
+    from halo_bench.models.classifier import build_model
 
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)  # random stand-in bytes
     write_cifar_archive(tmp_path / "cifar10", "cifar10", n_train=20, n_test=30)

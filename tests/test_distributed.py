@@ -15,7 +15,7 @@ from clirun import cli_fails
 from typer.testing import CliRunner
 
 from halo_bench.cli import app
-from halo_bench.models import read_checkpoint
+from halo_bench.models.checkpoint import read_checkpoint
 
 TINY = "test_resnet"
 
@@ -67,8 +67,8 @@ def test_eval_and_bench_refuse_torchrun(monkeypatch, tmp_path: Path) -> None:
 
 
 def test_sync_bn_converts_every_batchnorm_and_keeps_the_state_dict() -> None:
-    from halo_bench.distributed import sync_batchnorm
-    from halo_bench.models import build_model
+    from halo_bench.core.distributed import sync_batchnorm
+    from halo_bench.models.classifier import build_model
 
     model = build_model(TINY, "halo", num_classes=6, in_chans=1, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -83,8 +83,8 @@ def test_sync_bn_converts_every_batchnorm_and_keeps_the_state_dict() -> None:
 
 
 def test_sync_bn_needs_cuda_under_torchrun_and_does_nothing_in_one_process(tmp_path: Path, monkeypatch) -> None:
-    from halo_bench.distributed import Ranks, check_sync_bn
-    from halo_bench.errors import HaloBenchError
+    from halo_bench.core.distributed import Ranks, check_sync_bn
+    from halo_bench.core.errors import HaloBenchError
 
     assert check_sync_bn(Ranks(0, 2, 0), torch.device("cuda", 0)) is None  # it applies
     assert "nothing to synchronise" in check_sync_bn(Ranks(), torch.device("cpu"))
@@ -103,8 +103,8 @@ def test_sync_bn_needs_cuda_under_torchrun_and_does_nothing_in_one_process(tmp_p
 
 def test_sync_bn_is_part_of_the_runs_configuration_but_not_of_its_name(tmp_path: Path, tiny_runs,
                                                                        registry) -> None:
-    from halo_bench.config import saved_identity
-    from halo_bench.train import TrainConfig
+    from halo_bench.train.config import saved_identity
+    from halo_bench.train.loop import TrainConfig
 
     run = tmp_path / "digits-test_resnet-cce-s0"  # the name a run without --sync-bn has
     result = CliRunner().invoke(app, ["train", TINY, "--loss", "cce", "--sync-bn", "--epochs", "1", "--device",

@@ -9,8 +9,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from halo_bench.core.errors import HaloBenchError
 from halo_bench.data import embedded as E
-from halo_bench.errors import HaloBenchError
 
 ID_CLASSES = [0, 1, 2, 3, 4, 5]
 TEXTURES = ["brick", "grass", "gravel"]

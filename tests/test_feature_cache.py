@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from halo_bench.cache import CACHE_DIR
-from halo_bench.evaluate import EvalConfig, evaluate
-from halo_bench.models import Classifier
+from halo_bench.evaluate.run import EvalConfig, evaluate
+from halo_bench.features.cache import CACHE_DIR
+from halo_bench.models.classifier import Classifier
 
 
 @pytest.fixture

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from halo_bench.findings import Finding, adjust, bootstrap_p, clip_interval, collect, t_test_p
+from halo_bench.report.findings import (
+    Finding,
+    adjust,
+    bootstrap_p,
+    clip_interval,
+    collect,
+    t_test_p,
+)
 
 multipletests = pytest.importorskip("statsmodels.stats.multitest").multipletests
 

@@ -34,7 +34,7 @@ def names_cache(tmp_path_factory) -> dict[str, str]:
     """A fresh model-name cache, written once (that first write imports timm)."""
     folder = tmp_path_factory.mktemp("cache")
     env = {"HALO_BENCH_CACHE": str(folder)}
-    subprocess.run([sys.executable, "-c", "from halo_bench.timm_names import model_names; model_names()"],
+    subprocess.run([sys.executable, "-c", "from halo_bench.models.timm_names import model_names; model_names()"],
                    check=True, timeout=120, env={**os.environ, **env})
     return env
 
@@ -94,7 +94,7 @@ def test_aliases_train_like_the_long_names(tmp_path: Path) -> None:
 def unfinished_and_finished(tmp_path_factory) -> Path:
     """A CCE run stopped after 1 of 2 epochs and a finished HALO run of another seed, both evaluated."""
     from halo_bench.data import load_registry
-    from halo_bench.train import TrainConfig, train
+    from halo_bench.train.loop import TrainConfig, train
 
     out = tmp_path_factory.mktemp("mixed")
 
@@ -160,7 +160,7 @@ def test_config_json_and_a_pickled_model_get_messages_that_say_what_they_are(tmp
 
 
 def test_bench_report_is_named_by_what_it_covers() -> None:
-    from halo_bench.bench import BenchConfig
+    from halo_bench.bench.sweep import BenchConfig
 
     three = BenchConfig(seeds=[0, 1, 2]).report_path()
     one = BenchConfig(seeds=[0]).report_path()

@@ -18,14 +18,20 @@ import pytest
 import torch
 from clirun import cli_fails, cli_ok
 
-from halo_bench import io as hio
-from halo_bench.cache import CACHE_DIR
-from halo_bench.errors import HaloBenchError
-from halo_bench.evaluate import EvalConfig, evaluate
-from halo_bench.models import Classifier, load_checkpoint, read_checkpoint, save_checkpoint
-from halo_bench.report import find_results, load_results, render, tidy
-from halo_bench.schema import RESULTS_SCHEMA, evaluation_name, results_file
-from halo_bench.stats import scores_mismatch
+from halo_bench.core import io as hio
+from halo_bench.core.errors import HaloBenchError
+from halo_bench.evaluate.run import EvalConfig, evaluate
+from halo_bench.features.cache import CACHE_DIR
+from halo_bench.models.checkpoint import (
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
+from halo_bench.models.classifier import Classifier
+from halo_bench.report.render import render
+from halo_bench.report.stats import scores_mismatch
+from halo_bench.report.tables import find_results, load_results, tidy
+from halo_bench.results import RESULTS_SCHEMA, evaluation_name, results_file
 
 
 def _copy_run(src: Path, dst: Path) -> Path:
@@ -104,7 +110,7 @@ def test_evaluations_of_an_earlier_checkpoint_are_left_out(tmp_path: Path) -> No
 # 2. The cache and the results name the checkpoint bytes that were loaded ------------------------
 
 def test_checkpoint_replaced_while_evaluating_is_not_mixed_up(tiny_runs, tmp_path: Path, monkeypatch) -> None:
-    import halo_bench.evaluate as ev
+    import halo_bench.evaluate.run as ev
 
     ckpt = _copy_run(tiny_runs["cce"], tmp_path / "run")
     loaded_sha = hio.sha256_file(ckpt)
@@ -205,7 +211,7 @@ def test_corrupted_feature_cache_is_recomputed(tiny_runs, tmp_path: Path, monkey
 # 5. One writer per run folder ------------------------------------------------------------------------
 
 def test_a_second_train_of_one_run_is_locked_out(registry, tmp_path: Path) -> None:
-    from halo_bench.train import TrainConfig, train
+    from halo_bench.train.loop import TrainConfig, train
 
     cfg = TrainConfig(model="test_resnet", loss="cce", epochs=1, out=str(tmp_path))
     run_dir = tmp_path / cfg.resolved(registry).run_name
@@ -262,9 +268,9 @@ def test_full_disk_in_every_command_is_one_message(tiny_runs, tmp_path: Path, mo
 @pytest.mark.parametrize(("spec", "match"), [("bogus", "unknown detector 'bogus'"),
                                              ("knn:k=0", "knn': k must be an integer >= 1")])
 def test_bench_refuses_bad_detectors_before_training(tmp_path: Path, monkeypatch, spec: str, match: str) -> None:
-    import halo_bench.train
+    import halo_bench.train.loop
 
-    monkeypatch.setattr(halo_bench.train, "train", lambda *a, **k: pytest.fail("trained before checking"))
+    monkeypatch.setattr(halo_bench.train.loop, "train", lambda *a, **k: pytest.fail("trained before checking"))
     cli_fails("bench", "--model", "test_resnet", "--epochs", "1", "--detectors", spec, "--out", tmp_path, match=match)
 
 
@@ -289,7 +295,7 @@ def test_temporaries_of_killed_writers_are_removed(tmp_path: Path) -> None:
 def test_plots_are_written_atomically(tmp_path: Path, monkeypatch) -> None:
     from matplotlib.figure import Figure
 
-    from halo_bench.plots import Plot, write_plots
+    from halo_bench.report.plots import Plot, write_plots
 
     fig = Figure()
     fig.subplots().plot([0, 1], [0, 1])
@@ -307,7 +313,7 @@ def test_plots_are_written_atomically(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_kill_before_the_final_checkpoint_keeps_every_epoch_line(registry, tmp_path: Path, monkeypatch) -> None:
-    import halo_bench.train as tr
+    import halo_bench.train.loop as tr
 
     cfg = tr.TrainConfig(model="test_resnet", loss="cce", epochs=2, out=str(tmp_path))
     original = tr.save_checkpoint

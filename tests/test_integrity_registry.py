@@ -11,11 +11,11 @@ import torch
 import yaml
 from clirun import cli_fails
 
-from halo_bench.bench import BenchConfig, check_bench
-from halo_bench.config import TrainConfig
+from halo_bench.bench.sweep import BenchConfig, check_bench
+from halo_bench.core.errors import HaloBenchError
 from halo_bench.data import DatasetMissing, LoadOptions, load_registry, load_split
-from halo_bench.errors import HaloBenchError
-from halo_bench.registry import DEFAULT_REGISTRY
+from halo_bench.data.registry import DEFAULT_REGISTRY
+from halo_bench.train.config import TrainConfig
 
 TINY = "test_resnet"
 
@@ -151,7 +151,7 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path: Path, old: str, 
 
 
 def test_merge_keys_may_still_override() -> None:
-    from halo_bench.registry import _UniqueKeyLoader
+    from halo_bench.data.registry import _UniqueKeyLoader
 
     doc = yaml.load("base: &b {count: 1, seed: 2}\nother:\n  <<: *b\n  count: 5\n", Loader=_UniqueKeyLoader)
     assert doc["other"] == {"count": 5, "seed": 2}

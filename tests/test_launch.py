@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from halo_bench.bench.jobs import _local_alive
 from halo_bench.cli import app
-from halo_bench.launch import _local_alive
 
 pytest.importorskip("submitit")
 
@@ -45,8 +45,8 @@ def _wait_for(predicate, timeout: float = 180.0, what: str = "") -> None:
 def _epochs_checkpointed(run_dir: Path) -> int:
     """The epochs the run's checkpoint holds (metrics.jsonl is written just before it, so its
     line count can be one ahead)."""
-    from halo_bench.errors import HaloBenchError
-    from halo_bench.models import read_checkpoint
+    from halo_bench.core.errors import HaloBenchError
+    from halo_bench.models.checkpoint import read_checkpoint
 
     try:
         return int(read_checkpoint(run_dir / "ckpt.pt")["meta"]["epochs_done"])
@@ -77,7 +77,7 @@ def _metrics(results_path: Path) -> dict:
 def test_local_launcher_matches_inline_bench(tmp_path: Path) -> None:
     import torch
 
-    from halo_bench.bench import BenchConfig, run_bench
+    from halo_bench.bench.sweep import BenchConfig, run_bench
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each local job here (--cpus-per-job 1): same float reductions
@@ -227,7 +227,7 @@ def test_refused_submission_is_one_message(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_time_limits() -> None:
-    from halo_bench.launch import parse_time
+    from halo_bench.bench.cluster import parse_time
 
     assert parse_time("90") == 90 and parse_time(30) == 30
     assert parse_time("4:00:00") == 240 and parse_time("0:00:30") == 1
@@ -280,7 +280,7 @@ def test_job_settings_fail_before_torch_loads(tmp_path: Path) -> None:
     from blocktorch import PRELUDE
 
     cache = {"HALO_BENCH_CACHE": str(tmp_path / "cache")}  # the model-name cache (its first write needs timm)
-    subprocess.run([sys.executable, "-c", "from halo_bench.timm_names import model_names; model_names()"],
+    subprocess.run([sys.executable, "-c", "from halo_bench.models.timm_names import model_names; model_names()"],
                    check=True, timeout=120, env={**os.environ, **cache})
     code = PRELUDE + "import sys; from halo_bench.cli import main; sys.argv[0] = 'halo-bench'; main()"
     for args, message in [(["--launcher", "lokal"], "Did you mean 'local'"),
@@ -292,8 +292,9 @@ def test_job_settings_fail_before_torch_loads(tmp_path: Path) -> None:
 
 def test_local_jobs_share_the_cpus_this_process_may_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         registry) -> None:
-    from halo_bench.bench import BenchConfig
-    from halo_bench.launch import ClusterConfig, make_jobs, plan_runs
+    from halo_bench.bench.cluster import ClusterConfig
+    from halo_bench.bench.jobs import make_jobs, plan_runs
+    from halo_bench.bench.sweep import BenchConfig
 
     monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the machine ...
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)  # ... and ours
@@ -355,8 +356,9 @@ def test_a_slurm_job_sacct_cannot_see_fails_by_its_log_or_past_the_limit(tmp_pat
 
 def test_wait_ends_when_sacct_cannot_see_a_job_past_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               registry) -> None:
-    from halo_bench.bench import BenchConfig
-    from halo_bench.launch import cluster_config, launch_bench
+    from halo_bench.bench.cluster import cluster_config
+    from halo_bench.bench.jobs import launch_bench
+    from halo_bench.bench.sweep import BenchConfig
 
     _failing_sacct(tmp_path, monkeypatch)
     polls = []
@@ -394,7 +396,7 @@ def test_wait_ends_when_sacct_cannot_see_a_job_past_the_limit(tmp_path: Path, mo
 ])
 def test_a_jobs_log_tells_whether_its_latest_attempt_ended(tmp_path: Path, stderr: str | None, stdout: str | None,
                                                            ended: bool) -> None:
-    from halo_bench.launch import log_ending
+    from halo_bench.bench.jobs import log_ending
 
     record = {"stderr": str(tmp_path / "7_0_log.err"), "stdout": str(tmp_path / "7_0_log.out")}
     for key, text in (("stderr", stderr), ("stdout", stdout)):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from clirun import cli_ok as _ok
 
-from halo_bench.errors import HaloBenchError
+from halo_bench.core.errors import HaloBenchError
 from halo_bench.losses import (
     LOSSES,
     LinearHead,

@@ -21,7 +21,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from halo_bench import metrics as M
+from halo_bench.evaluate import metrics as M
 
 SEEDS = [0, 1, 2, 3]
 # (n_id, n_ood, round_to): round_to=None keeps continuous scores, 1 rounds to

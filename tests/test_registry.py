@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from halo_bench.errors import HaloBenchError
+from halo_bench.core.errors import HaloBenchError
 from halo_bench.data import load_registry
-from halo_bench.registry import DEFAULT_REGISTRY
+from halo_bench.data.registry import DEFAULT_REGISTRY
 
 
 def test_packaged_registry_defines_the_digits_suite(registry) -> None:

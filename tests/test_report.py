@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from halo_bench.errors import HaloBenchError
-from halo_bench.schema import RESULTS_SCHEMA
-from halo_bench.report import aggregate, find_results, load_results, render, tidy
+from halo_bench.core.errors import HaloBenchError
+from halo_bench.report.render import render
+from halo_bench.report.tables import aggregate, find_results, load_results, tidy
+from halo_bench.results import RESULTS_SCHEMA
 
 
 def _result(loss: str, seed: int, acc: float, auroc_far: float, created: str = "2026-01-01",
@@ -101,7 +102,7 @@ def test_dropped_evaluations_are_reported(tmp_path: Path) -> None:
 
 
 def test_published_numbers_appear_for_cifar_suites_only(tmp_path: Path) -> None:
-    from halo_bench.report import published_tables
+    from halo_bench.report.tables import published_tables
 
     titles = [title for title, _, _ in published_tables("cifar10-openood")]
     assert len(titles) == 3 and "HALO write-up" in titles[0] and "OpenOOD v1.5" in titles[1]
@@ -115,7 +116,7 @@ def test_published_numbers_appear_for_cifar_suites_only(tmp_path: Path) -> None:
 
 
 def test_logitnorm_reference_numbers_are_published(tmp_path: Path) -> None:
-    from halo_bench.report import published_tables
+    from halo_bench.report.tables import published_tables
 
     rows = {title: rows for title, _, rows in published_tables("cifar10")}
     logitnorm = [r for title, rs in rows.items() if "LogitNorm" in title for r in rs]
@@ -151,7 +152,7 @@ def test_three_losses_get_a_delta_each_against_the_baseline(tmp_path: Path) -> N
 def test_paired_interval_matches_scipy_t_interval_on_random_runs(tmp_path: Path) -> None:
     from scipy import stats
 
-    from halo_bench.report import paired_differences
+    from halo_bench.report.tables import paired_differences
 
     rng = np.random.default_rng(7)
     seeds = [0, 1, 2, 3, 4]

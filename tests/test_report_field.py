@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from halo_bench.schema import RESULTS_SCHEMA
-from halo_bench.report import find_results, load_results, render
+from halo_bench.report.render import render
+from halo_bench.report.tables import find_results, load_results
+from halo_bench.results import RESULTS_SCHEMA
 
 
 def _result(loss: str, seed: int, k_chosen: float) -> dict:

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from halo_bench import metrics
-from halo_bench.schema import RESULTS_SCHEMA, SCORES_FILE
+from halo_bench.evaluate import metrics
+from halo_bench.results import RESULTS_SCHEMA, SCORES_FILE
 
 K = 3
 SETS = {"blur": "near", "noise": "far"}
@@ -126,7 +126,8 @@ def _markdown_tables(markdown: str) -> list[list[list[str]]]:
 
 
 def _render(paths: list[Path], fmt: str, **kwargs) -> str:
-    from halo_bench.report import load_results, render
+    from halo_bench.report.render import render
+    from halo_bench.report.tables import load_results
 
     return render(load_results(paths), fmt, **kwargs)
 
@@ -150,8 +151,8 @@ def test_html_parses_embeds_every_plot_and_shows_every_markdown_number(single: l
 
 
 def test_reliability_bin_is_recomputed_from_the_scores_file(single: list[Path]) -> None:
-    from halo_bench import plots
-    from halo_bench.report import load_results, tidy
+    from halo_bench.report import plots
+    from halo_bench.report.tables import load_results, tidy
 
     table = tidy(load_results(single))
     plot = plots._reliability(plots._Scores(table.attrs["scores"]), "digits", "resnet18",
@@ -207,7 +208,7 @@ def _reference_bootstrap(base: dict, other: dict, resamples: int, seed: int) -> 
 
 
 def test_bootstrap_interval_matches_an_independent_reference_on_random_inputs() -> None:
-    from halo_bench.stats import Scores, bootstrap_delta
+    from halo_bench.report.stats import Scores, bootstrap_delta
 
     rng = np.random.default_rng(3)
     raw = []
@@ -270,8 +271,8 @@ def test_plots_option_writes_png_and_pdf_and_help_documents_it(single: list[Path
     from matplotlib.figure import Figure
     from typer.testing import CliRunner
 
-    from halo_bench import plots
     from halo_bench.cli import app
+    from halo_bench.report import plots
 
     def small(table: pd.DataFrame, baseline: str) -> list[plots.Plot]:  # drawing every figure takes long
         fig = Figure(figsize=(2, 2))
@@ -299,8 +300,8 @@ def test_plots_option_writes_png_and_pdf_and_help_documents_it(single: list[Path
 
 def test_bench_writes_the_html_report_beside_the_markdown(single: list[Path], tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from halo_bench import plots
-    from halo_bench.bench import write_reports
+    from halo_bench.bench.sweep import write_reports
+    from halo_bench.report import plots
 
     drawn = []
     monkeypatch.setattr(plots, "figures", lambda table, baseline: drawn.append(baseline) or [])  # fast
@@ -313,7 +314,7 @@ def test_bench_writes_the_html_report_beside_the_markdown(single: list[Path], tm
 
 
 def test_markdown_does_not_import_matplotlib(single: list[Path]) -> None:
-    code = ("import sys\nfrom halo_bench.report import load_results, render\n"
+    code = ("import sys\nfrom halo_bench.report.render import render\nfrom halo_bench.report.tables import load_results\n"
             f"render(load_results([{str(single[0])!r}, {str(single[1])!r}]), 'markdown')\n"
             "assert 'matplotlib' not in sys.modules\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -321,7 +322,7 @@ def test_markdown_does_not_import_matplotlib(single: list[Path]) -> None:
 
 
 def test_bootstrap_refuses_runs_on_different_samples() -> None:
-    from halo_bench.stats import Scores, bootstrap_delta
+    from halo_bench.report.stats import Scores, bootstrap_delta
 
     one = Scores(None, np.ones(5), {}, {})
     with pytest.raises(ValueError, match="not paired"):
@@ -329,7 +330,7 @@ def test_bootstrap_refuses_runs_on_different_samples() -> None:
 
 
 def test_a_broken_scores_file_is_a_user_error(tmp_path: Path) -> None:
-    from halo_bench.errors import HaloBenchError
+    from halo_bench.core.errors import HaloBenchError
 
     paths = [_run(tmp_path, "cce", 0, 0.5, n_id=30, n_ood=20), _run(tmp_path, "halo", 0, 2.5, n_id=30, n_ood=20)]
     paths[1].with_name(SCORES_FILE).write_bytes(b"not gzip")

@@ -51,7 +51,7 @@ def test_a_built_package_carries_the_registry(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     packaged = build / "halo_bench" / "datasets.yaml"
     assert packaged.read_bytes() == (ROOT / "datasets.yaml").read_bytes()
-    code = "from halo_bench.registry import DEFAULT_REGISTRY; print(DEFAULT_REGISTRY)"
+    code = "from halo_bench.data.registry import DEFAULT_REGISTRY; print(DEFAULT_REGISTRY)"
     where = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                            env={"PYTHONPATH": str(build), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert where.stdout.strip() == str(packaged), where.stderr

@@ -12,8 +12,8 @@ from ondisk import write_cifar10_suite, write_image_list
 from typer.testing import CliRunner
 
 from halo_bench.cli import app
+from halo_bench.core.errors import HaloBenchError
 from halo_bench.data import DatasetMissing, LoadOptions, load_split, presence
-from halo_bench.errors import HaloBenchError
 
 runner = CliRunner()
 
@@ -104,8 +104,8 @@ def test_image_list_errors_name_the_line(registry, tmp_path) -> None:
 
 
 def test_cifar_suite_builds_the_cifar_resnet(registry, data_root, tmp_path) -> None:
-    from halo_bench.models import read_checkpoint
-    from halo_bench.train import TrainConfig, train
+    from halo_bench.models.checkpoint import read_checkpoint
+    from halo_bench.train.loop import TrainConfig, train
 
     result = train(TrainConfig(model="resnet18", loss="halo", suite="cifar10", epochs=1, batch_size=50,
                                out=str(tmp_path), data_root=str(data_root)), registry)

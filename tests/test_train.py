@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from halo_bench.errors import HaloBenchError
-from halo_bench.models import read_checkpoint
-from halo_bench.train import TrainConfig, TrainingDiverged, train
+from halo_bench.core.errors import HaloBenchError
+from halo_bench.models.checkpoint import read_checkpoint
+from halo_bench.train.loop import TrainConfig, train
+from halo_bench.train.step import TrainingDiverged
 
 TINY = "test_resnet"
 
@@ -102,8 +103,9 @@ def test_train_step_under_bf16_autocast_follows_the_float32_step(loss: str) -> N
     BatchNorm over 16 values), a degenerate path for bf16 kernels that says nothing about
     the model a GPU user trains (see CHANGELOG).
     """
-    from halo_bench.models import build_model
-    from halo_bench.train import TrainForward, param_groups, train_step
+    from halo_bench.models.classifier import build_model
+    from halo_bench.train.setup import param_groups
+    from halo_bench.train.step import TrainForward, train_step
 
     gen = torch.Generator().manual_seed(1234)
     x, y = torch.randn(16, 1, 32, 32, generator=gen), torch.randint(0, 6, (16,), generator=gen)
@@ -121,8 +123,9 @@ def test_train_step_under_bf16_autocast_follows_the_float32_step(loss: str) -> N
 
 
 def test_non_finite_gradient_is_noted_on_the_device_and_reported_at_the_check() -> None:
-    from halo_bench.models import build_model
-    from halo_bench.train import DivergenceWatch, TrainForward, param_groups, train_step
+    from halo_bench.models.classifier import build_model
+    from halo_bench.train.setup import param_groups
+    from halo_bench.train.step import DivergenceWatch, TrainForward, train_step
 
     model = build_model(TINY, "cce", num_classes=6, in_chans=1, seed=0)
     optimizer = torch.optim.SGD(param_groups(model, 0.0), lr=0.01)
@@ -145,7 +148,8 @@ def test_non_finite_gradient_is_noted_on_the_device_and_reported_at_the_check() 
 def test_the_host_reads_the_divergence_flag_every_n_steps_and_at_the_epoch_end(tmp_path: Path, registry,
                                                                                monkeypatch, every: int) -> None:
     """The steady-state loop never waits for the device: one host read per `every` steps."""
-    from halo_bench import train as train_module
+    from halo_bench.train import loop as train_module
+    from halo_bench.train import step as step_module
 
     reads = {"n": 0}
     original = train_module.DivergenceWatch.problem
@@ -154,7 +158,7 @@ def test_the_host_reads_the_divergence_flag_every_n_steps_and_at_the_epoch_end(t
         reads["n"] += 1
         return original(self, scaler)
 
-    monkeypatch.setattr(train_module, "CHECK_EVERY", every)
+    monkeypatch.setattr(step_module, "CHECK_EVERY", every)
     monkeypatch.setattr(train_module.DivergenceWatch, "problem", counted)
     result = train(TrainConfig(model=TINY, loss="cce", epochs=1, out=str(tmp_path)), registry)
     steps = json.loads((result.run_dir / "config.json").read_text())["steps_per_epoch"]
@@ -179,7 +183,7 @@ def test_labels_outside_the_classes_are_refused(tmp_path: Path) -> None:
     import yaml
 
     from halo_bench.data import load_registry
-    from halo_bench.registry import DEFAULT_REGISTRY
+    from halo_bench.data.registry import DEFAULT_REGISTRY
 
     doc = yaml.safe_load(DEFAULT_REGISTRY.read_text())
     doc["datasets"]["digits"]["params"]["classes"] = [0, 1, 2, 3, 4, 5, 6]  # data has 7 classes, names 6
@@ -190,8 +194,14 @@ def test_labels_outside_the_classes_are_refused(tmp_path: Path) -> None:
 
 
 def test_collapsing_fp16_loss_scale_counts_as_divergence() -> None:
-    from halo_bench.models import build_model
-    from halo_bench.train import MIN_LOSS_SCALE, DivergenceWatch, TrainForward, param_groups, train_step
+    from halo_bench.models.classifier import build_model
+    from halo_bench.train.setup import param_groups
+    from halo_bench.train.step import (
+        MIN_LOSS_SCALE,
+        DivergenceWatch,
+        TrainForward,
+        train_step,
+    )
 
     model = build_model(TINY, "cce", num_classes=6, in_chans=1, seed=0)
     optimizer = torch.optim.SGD(param_groups(model, 0.0), lr=0.01)
@@ -211,8 +221,9 @@ def test_collapsing_fp16_loss_scale_counts_as_divergence() -> None:
 
 def test_fp16_scaler_skips_a_non_finite_loss_without_calling_it_divergence() -> None:
     """fp16 (GPUs without bf16): an overflowing step is the GradScaler's to skip, on the CPU here."""
-    from halo_bench.models import build_model
-    from halo_bench.train import DivergenceWatch, TrainForward, param_groups, train_step
+    from halo_bench.models.classifier import build_model
+    from halo_bench.train.setup import param_groups
+    from halo_bench.train.step import DivergenceWatch, TrainForward, train_step
 
     model = build_model(TINY, "cce", num_classes=6, in_chans=1, seed=0)
     optimizer = torch.optim.SGD(param_groups(model, 0.0), lr=0.01)
@@ -236,8 +247,8 @@ def test_fp16_scaler_skips_a_non_finite_loss_without_calling_it_divergence() -> 
 
 
 def test_an_fp16_epoch_with_an_overflowing_step_trains_on(tmp_path: Path, registry, monkeypatch) -> None:
-    from halo_bench import train as train_module
     from halo_bench.losses import linear as heads
+    from halo_bench.train import loop as train_module
 
     made = []
     original_opt, original_loss = train_module.make_optimisation, heads.LinearHead.loss
@@ -267,7 +278,7 @@ def test_a_checkpoint_of_an_8_gpu_job_resumes_in_a_1_gpu_job(tmp_path: Path, mon
     """A requeue on fewer GPUs: each process sets its own GPU's generator, and no GPU it cannot see."""
     from types import SimpleNamespace
 
-    from halo_bench import train as train_module
+    from halo_bench.train import loop as train_module
 
     gpus = {"count": 8}
     states = [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]  # GPU i's generator state
@@ -390,7 +401,8 @@ class _HostReads:
 def test_the_training_loop_reads_nothing_from_the_device_between_divergence_checks(tmp_path: Path, registry,
                                                                                   monkeypatch, pipeline: str,
                                                                                   loss: str) -> None:
-    from halo_bench import train as train_module
+    from halo_bench.train import loop as train_module
+    from halo_bench.train import step as step_module
 
     guard = _HostReads(monkeypatch)
     with guard.mode:  # the guard can fail: each kind of host read, armed
@@ -417,7 +429,7 @@ def test_the_training_loop_reads_nothing_from_the_device_between_divergence_chec
         finally:
             guard.armed = armed
 
-    monkeypatch.setattr(train_module, "CHECK_EVERY", 3)
+    monkeypatch.setattr(step_module, "CHECK_EVERY", 3)
     monkeypatch.setattr(train_module, "build", build)
     monkeypatch.setattr(train_module.DivergenceWatch, "problem", problem)
     with guard.mode:

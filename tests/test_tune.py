@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from halo_bench import metrics
+from halo_bench.core.errors import HaloBenchError
 from halo_bench.data import load_split
 from halo_bench.detectors import DETECTORS, DetectorContext, make_detector
-from halo_bench.errors import HaloBenchError
-from halo_bench.evaluate import EvalConfig, evaluate
-from halo_bench.features import forward_pass
-from halo_bench.models import load_checkpoint
-from halo_bench.tune import ValidationData, grid_points, tune_detector
+from halo_bench.evaluate import metrics
+from halo_bench.evaluate.run import EvalConfig, evaluate
+from halo_bench.evaluate.tune import ValidationData, grid_points, tune_detector
+from halo_bench.features.passes import forward_pass
+from halo_bench.models.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_tune_needs_validation_sets(tiny_runs, tmp_path: Path, registry) -> None
     import yaml
 
     from halo_bench.data import load_registry
-    from halo_bench.registry import DEFAULT_REGISTRY
+    from halo_bench.data.registry import DEFAULT_REGISTRY
 
     data = yaml.safe_load(DEFAULT_REGISTRY.read_text())
     del data["suites"]["digits"]["ood_val"]

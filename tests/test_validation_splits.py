@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
+from halo_bench.core.errors import HaloBenchError
 from halo_bench.data import embedded as E
-from halo_bench.errors import HaloBenchError
 from halo_bench.data import load_registry
-from halo_bench.registry import DEFAULT_REGISTRY
+from halo_bench.data.registry import DEFAULT_REGISTRY
 
 ID = [0, 1, 2, 3, 4, 5]
 

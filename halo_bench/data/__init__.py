@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from torch.utils.data import Dataset
 
-    from ..registry import DatasetSpec, Registry
+    from .registry import DatasetSpec, Registry
 
 __all__ = [
     "DATA_ROOT_ENV", "SOURCES", "DatasetMissing", "LoadOptions", "Presence", "Source", "check_labels",
@@ -40,7 +40,7 @@ __all__ = [
 def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
     """Read and validate a dataset registry (`path`, else $HALO_BENCH_DATASETS, else the
     packaged datasets.yaml), checking each entry against its data source."""
-    from ..registry import read_registry
+    from .registry import read_registry
 
     return read_registry({name: source.validate for name, source in SOURCES.items()}, path)
 

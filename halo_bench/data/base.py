@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cpus import usable_cpus
-from ..errors import HaloBenchError
+from ..core.cpus import usable_cpus
+from ..core.errors import HaloBenchError
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
-    from ..registry import DatasetSpec
+    from .registry import DatasetSpec
 
 DATA_ROOT_ENV = "HALO_BENCH_DATA"
 # torchvision classes that hold a whole split as one array in memory (data/device.py's _tv_array):
@@ -172,3 +172,12 @@ def presence(spec: DatasetSpec, data_root: Path, max_files: int = 200_000) -> Pr
                 except OSError:
                     pass
     return Presence("present", total)
+
+
+DATA_PIPELINES = ("auto", "device", "loader")  # halo_bench/data/device.py
+
+
+def check_data_pipeline(name: str) -> None:
+    """`--data-pipeline` names one of DATA_PIPELINES (train and eval alike)."""
+    if name not in DATA_PIPELINES:
+        raise HaloBenchError(f"--data-pipeline must be one of {', '.join(DATA_PIPELINES)}, not {name!r}.")

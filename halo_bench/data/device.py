@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import MAX_SEED, check_data_pipeline
-from ..distributed import rank_batch_size
-from ..errors import HaloBenchError
+from ..core.distributed import rank_batch_size
+from ..core.errors import HaloBenchError
+from ..train.config import MAX_SEED
+from .base import check_data_pipeline
 
 DEVICE_AUGMENTATIONS = ("random_crop", "hflip")
 CROP_PADDING = 4  # the CIFAR recipe, as train_transform's RandomCrop(padding=4)

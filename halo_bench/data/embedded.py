@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from halo_bench.errors import HaloBenchError, unknown_name
+from ..core.errors import HaloBenchError, unknown_name
 
 Array = np.ndarray
 Generator = Callable[..., tuple[Array, Array]]

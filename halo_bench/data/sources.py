@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import HaloBenchError, unknown_name
+from ..core.errors import HaloBenchError, unknown_name
 from .base import DatasetMissing, LoadOptions, how_to_get, register_source
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from torch import Tensor
     from torch.utils.data import Dataset
 
-    from ..registry import DatasetSpec
+    from .registry import DatasetSpec
 
 # sklearn's digits have 17 intensity levels, 0..16; every embedded set shares them.
 EMBEDDED_MAX_LEVEL = 16.0

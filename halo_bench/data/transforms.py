@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..errors import HaloBenchError
-from ..registry import AUGMENTATIONS
+from ..core.errors import HaloBenchError
+from .registry import AUGMENTATIONS
 
 __all__ = ["AUGMENTATIONS", "eval_transform", "train_transform"]
 

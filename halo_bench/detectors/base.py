@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
-from ..errors import HaloBenchError, unknown_name
+from ..core.errors import HaloBenchError, unknown_name
 
 if TYPE_CHECKING:  # torch loads with the work: `halo-bench detectors` lists the field without it
     import torch
     from torch import Tensor
     from torch.utils.data import Dataset
 
-    from ..features import SplitOutputs
-    from ..models import Classifier
+    from ..features.passes import SplitOutputs
+    from ..models.classifier import Classifier
 
 
 @dataclass

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import HaloBenchError
+from ..core.errors import HaloBenchError
 from .base import Detector, DetectorContext, penultimate, register_detector
 
 if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it
     from torch import Tensor
 
-    from ..features import SplitOutputs
+    from ..features.passes import SplitOutputs
 
 CHUNK = 8192
 

@@ -19,7 +19,7 @@ from .base import (
 
 if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it
 
-    from ..features import SplitOutputs
+    from ..features.passes import SplitOutputs
 
 
 @register_detector

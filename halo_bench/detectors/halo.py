@@ -10,7 +10,7 @@ from .base import Detector, DetectorContext, class_logits, register_detector
 
 if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it
 
-    from ..features import SplitOutputs
+    from ..features.passes import SplitOutputs
 
 
 @register_detector

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..console import console
-from ..errors import HaloBenchError
+from ..core.console import console
+from ..core.errors import HaloBenchError
 from .base import (
     POSITIVE_INT,
     Detector,
@@ -20,7 +20,7 @@ from .base import (
 if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it
     from torch import Tensor
 
-    from ..features import SplitOutputs
+    from ..features.passes import SplitOutputs
 
 # Query rows per chunk: chunk x N similarities at a time, never an N x N matrix.
 MAX_CHUNK_ENTRIES = 1 << 24

@@ -6,14 +6,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..console import make_progress
-from .base import NON_NEGATIVE, POSITIVE, Detector, DetectorContext, log_max_softmax, register_detector
+from ..core.console import make_progress
+from .base import (
+    NON_NEGATIVE,
+    POSITIVE,
+    Detector,
+    DetectorContext,
+    log_max_softmax,
+    register_detector,
+)
 
 if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it
     import torch
     from torch.utils.data import Dataset
 
-    from ..features import SplitOutputs
+    from ..features.passes import SplitOutputs
 
 
 @register_detector

@@ -14,7 +14,7 @@ from .tail import tail_logits
 if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it
     from torch import Tensor
 
-    from ..features import SplitOutputs
+    from ..features.passes import SplitOutputs
 
 
 def energy(logits: Tensor) -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING
 
-from ..errors import HaloBenchError
+from ..core.errors import HaloBenchError
 from .base import DetectorContext, no_grad
 
 if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import HaloBenchError
+from ..core.errors import HaloBenchError
 from .base import (
     POSITIVE_INT,
     Detector,
@@ -18,7 +18,7 @@ from .tail import linear_map
 
 if TYPE_CHECKING:  # torch loads with the work; `halo-bench detectors` lists without it
 
-    from ..features import SplitOutputs
+    from ..features.passes import SplitOutputs
 
 
 @register_detector

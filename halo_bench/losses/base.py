@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import HaloBenchError, unknown_name
+from ..core.errors import HaloBenchError, unknown_name
 
 
 @dataclass(frozen=True)

@@ -21,33 +21,35 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DistributedSampler
 
-from . import distributed
-from .archs import resolve_arch
+from ..core import distributed
+from ..core.console import console, make_progress
+from ..core.devices import dtype_name, environment
+from ..core.errors import HaloBenchError
+from ..core.io import (
+    LOCK_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    folder_lock,
+    utc_now,
+)
+from ..data.device import DeviceBatches, derived_seed
+from ..data.registry import Registry
+from ..features.passes import forward_pass
+from ..losses import get_loss
+from ..models.checkpoint import read_checkpoint, save_checkpoint
+from ..models.classifier import Classifier, model_meta
 from .config import TrainConfig, saved_identity
-from .console import console, make_progress
-from .data import LoadOptions, check_labels, default_workers, load_split, resolve_data_root
-from .data.device import DeviceBatches, choose_pipeline, derived_seed
-from .devices import amp_dtype, channels_last_format, dtype_name, environment, resolve_device
-from .errors import HaloBenchError
-from .features import forward_pass
-from .io import LOCK_FILE, atomic_write_json, atomic_write_text, folder_lock, utc_now
-from .losses import get_loss
-from .models import Classifier, build_model, model_meta, probe_input, read_checkpoint, save_checkpoint
-from .registry import Registry, SuiteSpec
-
-__all__ = ["DivergenceWatch", "StepOutcome", "TrainConfig", "TrainForward", "TrainResult", "TrainingDiverged",
-           "train", "train_step"]
-
-CHECK_EVERY = 50  # steps between the host's looks at the device-side divergence flag
+from .setup import Optimisation, Setup, build, make_optimisation
+from .step import DivergenceWatch, TrainForward, TrainingDiverged, train_step
 
 
 @dataclass
@@ -57,136 +59,6 @@ class TrainResult:
     epochs_run: int
     final: dict[str, float]
     skipped: bool = False
-
-
-class TrainingDiverged(HaloBenchError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class TrainForward(nn.Module):
-    """One training forward: backbone, embedding and the head's loss inside one module's
-    forward, so DistributedDataParallel sees (and synchronises) the whole step.
-
-    `backbone` is the model's own, or its compiled wrapper, or an identity when the
-    inputs are cached backbone features.
-    """
-
-    def __init__(self, model: Classifier, backbone: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.backbone = backbone
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.model.embed(self.backbone(x))
-        return self.model.head.loss(z, y), z
-
-
-@dataclass
-class StepOutcome:
-    """What one step leaves on the device; nothing here has been read by the host."""
-
-    loss: torch.Tensor
-    correct: torch.Tensor
-    finite: torch.Tensor  # loss and gradient norm finite
-    grad_norm: torch.Tensor
-    scaled: bool = False  # fp16's GradScaler stepped: it skipped a non-finite step itself
-
-
-class DivergenceWatch:
-    """Notes, on the device, the first step of an epoch whose loss or gradient is not
-    finite; the host reads it (one sync) every `every` steps and at the epoch's end.
-
-    Under fp16's GradScaler a non-finite step is an overflow the scaler skips (halving
-    its scale), not a divergence; only a collapsing scale is (`problem`).
-
-    A bad step has already updated the weights by the time the host knows, but the
-    weights only reach disk in the checkpoint after the epoch-end check, so the last
-    checkpoint on disk is always a good one.
-    """
-
-    def __init__(self, device: torch.device, every: int | None = None) -> None:
-        self.every = every or CHECK_EVERY
-        self.found = torch.zeros((), dtype=torch.bool, device=device)
-        self.first = torch.zeros(3, device=device)  # step, loss, gradient norm
-        self.step = torch.zeros((), device=device)
-
-    def observe(self, outcome: StepOutcome) -> None:
-        if not outcome.scaled:
-            bad = ~outcome.finite
-            values = torch.stack([self.step, outcome.loss.float(), outcome.grad_norm.float()])
-            self.first = torch.where(bad & ~self.found, values, self.first)
-            self.found |= bad
-        self.step += 1
-
-    def due(self, step: int) -> bool:
-        return (step + 1) % self.every == 0
-
-    def problem(self, scaler: torch.amp.GradScaler) -> tuple[int, str] | None:
-        """(step, what went wrong) if any rank saw a non-finite step; one host sync."""
-        if bool(distributed.any_rank(self.found)):
-            step, loss, norm = self.first.tolist()
-            return int(step), f"loss = {loss}, gradient norm = {norm}"
-        # fp16 skips non-finite steps and halves its scale; a collapsed scale means every step is.
-        if scaler.is_enabled() and scaler.get_scale() < MIN_LOSS_SCALE:
-            return int(self.step) - 1, (f"fp16 loss scale fell to {scaler.get_scale():g}: the gradients stay "
-                                        "non-finite")
-        return None
-
-
-@dataclass
-class Setup:
-    """Everything a run trains with, built once: model, data, device, precision."""
-
-    model: Classifier
-    arch: str
-    suite: SuiteSpec
-    train_data: Dataset
-    test_data: Any  # a Dataset, or DeviceBatches when served from the device
-    loader: Any  # DataLoader or DeviceBatches: (x, y) batches of one epoch
-    loader_gen: torch.Generator
-    device: torch.device
-    dtype: torch.dtype | None
-    memory_format: torch.memory_format | None
-    workers: int
-    data_root: Path
-    data_config: dict[str, Any] = field(default_factory=dict)  # the model's own, or the suite's
-    frozen: bool = False  # --freeze-backbone: `loader` and `test_data` hold cached backbone features
-    eval_model: Classifier | None = None  # what reads `test_data` (the head alone when frozen)
-    pipeline: str = "loader"  # what serves the training batches: "device" or "loader"
-    ranks: distributed.Ranks = field(default_factory=distributed.Ranks)
-
-
-@dataclass
-class Optimisation:
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    steps_per_epoch: int
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases, norm scales and scalars (HALO's temperature), as timm does."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """Linear warm-up, then cosine decay to zero, per optimiser step."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 def find_resumable(cfg: TrainConfig, ckpt_path: Path, force: bool) -> tuple[dict[str, Any] | None, bool]:
@@ -203,117 +75,6 @@ def find_resumable(cfg: TrainConfig, ckpt_path: Path, force: bool) -> tuple[dict
             "overwrite it or --out to train elsewhere."
         )
     return state, bool(state["meta"].get("complete"))
-
-
-def build(cfg: TrainConfig, registry: Registry) -> Setup:
-    """The model (from `cfg.seed`), the ID train/test data and the train loader."""
-    suite = registry.suite(cfg.suite)
-    id_spec = registry.dataset(suite.id)
-    ranks = distributed.launched_ranks()
-    if ranks.distributed and cfg.freeze_backbone:
-        raise HaloBenchError("--freeze-backbone trains the head on cached features in one process (seconds); "
-                             "run it without torchrun.")
-    device = resolve_device(cfg.device)
-    sync_bn_note = distributed.check_sync_bn(ranks, device) if cfg.sync_bn else None
-    device = distributed.start(ranks, device)
-    if not ranks.main:
-        console.quiet = True  # rank 0 speaks for the run
-    if sync_bn_note:
-        console.print(sync_bn_note, markup=False)
-    from . import finetune
-
-    channels = suite.data_config["input_size"][0]
-    num_classes = len(id_spec.classes or ())
-    arch = cfg.model if cfg.loaded_weights else resolve_arch(cfg.model, suite.arch_variant)
-    if cfg.pretrained:  # the model keeps its own input channels; the data is adapted to them
-        from .weights import pretrained_channels
-
-        channels = pretrained_channels(arch)
-    model = build_model(arch, cfg.loss, num_classes, channels, cfg.embed_dim, cfg.seed, cfg.loss_knobs,
-                        pretrained=cfg.pretrained, init_from=cfg.init_from, use_ema=cfg.use_ema)
-    report = getattr(model, "weights_report", None)
-    if report is not None:
-        console.print(report.summary(), markup=False)
-    data_config = finetune.model_data_config(suite.data_config, model.backbone, cfg.pretrained, cfg.img_size)
-    data_config["input_size"][0] = channels
-    probe_input(model, data_config["input_size"], arch)
-    if cfg.freeze_backbone:
-        finetune.freeze_backbone(model)
-    if cfg.sync_bn and sync_bn_note is None:
-        distributed.sync_batchnorm(model)
-    # Same data order and dropout stream for every loss of a seed, whatever the head drew.
-    torch.manual_seed(cfg.seed)
-    loader_gen = torch.Generator().manual_seed(cfg.seed)
-
-    data_root = resolve_data_root(cfg.data_root)
-    augment = () if cfg.freeze_backbone else suite.train_augment  # cached features: no augmentation
-    train_data = load_split(id_spec, "train", data_config, LoadOptions(data_root, augment))
-    test_data = load_split(id_spec, "test", data_config, LoadOptions(data_root))
-    for dataset in (train_data, test_data):
-        check_labels(id_spec, dataset, num_classes)
-    assert cfg.batch_size is not None
-    per_rank = distributed.rank_batch_size(cfg.batch_size, ranks.world_size)
-    # Every rank takes an equal slice of every batch; one process avoids a tiny last batch in BatchNorm.
-    drop_last = ranks.distributed or len(train_data) >= 2 * cfg.batch_size
-    workers = default_workers(id_spec, cfg.num_workers)
-    memory_format = channels_last_format(device, cfg.channels_last)
-    array = None if cfg.freeze_backbone else choose_pipeline(cfg.data_pipeline, train_data, data_config,
-                                                             augment, device, train=True)
-    if array is not None:  # uint8 images on the device, augmented there (data/device.py)
-        loader = DeviceBatches(array, device, cfg.batch_size, data_config, augment=augment, shuffle=True,
-                               seed=cfg.seed, drop_last=drop_last, rank=ranks.rank, world_size=ranks.world_size,
-                               memory_format=memory_format)
-    elif ranks.distributed:  # each rank its shard of a (seed, epoch) permutation
-        sampler: DistributedSampler[Any] = DistributedSampler(
-            train_data, num_replicas=ranks.world_size, rank=ranks.rank, shuffle=True, seed=cfg.seed, drop_last=True)
-        loader = DataLoader(train_data, batch_size=per_rank, sampler=sampler,
-                            generator=loader_gen, drop_last=True, num_workers=workers,
-                            pin_memory=device.type == "cuda")
-    else:
-        # No persistent workers: each epoch then draws its worker seeds from loader_gen,
-        # so a resumed run sees the same augmentations as an uninterrupted one.
-        loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, generator=loader_gen,
-                            drop_last=drop_last, num_workers=workers, pin_memory=device.type == "cuda")
-    test_array = None if cfg.freeze_backbone else choose_pipeline(cfg.data_pipeline, test_data, data_config, (),
-                                                                  device)
-    if test_array is not None:
-        # channels-last, where used, is applied by forward_pass (evaluate_accuracy passes it)
-        test_data = DeviceBatches(test_array, device, cfg.eval_batch_size, data_config)
-    model.to(device)
-    if memory_format is not None:
-        model.to(memory_format=memory_format)
-    dtype = amp_dtype(device, cfg.amp)
-    eval_model = None
-    if cfg.freeze_backbone:  # the frozen backbone runs once per split; the head trains on its output
-        started = time.perf_counter()
-        train_data = finetune.backbone_features(model.backbone, train_data, device, cfg.eval_batch_size,
-                                                dtype, workers)
-        test_data = finetune.backbone_features(model.backbone, test_data, device, cfg.eval_batch_size,
-                                               dtype, workers)
-        loader = finetune.cached_loader(train_data, cfg.batch_size, loader_gen, drop_last)
-        eval_model = finetune.HeadOnly(model)
-        console.print(f"backbone features cached: {len(train_data)} train, {len(test_data)} test "
-                      f"({time.perf_counter() - started:.1f} s)", markup=False)
-    return Setup(model, arch, suite, train_data, test_data, loader, loader_gen, device,
-                 dtype, memory_format, workers, data_root, data_config, cfg.freeze_backbone, eval_model,
-                 "device" if array is not None else "loader", ranks)
-
-
-def make_optimisation(cfg: TrainConfig, setup: Setup) -> Optimisation:
-    """SGD over the trainable parameters, warm-up + cosine per step, fp16's loss scaler."""
-    assert cfg.epochs is not None and cfg.lr is not None
-    from .finetune import param_groups as scaled_groups
-
-    scale = 1.0 if cfg.backbone_lr_scale is None else cfg.backbone_lr_scale
-    groups = (param_groups(setup.model, cfg.weight_decay or 0.0) if scale == 1.0
-              else scaled_groups(setup.model, cfg.weight_decay or 0.0, scale, cfg.lr))
-    optimizer = torch.optim.SGD(groups, lr=cfg.lr,
-                                momentum=cfg.momentum or 0.0, nesterov=bool(cfg.nesterov and cfg.momentum))
-    steps = len(setup.loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(cfg.epochs * steps, (cfg.warmup_epochs or 0) * steps))
-    scaler = torch.amp.GradScaler(setup.device.type, enabled=setup.dtype == torch.float16)
-    return Optimisation(optimizer, scheduler, scaler, steps)
 
 
 def run_meta(cfg: TrainConfig, setup: Setup, registry: Registry) -> dict[str, Any]:
@@ -387,7 +148,7 @@ def train(cfg: TrainConfig, registry: Registry | None = None, force: bool = Fals
           on_epoch_end: Callable[[int], None] | None = None) -> TrainResult:
     """Train (or resume, or skip if already complete) the run `cfg` describes."""
     if registry is None:
-        from .data import load_registry
+        from ..data import load_registry
 
         registry = load_registry()
     cfg = cfg.resolved(registry)
@@ -472,7 +233,7 @@ def train_epoch(cfg: TrainConfig, setup: Setup, opt: Optimisation, forward: nn.M
     Nothing in the loop waits for the device except the divergence check every
     `CHECK_EVERY` steps; the loss and accuracy sums stay on the device until the end.
     """
-    from .finetune import set_train_mode
+    from ..models.finetune import set_train_mode
 
     model = setup.model
     set_train_mode(model, setup.frozen)
@@ -593,34 +354,6 @@ def evaluate_accuracy(model: Classifier, dataset: Any, device: torch.device, dty
         "test_acc": 100.0 * int((out.logits[:, :k].argmax(dim=1) == out.labels).sum()) / len(out),
         "test_nll": float(torch.nn.functional.cross_entropy(out.logits, out.labels)),
     }
-
-
-MIN_LOSS_SCALE = 2.0**-8  # from 2**16, 24 consecutive skipped fp16 steps
-
-
-def train_step(forward: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, grad_clip: float | None, dtype: torch.dtype | None) -> StepOutcome:
-    """One optimiser step under autocast through `forward` (a `TrainForward`, DDP-wrapped or not).
-
-    Returns device tensors only and never waits for the device: whether the loss and
-    gradient norm were finite is for a `DivergenceWatch` to note. (fp16's GradScaler
-    reads its overflow flag on the host and skips overflowing steps itself, so under an
-    enabled scaler a non-finite step is not a divergence.)
-    """
-    model: Classifier = getattr(forward, "module", forward).model
-    with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        loss, z = forward(x, y)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)
-    norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
-    finite = torch.isfinite(loss.detach()) & torch.isfinite(norm)
-    scaler.step(optimizer)
-    scaler.update()
-    with torch.no_grad():  # outside autocast: the head reads its own float32 weights
-        logits = model.head(z.detach().float())
-        correct = (logits[:, : model.num_classes].argmax(dim=1) == y).sum()
-    return StepOutcome(loss.detach(), correct, finite, norm.detach(), scaler.is_enabled())
 
 
 def _diverged(cfg: TrainConfig, run_dir: Path, epoch: int, step: int, value: str) -> TrainingDiverged:

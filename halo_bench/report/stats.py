@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import HaloBenchError
+from ..core.errors import HaloBenchError
 
 RESAMPLES = 1000
 SEED = 0

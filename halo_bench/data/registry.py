@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from .config import MAX_LR, MAX_WEIGHT_DECAY
-from .errors import HaloBenchError, unknown_name
+from ..core.errors import HaloBenchError, unknown_name
+from ..train.config import MAX_LR, MAX_WEIGHT_DECAY
 
 REGISTRY_ENV = "HALO_BENCH_DATASETS"
 GROUPS = ("near", "far")
@@ -34,8 +34,9 @@ SourceChecks = Mapping[str, Callable[["DatasetSpec", str], None]]
 
 def _default_registry() -> Path:
     """The packaged datasets.yaml (a wheel carries a copy), else the repository's top-level one."""
-    packaged = Path(__file__).with_name("datasets.yaml")
-    return packaged if packaged.is_file() else Path(__file__).resolve().parent.parent / "datasets.yaml"
+    package = Path(__file__).resolve().parent.parent  # halo_bench/
+    packaged = package / "datasets.yaml"
+    return packaged if packaged.is_file() else package.parent / "datasets.yaml"
 
 
 DEFAULT_REGISTRY = _default_registry()

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import HaloBenchError
-from .io import load_plain_torch_bytes, sha256_bytes, sha256_file
+from ..core.errors import HaloBenchError
+from ..core.io import load_plain_torch_bytes, sha256_bytes, sha256_file
 
 HALO_FORMAT = "halo-bench-checkpoint"
 
@@ -264,7 +264,7 @@ def load_init_file(path: str | os.PathLike[str], use_ema: bool = False) -> tuple
     if isinstance(obj, dict) and obj.get("format") == HALO_FORMAT:
         if use_ema:
             raise HaloBenchError(f"--use-ema: {path} is a halo-bench checkpoint, which holds no EMA weights.")
-        from .models import verify_content
+        from .checkpoint import verify_content
 
         verify_content(obj, path)
         return obj, "halo-bench", digest

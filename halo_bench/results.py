@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import HaloBenchError
+from .core.errors import HaloBenchError
 
 RESULTS_SCHEMA = "halo-bench/results"
 RESULTS_VERSION = 2  # 2: `evaluation` and a hashed `scores_file`; version 1 files are still read
@@ -85,7 +85,7 @@ REPORT_FORMATS = ("markdown", "csv", "json", "latex", "html")
 
 
 def check_report_format(fmt: str) -> None:
-    from .errors import unknown_name
+    from .core.errors import unknown_name
 
     if fmt not in REPORT_FORMATS:
         raise unknown_name("report format", fmt, REPORT_FORMATS)

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from .features import SplitOutputs
-from .io import atomic_write_bytes, content_digest, torch_bytes
+from ..core.io import atomic_write_bytes, content_digest, torch_bytes
+from .passes import SplitOutputs
 
 CACHE_FORMAT = "halo-bench-features"
 CACHE_VERSION = 2  # 2: a content digest in every file
@@ -130,6 +130,6 @@ def _invalid(state: Any, key: CacheKey, n: int) -> str:
 
 
 def _warn(message: str) -> None:
-    from .console import console
+    from ..core.console import console
 
     console.print(f"warning: {message}", markup=False)

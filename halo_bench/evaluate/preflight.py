@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import HaloBenchError
+from ..core.errors import HaloBenchError
 
 
 def run_config(checkpoint: Path) -> dict[str, Any] | None:
@@ -23,13 +23,13 @@ def run_config(checkpoint: Path) -> dict[str, Any] | None:
 def check_detectors(specs: list[str] | None, abstain: bool | None) -> list[Any]:
     """Build the requested detectors (names, settings, and, when `abstain` is known, whether
     they apply to the model's head); returns them."""
-    from .detectors import detectors_for
+    from ..detectors import detectors_for
 
     return detectors_for(specs, True if abstain is None else abstain)
 
 
 def loss_abstains(loss: str) -> bool:
-    from .losses import get_loss
+    from ..losses import get_loss
 
     return get_loss(loss).abstain
 
@@ -57,7 +57,7 @@ def check_eval_request(checkpoint: Path, registry: Any, ood: list[str] | None, d
     ood_sets = registry.resolve_ood(spec, ood)
     check_detectors(detectors, abstain)
     trained_from = (config or {}).get("data_root")
-    from .data import resolve_data_root
+    from ..data import resolve_data_root
 
     root = resolve_data_root(data_root, fallback=trained_from if trained_from and Path(trained_from).is_dir()
                              else None)
@@ -70,7 +70,7 @@ def check_eval_request(checkpoint: Path, registry: Any, ood: list[str] | None, d
 def check_present(registry: Any, names: list[str], root: Path) -> None:
     """Every dataset of `names` on disk under `root` (or in the package), else one error
     naming all the missing ones and how to get each."""
-    from .data import DatasetMissing, how_to_get, presence
+    from ..data import DatasetMissing, how_to_get, presence
 
     missing = []
     for name in dict.fromkeys(names):
@@ -85,7 +85,7 @@ def check_present(registry: Any, names: list[str], root: Path) -> None:
 def check_bench_request(registry: Any, suite: str, losses: list[str], detectors: list[str] | None,
                         data_root: str | None) -> None:
     """`bench`'s detectors against every benched loss's head, and its suite's datasets on disk."""
-    from .data import resolve_data_root
+    from ..data import resolve_data_root
 
     for loss in losses:
         abstain = loss_abstains(loss)

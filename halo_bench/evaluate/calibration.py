@@ -17,8 +17,8 @@ import torch
 from scipy.optimize import minimize_scalar
 from torch import Tensor
 
+from ..core.errors import HaloBenchError
 from . import metrics
-from .errors import HaloBenchError
 
 LOG_BETA_BOUNDS = (-math.log(1000.0), math.log(1000.0))  # T in [1e-3, 1e3]
 CALIBRATION_METRICS = ("ece", "nll", "brier")

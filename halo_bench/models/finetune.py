@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .models import Classifier
+from .classifier import Classifier
 
 DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct")
 
@@ -112,8 +112,8 @@ def with_halo_head(model: nn.Module, num_classes: int, embed_dim: int | None = N
     the training loss, `model.head.diagnostics()` what is worth logging. `knobs` are the
     loss's knobs (`halo-bench losses`), e.g. label_smoothing=0.1.
     """
-    from .errors import HaloBenchError
-    from .losses import get_loss
+    from ..core.errors import HaloBenchError
+    from ..losses import get_loss
 
     if not hasattr(model, "reset_classifier") or not hasattr(model, "num_features"):
         raise HaloBenchError("with_halo_head takes a timm model (one with reset_classifier and num_features).")

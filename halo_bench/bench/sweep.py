@@ -6,10 +6,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import TrainConfig, check_seeds
-from .console import console
-from .errors import HaloBenchError
-from .io import atomic_write_text
+from ..core.console import console
+from ..core.errors import HaloBenchError
+from ..core.io import atomic_write_text
+from ..train.config import TrainConfig, check_seeds
 
 
 @dataclass
@@ -29,7 +29,7 @@ class BenchConfig:
 
     def train_configs(self) -> list[TrainConfig]:
         """One training config per (seed, loss), seeds outermost."""
-        from .losses import parse_loss
+        from ..losses import parse_loss
 
         parsed = [parse_loss(loss) for loss in self.losses]
         return [TrainConfig(model=self.model, loss=spec.name, loss_knobs=dict(knobs), suite=self.suite, seed=seed,
@@ -47,8 +47,8 @@ class BenchConfig:
 
 def check_bench(cfg: BenchConfig) -> None:
     """Every name and value checked before anything trains (and before torch loads)."""
-    from .data import load_registry
-    from .timm_names import check_model_name
+    from ..data import load_registry
+    from ..models.timm_names import check_model_name
 
     check_seeds(cfg.seeds, "--seeds")  # before the runs' own checks, which would name --seed
     if not cfg.losses:
@@ -63,7 +63,7 @@ def check_bench(cfg: BenchConfig) -> None:
     if cfg.baseline is not None and cfg.baseline not in tags:
         raise HaloBenchError(f"--baseline {cfg.baseline!r} is not one of the benched losses: {', '.join(tags)}.")
     check_model_name(cfg.model)
-    from .preflight import check_bench_request
+    from ..evaluate.preflight import check_bench_request
 
     # Detectors and datasets too: a bad --detectors must not wait for the first run to train.
     check_bench_request(registry, cfg.suite, [c.loss for c in configs[: len(cfg.losses)]], cfg.detectors,
@@ -72,9 +72,9 @@ def check_bench(cfg: BenchConfig) -> None:
 
 def run_bench(cfg: BenchConfig) -> tuple[str, Path]:
     """Train (or reuse) every (loss, seed) run, evaluate each, write and return the report."""
-    from .data import load_registry
-    from .evaluate import EvalConfig, evaluate, summarize
-    from .train import train
+    from ..data import load_registry
+    from ..evaluate.run import EvalConfig, evaluate, summarize
+    from ..train.loop import train
 
     check_bench(cfg)
     registry = load_registry(cfg.registry)
@@ -96,7 +96,8 @@ def run_bench(cfg: BenchConfig) -> tuple[str, Path]:
 def write_reports(result_paths: list[Path], baseline: str, report_path: Path, footer: str = "") -> str:
     """The markdown report at `report_path` and the HTML one beside it (same name, .html);
     returns the markdown."""
-    from .report import load_results, render
+    from ..report.render import render
+    from ..report.tables import load_results
 
     results = load_results(result_paths)
     report = render(results, "markdown", baseline=baseline) + (f"\n{footer}\n" if footer else "")

@@ -15,15 +15,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tabulate import tabulate
 
-from .config import RUNTIME_FIELDS
-from .errors import HaloBenchError
-from .latex import render_table as render_latex_table
-from .losses import LOSSES
-from .schema import GROUPS, REPORT_FORMATS, RESULTS_GLOB, check_report_format, check_results, scores_reference
+from ..core.errors import HaloBenchError
+from ..losses import LOSSES
+from ..results import GROUPS, RESULTS_GLOB, check_results, scores_reference
+from ..train.config import RUNTIME_FIELDS
 
 DEFAULT_BASELINE = "cce"
+
+
 # metric -> (label, higher is better, decimals)
 ID_METRICS = {
     "acc": ("acc (%)", True, 2),
@@ -39,8 +39,14 @@ ID_METRICS = {
     "ts_nll": ("NLL after TS", False, 4),
     "ts_brier": ("Brier after TS", False, 4),
 }
+
+
 TUNED = "[tuned]"  # label suffix of detectors whose hyperparameters --tune chose
+
+
 OOD_HEADLINE = {"auroc": ("AUROC (%)", True), "fpr95": ("FPR@95 (%), ID positive", False)}
+
+
 KEYS = ["suite", "model", "detector", "dataset", "group", "metric"]
 
 
@@ -62,7 +68,7 @@ def find_results(paths: Iterable[str | Path], root: str | Path = "runs") -> list
         else:
             raise HaloBenchError(f"{path} does not exist.")
     if not found:
-        from .runs import run_folders
+        from ..train.runs import run_folders
 
         trained = [run for path in map(Path, paths) if path.is_dir() for run in run_folders(path)]
         hint = (f" {len(trained)} trained run(s) there have not been evaluated yet: run `halo-bench eval "
@@ -466,6 +472,20 @@ def published_tables(suite: str) -> list[tuple[str, list[str], list[list[str]]]]
     return out
 
 
+def integrity_notes(table: pd.DataFrame) -> list[str]:
+    """What a reader must know about the files behind the tables: evaluations of earlier
+    checkpoints left out, and scores files that do not belong to their results."""
+    from .stats import scores_mismatch
+
+    lines = []
+    dropped = table.attrs.get("dropped", 0)
+    if dropped:
+        lines.append(f"{dropped} evaluation(s) of earlier checkpoints of the same runs were left out; only the "
+                     "evaluations of each run's current checkpoint count.")
+    lines += scores_mismatch(table.attrs.get("scores", {}))
+    return lines
+
+
 NOTES = (
     "Mean ± sample standard deviation over seeds. Scores: higher = more in-distribution. "
     "FPR@95: fraction of OOD samples accepted at the threshold that keeps 95% of ID samples "
@@ -487,88 +507,3 @@ NOTES = (
     "(e.g. `eval --detectors ...` after a bench) counts each detector from its newest evaluation of the run's "
     "current checkpoint."
 )
-
-
-def _render_markdown(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
-    table = tidy(results)
-    parts = ["# halo-bench report", ""]
-    for title, header, rows in tables(table, baseline):
-        parts += [f"## {title}", "", tabulate(rows, header, tablefmt="github", disable_numparse=True), ""]
-    parts += [NOTES, ""]
-    if left_out:
-        parts += ["Left out of the tables:", "", *(f"- {line}" for line in left_out), ""]
-    parts += [f"{line}\n" for line in integrity_notes(table)]
-    return "\n".join(parts)
-
-
-def integrity_notes(table: pd.DataFrame) -> list[str]:
-    """What a reader must know about the files behind the tables: evaluations of earlier
-    checkpoints left out, and scores files that do not belong to their results."""
-    from .stats import scores_mismatch
-
-    lines = []
-    dropped = table.attrs.get("dropped", 0)
-    if dropped:
-        lines.append(f"{dropped} evaluation(s) of earlier checkpoints of the same runs were left out; only the "
-                     "evaluations of each run's current checkpoint count.")
-    lines += scores_mismatch(table.attrs.get("scores", {}))
-    return lines
-
-
-def _render_latex(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
-    parts = ["% halo-bench report; needs \\usepackage{booktabs}"]
-    parts += [f"% left out: {line}" for line in left_out]
-    parts += ["% bold: the better loss value per row (each metric's direction); " + NOTES]
-    table = tidy(results)
-    labels = list(table.attrs.get("labels", {}).values()) + list(dict.fromkeys(table["loss"]))
-    labels += [spec.label for spec in LOSSES.values()]
-    for title, header, rows in tables(table, baseline):
-        parts.append(render_latex_table(title, header, rows, labels))
-    return "\n".join(parts)
-
-
-def _with_deltas(results: list[dict[str, Any]], baseline: str) -> pd.DataFrame:
-    table = tidy(results)
-    deltas = with_bootstrap(paired_differences(table, baseline), table, baseline)
-    return aggregate(table).merge(deltas, on=[*KEYS, "loss"], how="left")
-
-
-def _render_csv(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
-    return _with_deltas(results, baseline).to_csv(index=False)
-
-
-def _render_json(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
-    agg = _with_deltas(results, baseline)
-    records = json.loads(agg.to_json(orient="records"))
-    runs = [{"path": r["_path"], "run": r["run"], "checkpoint_sha256": r["checkpoint"]["sha256"]} for r in results]
-    return json.dumps({"schema": "halo-bench/report", "baseline": baseline, "runs": runs, "left_out": left_out,
-                       "rows": records}, indent=2) + "\n"
-
-
-def _render_html(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
-    from .html_report import render_html  # imports matplotlib: only when HTML is asked for
-
-    return render_html(results, baseline, left_out)
-
-
-FORMATS: dict[str, Callable[[list[dict[str, Any]], str, list[str]], str]] = {
-    "markdown": _render_markdown,
-    "csv": _render_csv,
-    "json": _render_json,
-    "latex": _render_latex,
-    "html": _render_html,
-}
-
-
-assert tuple(FORMATS) == REPORT_FORMATS
-
-
-def render(results: list[dict[str, Any]], fmt: str = "markdown", baseline: str = DEFAULT_BASELINE,
-           include_incomplete: bool = False) -> str:
-    """The report over `results` in `fmt`, every loss compared with `baseline` (a loss tag).
-
-    Partial and unfinished runs are left out (see `select`) and listed.
-    """
-    check_report_format(fmt)
-    kept, left_out = select(results, include_incomplete)
-    return FORMATS[fmt](kept, baseline, left_out)

@@ -8,32 +8,44 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import HaloBenchError
-from .losses import get_loss
+from ..core.errors import HaloBenchError
+from ..data.base import check_data_pipeline
+from ..losses import get_loss
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from ..data.registry import Registry
+
 
 # Config fields that do not change what is trained, so a run may resume with others.
 FINETUNE_LR_FACTOR = 0.1  # full fine-tuning: the suite's lr x 0.1 for the new layers ...
+
+
 FINETUNE_BACKBONE_LR_SCALE = 0.1  # ... and x 0.1 again for the loaded backbone
+
 
 # What a run saved before these fields existed trained with (so it still resumes).
 SAVED_DEFAULTS = {"pretrained": False, "init_from": None, "use_ema": False, "freeze_backbone": False,
                   "backbone_lr_scale": 1.0, "img_size": None, "sync_bn": False}
+
+
 # Recorded only when set: a run without them keeps the saved config (and report grouping) it always had.
 RECORDED_WHEN_SET = ("sync_bn",)
+
 
 # torch's CPU generator (mt19937) keeps only a seed's low 32 bits, so a larger seed trains the
 # run of a smaller one; numpy's legacy seeding and SeedSequence words are 32 bits too.
 MAX_SEED = 2**32 - 1
+
+
 # Bounds on the SGD recipe, far above any sensible value: beyond float32's range the optimizer
 # fails with an overflow traceback instead of a diverged run (train's divergence check).
 MAX_LR = 10.0
+
+
 MAX_WEIGHT_DECAY = 1.0
 
+
 RUNTIME_FIELDS = {"device", "amp", "channels_last", "compile", "num_workers", "out", "data_root", "data_pipeline"}
-DATA_PIPELINES = ("auto", "device", "loader")  # halo_bench/data/device.py
 
 
 @dataclass
@@ -212,12 +224,6 @@ def check_seeds(seeds: list[int], flag: str = "--seeds") -> None:
     duplicates = sorted({seed for seed in seeds if seeds.count(seed) > 1})
     if duplicates:
         raise HaloBenchError(f"{flag} lists seed(s) {', '.join(map(str, duplicates))} twice.")
-
-
-def check_data_pipeline(name: str) -> None:
-    """`--data-pipeline` names one of DATA_PIPELINES (train and eval alike)."""
-    if name not in DATA_PIPELINES:
-        raise HaloBenchError(f"--data-pipeline must be one of {', '.join(DATA_PIPELINES)}, not {name!r}.")
 
 
 def _asdict(knobs: Any) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import HaloBenchError
+from ..core.errors import HaloBenchError
 
 CHECKPOINT_FILE = "ckpt.pt"
 

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 from rich.markup import escape
 
+from ..core.console import console
+from ..core.errors import HaloBenchError
+from ..detectors import Detector, DetectorContext, make_detector, settings_label
+from ..features.passes import SplitOutputs
 from . import metrics
-from .console import console
-from .detectors import Detector, DetectorContext, make_detector, settings_label
-from .errors import HaloBenchError
-from .features import SplitOutputs
 
 
 @dataclass

@@ -29,8 +29,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from .errors import HaloBenchError  # noqa: E402
-from .io import atomic_write_bytes  # noqa: E402
+from ..core.errors import HaloBenchError  # noqa: E402
+from ..core.io import atomic_write_bytes  # noqa: E402
 from .stats import CONFIDENCE_COLUMN, reliability_bins, run_scores  # noqa: E402
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
@@ -131,9 +131,9 @@ def _reliability(scores: _Scores, suite: str, model: str, runs: dict[str, list[i
 
 def _published(suite: str) -> dict[tuple[str, str, str], dict[str, float]]:
     """(detector, dataset, metric) -> {loss: value} from published.yaml where a plot can show it."""
-    from .report import PUBLISHED
-
     import yaml
+
+    from .tables import PUBLISHED
 
     out: dict[tuple[str, str, str], dict[str, float]] = {}
     for entry in yaml.safe_load(PUBLISHED.read_text()):
@@ -161,7 +161,7 @@ def _published(suite: str) -> dict[tuple[str, str, str], dict[str, float]]:
 
 def _per_seed(part: pd.DataFrame, suite: str, model: str, losses: list[str], labels: dict[str, str],
               color: dict[str, str]) -> Plot | None:
-    from .report import ID_METRICS, OOD_HEADLINE
+    from .tables import ID_METRICS, OOD_HEADLINE
 
     panels: list[tuple[str, str, str, str]] = []  # (title, detector filter, dataset, metric)
     for metric in ("acc", "ece"):
@@ -295,7 +295,7 @@ def _roc(scores: _Scores, suite: str, model: str, runs: dict[str, list[int]], la
 
 def report_plots(results: list[dict[str, Any]], baseline: str, include_incomplete: bool = False) -> list[Plot]:
     """The figures of the report over `results` (the same runs `report.render` keeps)."""
-    from .report import select, tidy
+    from .tables import select, tidy
 
     kept, _ = select(results, include_incomplete)
     return figures(tidy(kept), baseline)

@@ -18,20 +18,46 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..core.console import console
+from ..core.devices import (
+    amp_dtype,
+    channels_last_format,
+    dtype_name,
+    environment,
+    resolve_device,
+)
+from ..core.errors import HaloBenchError
+from ..core.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    folder_lock,
+    sha256_bytes,
+    utc_now,
+)
+from ..data import (
+    DatasetMissing,
+    LoadOptions,
+    default_workers,
+    load_registry,
+    load_split,
+    resolve_data_root,
+)
+from ..data.registry import Registry
+from ..detectors import DetectorContext, detectors_for
+from ..features.cache import CACHE_DIR, CacheKey, FeatureCache
+from ..features.passes import SplitOutputs, forward_pass
+from ..models.checkpoint import load_checkpoint
+from ..results import (
+    GROUPS,
+    RESULTS_SCHEMA,
+    RESULTS_VERSION,
+    evaluation_name,
+    results_file,
+    scores_file,
+)
+from ..train.runs import checkpoint_path
 from . import metrics
-from .cache import CACHE_DIR, CacheKey, FeatureCache
 from .calibration import temperature_scaled_metrics
-from .data import DatasetMissing, LoadOptions, default_workers, load_registry, load_split, resolve_data_root
-from .detectors import DetectorContext, detectors_for
-from .errors import HaloBenchError
-from .features import SplitOutputs, forward_pass
-from .io import atomic_write_bytes, atomic_write_json, folder_lock, sha256_bytes, utc_now
-from .models import load_checkpoint
-from .console import console
-from .devices import amp_dtype, channels_last_format, dtype_name, environment, resolve_device
-from .registry import Registry
-from .runs import checkpoint_path
-from .schema import GROUPS, RESULTS_SCHEMA, RESULTS_VERSION, evaluation_name, results_file, scores_file
 from .tune import ValidationData, tune_detector
 
 
@@ -60,7 +86,7 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
     """Evaluate a checkpoint on its suite; returns the results and the results.json path."""
     ckpt_path = checkpoint_path(cfg.checkpoint)
     if cfg.model:  # a classifier trained elsewhere, evaluated as it is (halo_bench/foreign.py)
-        from .foreign import foreign_run
+        from ..models.foreign import foreign_run
 
         registry = registry or load_registry()
         model, meta = foreign_run(ckpt_path, cfg.model, cfg.suite or "digits", registry, cfg.use_ema)

@@ -1,6 +1,6 @@
 """The HTML report: one self-contained file (tables, notes and every figure embedded as a
 base64 PNG; no script, no stylesheet or image from elsewhere, no URL) that a browser opens
-offline. Its tables are `report.tables()`, cell for cell the markdown report's; its
+offline. Its tables are `tables.tables()`, cell for cell the markdown report's; its
 figures are `plots.figures()`, drawn from the same runs.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from . import report
+from . import tables
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em; color: #222; }
@@ -40,17 +40,17 @@ def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
 def render_html(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
     from .plots import figures
 
-    table = report.tidy(results)
+    table = tables.tidy(results)
     body = ["<h1>halo-bench report</h1>",
             '<p class="notes">Tables first (the markdown report\'s, cell for cell), then the figures. '
             "This file is self-contained: it opens offline in any browser.</p>", "<h2>Tables</h2>"]
-    for title, header, rows in report.tables(table, baseline):
+    for title, header, rows in tables.tables(table, baseline):
         body.append(_table(title, header, rows))
-    body.append(f'<p class="notes">{_e(report.NOTES)}</p>')
+    body.append(f'<p class="notes">{_e(tables.NOTES)}</p>')
     if left_out:
         body.append("<p>Left out of the tables:</p>\n<ul>" + "".join(f"<li>{_e(line)}</li>" for line in left_out)
                     + "</ul>")
-    body += [f"<p>{_e(line)}</p>" for line in report.integrity_notes(table)]
+    body += [f"<p>{_e(line)}</p>" for line in tables.integrity_notes(table)]
     plots = figures(table, baseline)
     body.append("<h2>Figures</h2>")
     if not any("reliability" in plot.name for plot in plots):

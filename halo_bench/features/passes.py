@@ -1,5 +1,5 @@
 """One forward pass over a split: logits, embeddings, penultimate features and labels, kept for
-every detector (and cached on disk by `halo_bench.cache`)."""
+every detector (and cached on disk by `halo_bench.features.cache`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .console import make_progress
-from .data.device import eval_batches
-from .models import Classifier
+from ..core.console import make_progress
+from ..data.device import eval_batches
+from ..models.classifier import Classifier
 
 FLUSH_EVERY = 32  # batches kept on the device before one copy to the host
 

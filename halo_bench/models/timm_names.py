@@ -11,7 +11,7 @@ import os
 from importlib import metadata
 from pathlib import Path
 
-from .errors import HaloBenchError, unknown_name
+from ..core.errors import HaloBenchError, unknown_name
 
 CACHE_ENV = "HALO_BENCH_CACHE"
 
@@ -25,7 +25,7 @@ def cache_dir() -> Path:
 
 
 def _names_file() -> Path:
-    from . import __version__
+    from .. import __version__
 
     try:
         timm_version = metadata.version("timm")
@@ -47,7 +47,7 @@ def model_names() -> frozenset[str]:
 
     names = frozenset(timm.list_models())
     try:
-        from .io import atomic_write_text
+        from ..core.io import atomic_write_text
 
         atomic_write_text(path, "\n".join(sorted(names)) + "\n")
     except (OSError, HaloBenchError):  # a read-only home only costs the next check its speed

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import HaloBenchError
+from ..core.errors import HaloBenchError
 from .weights import (
     WeightsReport,
     _pre_logits_module,
@@ -29,8 +29,8 @@ def foreign_classifier(path: str | os.PathLike[str], arch: str, num_classes: int
     embedding (identity embed layer) and its own linear classifier is the CCE head."""
     from torch import nn
 
-    from .losses import LinearHead
-    from .models import Classifier
+    from ..losses import LinearHead
+    from .classifier import Classifier
 
     path = Path(path).expanduser()
     obj, kind, digest = load_init_file(path, use_ema)
@@ -67,7 +67,7 @@ def foreign_run(path: str | os.PathLike[str], arch: str, suite_name: str, regist
                 use_ema: bool = False) -> tuple[Any, dict[str, Any]]:
     """(model, run metadata) for `eval FILE --model NAME --suite S`: what a halo-bench run's
     checkpoint would say, for a classifier trained elsewhere (loss 'cce': its own linear head)."""
-    from .io import utc_now
+    from ..core.io import utc_now
     from .timm_names import check_model_name
 
     check_model_name(arch, pretrained=True)

@@ -1,0 +1,1 @@
+"""Infrastructure every stage uses: errors, console, atomic files and locks, devices, processes."""

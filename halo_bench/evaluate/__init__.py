@@ -1,0 +1,1 @@
+"""The evaluation stage: a checkpoint on its suite -> results (metrics, calibration, tuning)."""

@@ -1,0 +1,1 @@
+"""The model stage: timm backbones + embedding + head, checkpoints, weights in, foreign classifiers."""

@@ -1,0 +1,1 @@
+"""results files -> comparison tables, findings and figures in every format (no torch)."""

@@ -1,0 +1,1 @@
+"""The training stage: its config, the run folder, the setup, the step and the loop."""
