@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from .core.provenance import __version__
+
 __all__ = ["HALOHead", "LinearHead", "LogitNormHead", "__version__", "with_halo_head"]
 
 

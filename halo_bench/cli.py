@@ -115,11 +115,44 @@ def _seeds(value: str) -> list[int]:
     return seeds
 
 
-def _loss_knobs(label_smoothing: float | None, tau: float | None, distill: bool | None,
-                learn_gamma: bool | None) -> dict[str, Any]:
-    """The knob flags the user gave (the loss checks that it has them)."""
-    given = {"label_smoothing": label_smoothing, "tau": tau, "distill": distill, "learn_gamma": learn_gamma}
-    return {k: v for k, v in given.items() if v is not None}
+def with_knob_flags(func: F) -> F:
+    """Give `func` (a command) one option per loss knob of the registered losses, generated
+    from the knobs' fields (losses/base.py), and pass the ones given as `knob_flags`. A new
+    loss's knobs reach `train` without edits here."""
+    import inspect
+
+    from .losses import knob_fields
+
+    params, annotations = [], {}
+    for name, owners in knob_fields().items():
+        first = owners[0][1]
+        kind = type(first.default)
+        dash = name.replace("_", "-")
+        decl = first.metadata.get("flag") or (f"--{dash}/--no-{dash}" if kind is bool else f"--{dash}")
+        aliases = tuple(dict.fromkeys(a for _, f in owners for a in f.metadata.get("aliases", ())))
+        help_text = "Knob of " + "; of ".join(
+            f"{spec.name} (default {_knob_default(f.default)}): {f.metadata.get('help', '')}" for spec, f in owners) + "."
+        annotation = Annotated[Optional[kind], typer.Option(decl, *aliases, help=help_text, show_default=False)]
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
+        annotations[name] = annotation
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        flags = {name: kwargs.pop(name) for name in annotations if kwargs.get(name) is not None}
+        for name in annotations:
+            kwargs.pop(name, None)
+        return func(*args, knob_flags=flags, **kwargs)
+
+    signature = inspect.signature(func, eval_str=True)  # typer reads the options from evaluated annotations
+    kept = [p for p in signature.parameters.values() if p.name != "knob_flags"]
+    wrapper.__signature__ = signature.replace(parameters=kept + params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {**{k: v for k, v in func.__annotations__.items() if k != "knob_flags"}, **annotations}
+    return wrapper  # type: ignore[return-value]
+
+
+def _knob_default(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else f"{value:g}" \
+        if isinstance(value, float) else str(value)
 
 
 LossKnobHelp = "(see `halo-bench losses`)"
@@ -143,6 +176,7 @@ def _main(
 
 
 @app.command()
+@with_knob_flags
 @_user_errors
 def train(
     model: Annotated[str, typer.Argument(help="timm model name, e.g. resnet18 (randomly initialised unless "
@@ -159,10 +193,6 @@ def train(
     warmup_epochs: Annotated[Optional[int], typer.Option("--warmup-epochs", help="Linear warm-up epochs before the cosine decay (default: recipe).", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for initialisation and data order; runs of every loss with one seed share both.")] = 0,
     embed_dim: Annotated[Optional[int], typer.Option("--embed-dim", help="Embedding size D fed to the head (default: number of classes K).", show_default=False)] = None,
-    label_smoothing: Annotated[Optional[float], typer.Option("--label-smoothing", "--smoothing", help="Knob of cce (default 0) and halo (default 0.1): label smoothing; for HALO it also sets the abstain bias.", show_default=False)] = None,
-    tau: Annotated[Optional[float], typer.Option("--tau", help="Knob of logitnorm: the logit-norm temperature (default 0.04).", show_default=False)] = None,
-    distill: Annotated[Optional[bool], typer.Option("--distill/--no-distill", help="Knob of halo: self-distilled negative targets, or plain label smoothing (default: distill).", show_default=False)] = None,
-    learn_gamma: Annotated[Optional[bool], typer.Option("--learn-gamma/--freeze-gamma", help="Knob of halo: learn the temperature, or keep its closed-form initial value (default: learn).", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", help="Parent folder of the run directory <suite>-<model>-<loss>-s<seed>.")] = Path("runs"),
     device: DeviceOpt = "auto",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (bf16 where supported); ignored on the CPU.")] = True,
@@ -180,6 +210,7 @@ def train(
     backbone_lr_scale: Annotated[Optional[float], typer.Option("--backbone-lr-scale", help="Backbone learning rate = --lr x this (default: 0.1 with loaded weights, else 1).", show_default=False)] = None,
     img_size: Annotated[Optional[int], typer.Option("--img-size", help="Input height and width (default: the pretrained model's, else the suite's).", show_default=False)] = None,
     sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm), not each GPU's slice of it; part of the run's configuration.")] = False,
+    knob_flags: dict[str, Any] | None = None,
 ) -> None:
     """Train MODEL on a suite's ID set; resumes an interrupted run of the same config.
 
@@ -191,7 +222,7 @@ def train(
     from .train.config import TrainConfig
 
     spec, knobs = parse_loss(loss)
-    knobs.update(_loss_knobs(label_smoothing, tau, distill, learn_gamma))
+    knobs.update(knob_flags or {})
     cfg = TrainConfig(model=model, loss=spec.name, suite=suite, seed=seed, epochs=epochs, batch_size=batch_size,
                       lr=lr, momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip,
                       warmup_epochs=warmup_epochs, embed_dim=embed_dim, loss_knobs=knobs, device=device, amp=amp,
@@ -243,7 +274,7 @@ def eval_(
 
     With --model NAME --suite S: evaluate a timm classifier trained elsewhere, as it is."""
     from .data import load_registry
-    from .train.runs import checkpoint_path
+    from .models.runs import checkpoint_path
 
     _single_process("eval")
     check_data_pipeline(data_pipeline)
@@ -528,6 +559,9 @@ def detectors() -> None:
 
 
 def main() -> None:
+    from .core.provenance import set_command
+
+    set_command(sys.argv[1:])
     app(prog_name="halo-bench")
 
 

@@ -1,12 +1,17 @@
 """The results format: the one contract between evaluation (which writes it) and
-reporting (which reads it). Plain constants and checks, no torch."""
+reporting (which reads it). A typed, versioned document (`ResultsDoc`), the names of an
+evaluation's files, and the check every reader runs. No torch.
+
+Version history: 1 (halo-bench 0.1); 2 adds `evaluation` (id and name), `command` and a
+hashed `scores_file` (docs/integrity.md). Version 1 files are read as they are.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from .core.errors import HaloBenchError
 
@@ -56,18 +61,90 @@ def scores_file(name: str) -> str:
     return f"scores-{name}.csv.gz" if name else SCORES_FILE
 
 
-def check_results(doc: Any, path: str | Path) -> dict[str, Any]:
-    """A results.json document, or a clear error naming the file."""
+class CheckpointRef(TypedDict):
+    path: str
+    sha256: str  # of the bytes the model was loaded from
+    epochs: int | None
+    complete: bool | None
+
+
+class OODResult(TypedDict, total=False):
+    sets: dict[str, dict[str, Any]]  # OOD set -> {"group": near|far, auroc, fpr95, fpr95_openood, aupr_in, aupr_out}
+    near: dict[str, float]  # unweighted means over the near sets
+    far: dict[str, float]
+
+
+class ResultsDoc(TypedDict, total=False):
+    """One evaluation of one checkpoint: what `results*.json` holds. The numbers (`id_metrics`,
+    `ood`) and everything that produced them."""
+
+    schema: str
+    schema_version: int
+    created: str  # UTC, ISO 8601
+    run: str
+    evaluation: dict[str, str]  # id (unique per evaluation), name ('default' or results_file's NAME)
+    command: str | None  # the halo-bench command line, when it came from one
+    checkpoint: CheckpointRef
+    partial: dict[str, int] | None  # {"limit": N} for an `eval --limit N` smoke run
+    model: dict[str, Any]  # name, arch, loss, embed_dim, head
+    loss: dict[str, Any]  # name, label, tag, knobs, changed
+    seed: int
+    train_config: dict[str, Any]
+    weights: dict[str, Any] | None  # what was loaded with --pretrained / --init-from
+    suite: str
+    id_dataset: str
+    data_config: dict[str, Any]
+    data_root: str
+    registry: dict[str, str]  # path, sha256 (this evaluation's)
+    train_registry: dict[str, str]  # the one the run was trained with
+    eval_config: dict[str, Any]
+    datasets: dict[str, dict[str, Any]]  # display name -> group, dataset, n
+    validation: dict[str, Any] | None
+    detectors: dict[str, dict[str, Any]]  # label -> settings (params, reads, tuning, ...)
+    metrics_conventions: dict[str, Any]
+    id_metrics: dict[str, float]
+    ood: dict[str, OODResult]  # detector label -> per set and near/far means
+    feature_cache: dict[str, Any]
+    device: str
+    timing_seconds: dict[str, float]
+    versions: dict[str, Any]
+    scores_file: dict[str, str]  # name, sha256 (version 1: the file name alone)
+
+
+METRICS_CONVENTIONS = {
+    "score": "higher = more in-distribution",
+    "fpr95": "ID positive: fraction of OOD with score >= the threshold keeping 95% of ID",
+    "fpr95_openood": "OOD positive: roc_curve(is_ood, -score, drop_intermediate=False), first tpr >= 0.95",
+    "ood_units": "percent",
+    "ece_bins": 15,
+}
+# field -> accepted types, for the fields every reader relies on
+_REQUIRED: dict[str, tuple[type, ...]] = {
+    "run": (str,), "suite": (str,), "seed": (int,), "created": (str,), "model": (dict,), "id_metrics": (dict,),
+    "ood": (dict,), "checkpoint": (dict,), "id_dataset": (str,),
+}
+
+
+def check_results(doc: Any, path: str | Path) -> ResultsDoc:
+    """A results document of a version this halo-bench reads, with the fields and types a
+    report relies on, or a clear error naming the file and the version."""
     if not isinstance(doc, dict) or doc.get("schema") != RESULTS_SCHEMA:
         raise HaloBenchError(f"{path}: not a halo-bench results file (no schema {RESULTS_SCHEMA!r}).")
     if doc.get("schema_version") not in READABLE_VERSIONS:
         raise HaloBenchError(f"{path}: results schema version {doc.get('schema_version')!r}; this halo-bench "
                              f"reads versions {', '.join(map(str, READABLE_VERSIONS))}. Re-run `halo-bench eval` on "
                              "its checkpoint.")
-    missing = [k for k in ("run", "suite", "seed", "model", "id_metrics", "ood", "created") if k not in doc]
+    missing = [k for k in _REQUIRED if k not in doc]
     if missing:
-        raise HaloBenchError(f"{path}: results file lacks {', '.join(missing)}.")
-    return doc
+        raise HaloBenchError(f"{path}: results file (version {doc['schema_version']}) lacks {', '.join(missing)}.")
+    wrong = [k for k, types in _REQUIRED.items() if not isinstance(doc[k], types) or isinstance(doc[k], bool)]
+    if wrong:
+        raise HaloBenchError(f"{path}: results file (version {doc['schema_version']}) has malformed "
+                             f"{', '.join(wrong)}.")
+    for name, metrics in [("id_metrics", doc["id_metrics"]), *((f"ood.{d}", r) for d, r in doc["ood"].items())]:
+        if not isinstance(metrics, dict):
+            raise HaloBenchError(f"{path}: results file has malformed {name}.")
+    return doc  # type: ignore[return-value]
 
 
 def scores_reference(doc: dict[str, Any], results_path: str | Path) -> tuple[Path, str | None]:

@@ -110,7 +110,7 @@ def test_evaluations_of_an_earlier_checkpoint_are_left_out(tmp_path: Path) -> No
 # 2. The cache and the results name the checkpoint bytes that were loaded ------------------------
 
 def test_checkpoint_replaced_while_evaluating_is_not_mixed_up(tiny_runs, tmp_path: Path, monkeypatch) -> None:
-    import halo_bench.evaluate.run as ev
+    import halo_bench.models.checkpoint as ev
 
     ckpt = _copy_run(tiny_runs["cce"], tmp_path / "run")
     loaded_sha = hio.sha256_file(ckpt)

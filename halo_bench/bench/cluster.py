@@ -1,26 +1,9 @@
-"""`bench --launcher local|slurm`: the bench's runs as submitit jobs, one per (suite, loss, seed).
-
-Each job trains (or resumes) one run and evaluates it, writing the usual run folder
-under the shared `--out`. The jobs go out as one job array (SLURM) or as background
-processes of this machine (local), at most `max_parallel` at a time. What was
-submitted is kept in `<out>/jobs/jobs.json`, so running the same `bench` again can
-tell finished, running, failed and missing runs apart: it skips the finished and
-running ones and resubmits the others, which resume from their last checkpoint.
-
-Whether a SLURM job still runs is sacct's to say. When sacct cannot (accounting off, the
-job aged out of it, a failing call: submitit then reports UNKNOWN), the job's logs are
-read for SLURM's and submitit's end lines (cancelled, time limit, out of memory, task
-exit); failing those, the job counts as running for `unknown_limit` (default: its time
-limit) from when its state was first unknown, kept in jobs.json across benches, and then
-as failed: listed with its log and resubmitted.
-
-A job that is preempted or reaches its time limit gets submitit's signal, calls
-`RunJob.checkpoint` and is requeued; `train()` then resumes from the run's ckpt.pt
-(written after every epoch), so at most the epoch in progress is trained again.
+"""Cluster configuration for `bench --launcher local|slurm`: resources per job from the
+`--cluster-config` YAML and flags (flags win), validated, and the submitit executor that
+submits the jobs (one SLURM job array, or background processes here).
 
 submitit is an optional dependency (`pip install "halo-bench[cluster]"`), imported
-only when a job is submitted or inspected.
-"""
+only when a job is submitted or inspected."""
 
 from __future__ import annotations
 

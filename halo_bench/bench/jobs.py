@@ -470,7 +470,6 @@ def classify(plans: list[RunPlan], cfg: BenchConfig, states: JobStates) -> None:
 
 def make_jobs(plans: list[RunPlan], cfg: BenchConfig, cluster: ClusterConfig, launcher: str,
               n_jobs: int) -> list[RunJob]:
-    from ..evaluate.run import EvalConfig
 
     parallel = cluster.parallel(launcher, n_jobs)
     threads = cluster.cpus_per_job
@@ -479,8 +478,7 @@ def make_jobs(plans: list[RunPlan], cfg: BenchConfig, cluster: ClusterConfig, la
     slots = str(jobs_folder(cfg.out) / "slots") if launcher == "local" else None
     return [
         RunJob(train_config=plan.train_config,
-               eval_config=EvalConfig(str(plan.run_dir / "ckpt.pt"), detectors=cfg.detectors, device=cfg.device,
-                                      data_root=cfg.data_root),
+               eval_config=cfg.eval_config(plan.run_dir / "ckpt.pt"),
                registry=str(Path(cfg.registry).absolute()) if cfg.registry else None, threads=threads,
                slots=slots, max_parallel=parallel, gpus_per_job=cluster.gpus_per_job)
         for plan in plans

@@ -5,15 +5,23 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..core.console import console
 from ..core.errors import HaloBenchError
 from ..core.io import atomic_write_text
+from ..core.runtime import Runtime
 from ..train.config import TrainConfig, check_seeds
+
+if TYPE_CHECKING:  # evaluate imports torch; bench's checks run before it loads
+    from ..evaluate.run import EvalConfig
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(Runtime):
+    """The main job: every loss of `losses` for each seed, on one model and suite; the
+    `Runtime` settings are every run's and every evaluation's."""
+
     model: str = "resnet18"
     suite: str = "digits"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -22,10 +30,8 @@ class BenchConfig:
     epochs: int | None = None
     detectors: list[str] | None = None
     out: str = "runs"
-    device: str = "auto"
     force: bool = False
     registry: str | None = None
-    data_root: str | None = None
 
     def train_configs(self) -> list[TrainConfig]:
         """One training config per (seed, loss), seeds outermost."""
@@ -33,8 +39,14 @@ class BenchConfig:
 
         parsed = [parse_loss(loss) for loss in self.losses]
         return [TrainConfig(model=self.model, loss=spec.name, loss_knobs=dict(knobs), suite=self.suite, seed=seed,
-                            epochs=self.epochs, out=self.out, device=self.device, data_root=self.data_root)
+                            epochs=self.epochs, out=self.out, **vars(self.runtime()))
                 for seed in self.seeds for spec, knobs in parsed]
+
+    def eval_config(self, checkpoint: str | Path) -> EvalConfig:
+        """How each run is evaluated: every detector of --detectors, the whole suite."""
+        from ..evaluate.run import EvalConfig
+
+        return EvalConfig(checkpoint=str(checkpoint), detectors=self.detectors, **vars(self.runtime()))
 
     def loss_tags(self) -> list[str]:
         return list(dict.fromkeys(cfg.loss_tag for cfg in self.train_configs()[: len(self.losses)]))
@@ -73,7 +85,7 @@ def check_bench(cfg: BenchConfig) -> None:
 def run_bench(cfg: BenchConfig) -> tuple[str, Path]:
     """Train (or reuse) every (loss, seed) run, evaluate each, write and return the report."""
     from ..data import load_registry
-    from ..evaluate.run import EvalConfig, evaluate, summarize
+    from ..evaluate.run import evaluate, summarize
     from ..train.loop import train
 
     check_bench(cfg)
@@ -82,8 +94,7 @@ def run_bench(cfg: BenchConfig) -> tuple[str, Path]:
     result_paths = []
     for tcfg in cfg.train_configs():
         trained = train(tcfg, registry, force=cfg.force)
-        results, path = evaluate(EvalConfig(str(trained.checkpoint), detectors=cfg.detectors,
-                                            device=cfg.device, data_root=cfg.data_root), registry)
+        results, path = evaluate(cfg.eval_config(trained.checkpoint), registry)
         console.print(summarize(results))
         result_paths.append(path)
     baseline = cfg.baseline or cfg.loss_tags()[0]

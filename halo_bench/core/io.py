@@ -238,6 +238,20 @@ def _feed(digest: Any, obj: Any) -> None:
         digest.update(f"{type(obj).__name__}:{obj!r};".encode())
 
 
+CONTENT_KEY = "content_sha256"  # where a file records the digest of its own content
+
+
+def verify_content(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Check (and remove) the content digest a checkpoint recorded when it was written; files
+    written before halo-bench recorded one have none and are read unchecked."""
+    recorded = state.pop(CONTENT_KEY, None)
+    if recorded is not None and recorded != content_digest(state):
+        raise HaloBenchError(
+            f"{path} is corrupt: its content does not match the digest recorded when it was written "
+            "(a damaged copy or disk?). Copy it again from its source, or retrain the run with --force."
+        )
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

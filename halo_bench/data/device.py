@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..core.distributed import rank_batch_size
 from ..core.errors import HaloBenchError
-from ..train.config import MAX_SEED
+from ..core.limits import MAX_SEED
 from .base import check_data_pipeline
 
 DEVICE_AUGMENTATIONS = ("random_crop", "hflip")

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from ..core.errors import HaloBenchError, unknown_name
-from ..train.config import MAX_LR, MAX_WEIGHT_DECAY
+from ..core.limits import MAX_LR, MAX_WEIGHT_DECAY
 
 REGISTRY_ENV = "HALO_BENCH_DATASETS"
 GROUPS = ("near", "far")

@@ -1,8 +1,14 @@
 """Suite -> results: one forward pass per split, every detector, every metric.
 
+`evaluate()` runs its stages in order: load the model (a halo-bench checkpoint or a
+foreign classifier, `models.load`), plan what to read (the suite's sets, the detectors,
+the evaluation's name), place the model (device, precision, memory format), the forward
+passes (cached), the detectors (and `--tune`), the metrics, and the results document
+(`results.ResultsDoc`), written with its scores file.
+
 Writes `results.json` (numbers plus what produced them: checkpoint hash, suite,
-datasets, detector settings, versions) and `scores.csv.gz` (one row per sample,
-one column per detector) so every number can be recomputed from the scores.
+datasets, detector settings, versions, command) and `scores.csv.gz` (one row per
+sample, one column per detector) so every number can be recomputed from the scores.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import gzip
 import io
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,8 @@ from ..core.io import (
     sha256_bytes,
     utc_now,
 )
+from ..core.provenance import command_line
+from ..core.runtime import Runtime
 from ..data import (
     DatasetMissing,
     LoadOptions,
@@ -42,38 +50,36 @@ from ..data import (
     load_split,
     resolve_data_root,
 )
-from ..data.registry import Registry
-from ..detectors import DetectorContext, detectors_for
+from ..data.registry import DatasetSpec, Registry, SuiteSpec
+from ..detectors import Detector, DetectorContext, detectors_for
 from ..features.cache import CACHE_DIR, CacheKey, FeatureCache
 from ..features.passes import SplitOutputs, forward_pass
-from ..models.checkpoint import load_checkpoint
+from ..models.load import Foreign, LoadedModel, load_model
 from ..results import (
     GROUPS,
+    METRICS_CONVENTIONS,
     RESULTS_SCHEMA,
     RESULTS_VERSION,
+    ResultsDoc,
     evaluation_name,
     results_file,
     scores_file,
 )
-from ..train.runs import checkpoint_path
 from . import metrics
 from .calibration import temperature_scaled_metrics
 from .tune import ValidationData, tune_detector
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Runtime):
+    """One evaluation: what to evaluate and how; the `Runtime` settings say where it runs
+    (data root default: $HALO_BENCH_DATA, else the run's own)."""
+
     checkpoint: str
     ood: list[str] | None = None
     detectors: list[str] | None = None
     out: str | None = None  # default: the checkpoint's run directory
-    device: str = "auto"
     batch_size: int = 256
-    amp: bool = True
-    data_root: str | None = None  # default: $HALO_BENCH_DATA, else the run's data root
-    num_workers: int | None = None  # default: 0 for in-memory data, up to 8 for image files
-    data_pipeline: str = "auto"  # in-memory arrays served from a GPU (halo_bench/data/device.py)
-    channels_last: bool = True  # on CUDA
     limit: int | None = None  # only the first N images of each split: a smoke run, marked partial
     model: str | None = None  # a foreign timm classifier: its architecture (with `suite`)
     suite: str | None = None  # the suite a foreign classifier is evaluated on
@@ -81,26 +87,74 @@ class EvalConfig:
     cache: bool = True  # read and write forward passes in <checkpoint folder>/feature-cache
     tune: bool = False  # add NAME[tuned] rows: hyperparameters chosen on the suite's validation sets
 
+    @property
+    def foreign(self) -> Foreign | None:
+        return Foreign(self.model, self.suite or "digits", self.use_ema) if self.model else None
 
-def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[str, Any], Path]:
-    """Evaluate a checkpoint on its suite; returns the results and the results.json path."""
-    ckpt_path = checkpoint_path(cfg.checkpoint)
-    if cfg.model:  # a classifier trained elsewhere, evaluated as it is (halo_bench/foreign.py)
-        from ..models.foreign import foreign_run
 
-        registry = registry or load_registry()
-        model, meta = foreign_run(ckpt_path, cfg.model, cfg.suite or "digits", registry, cfg.use_ema)
-        console.print(model.weights_report.summary(), markup=False)
-    else:
-        model, meta = load_checkpoint(ckpt_path)
-    if not meta.get("complete"):
-        epochs = meta.get("train_config", {}).get("epochs")
-        console.print(f"[yellow]warning:[/] {ckpt_path} is an unfinished run (epoch {meta.get('epochs_done')} of "
-                      f"{epochs}); a report leaves its results out unless --include-incomplete.")
+@dataclass
+class Plan:
+    """What one evaluation reads and where it writes: the suite, its ID and OOD sets, the
+    detectors, the data (root, transform) and the evaluation's name."""
+
+    suite: SuiteSpec
+    id_spec: DatasetSpec
+    ood_sets: dict[str, tuple[str, str]]  # display name -> (group, dataset)
+    detectors: list[Detector]
+    name: str  # '' for the default evaluation (results.evaluation_name)
+    data_config: dict[str, Any]
+    options: LoadOptions
+    out_dir: Path
+
+
+@dataclass
+class Placement:
+    """Where the model runs: device, autocast dtype, memory format, DataLoader workers."""
+
+    device: Any
+    dtype: Any
+    memory_format: Any
+    workers: int
+
+    @property
+    def precision(self) -> str | None:
+        return dtype_name(self.dtype)
+
+
+@dataclass
+class Passes:
+    """Every forward pass one evaluation needs, each run once (or read from the cache)."""
+
+    splits: dict[str, tuple[str, Any]]  # display name -> (group, dataset), the ID test set first
+    outputs: dict[str, SplitOutputs]
+    train: SplitOutputs | None
+    validation: ValidationData | None
+    cache: FeatureCache
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[ResultsDoc, Path]:
+    """Evaluate a checkpoint on its suite; returns the results and the results file's path."""
     registry = registry or load_registry()
+    loaded = load_model(cfg.checkpoint, registry, cfg.foreign)
+    plan = plan_evaluation(cfg, loaded, registry)
+    place = place_model(loaded.model, cfg, plan.id_spec)
+    passes = run_passes(cfg, plan, loaded, place, registry)
+    ctx = DetectorContext(model=loaded.model, device=place.device, data_config=plan.data_config,
+                          batch_size=cfg.batch_size, num_workers=place.workers, amp_dtype=place.dtype,
+                          memory_format=place.memory_format, pipeline=cfg.data_pipeline, train=passes.train)
+    scores = score_detectors(cfg, plan, passes, ctx)
+    doc = results_document(cfg, plan, loaded, place, passes, scores, registry)
+    return doc, write_results(plan, doc, _scores_bytes(passes, scores, loaded.model.num_classes))
+
+
+def plan_evaluation(cfg: EvalConfig, loaded: LoadedModel, registry: Registry) -> Plan:
+    """The suite the model was trained on (checked against the registry), its sets, the
+    detectors that apply, and the name the evaluation's files carry."""
+    meta = loaded.meta
     if meta["suite"]["name"] not in registry.suites:
         raise HaloBenchError(
-            f"{ckpt_path} was trained on suite {meta['suite']['name']!r}, which {registry.path} does not "
+            f"{loaded.checkpoint} was trained on suite {meta['suite']['name']!r}, which {registry.path} does not "
             f"define; pass the registry it was trained with: --registry {meta['registry']['path']}."
         )
     suite = registry.suite(meta["suite"]["name"])
@@ -111,183 +165,192 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[dict[st
             f"checkpoint's {meta['classes']}; evaluate with the registry it was trained with "
             f"({meta['registry']['path']})."
         )
-    ood_sets = registry.resolve_ood(suite, cfg.ood)
-    detectors = detectors_for(cfg.detectors, model.abstain)
-    # Other detectors, sets, limits or settings: written beside the default evaluation, never over it.
-    eval_name = evaluation_name(cfg.detectors, None if ood_sets == suite.ood_sets() else list(ood_sets), cfg.limit,
-                           cfg.tune, cfg.amp)
-    if cfg.limit:
-        console.print(f"[yellow]partial evaluation:[/] only the first {cfg.limit} images of each split (--limit); "
-                      "the results are marked partial and kept out of reports' tables.")
     if cfg.tune and not suite.ood_val:
         raise HaloBenchError(
             f"--tune needs validation data, and suite {suite.name!r} has none (an ID 'val' split and "
             "'ood_val' sets in the registry); tuning on test data would inflate the numbers. Use a suite "
             "with validation sets (digits, cifar10-openood, cifar100-openood) or drop --tune."
         )
-    data_config = meta["data_config"]  # the transform the model was trained with
+    ood_sets = registry.resolve_ood(suite, cfg.ood)
+    # Other detectors, sets, limits or settings: written beside the default evaluation, never over it.
+    name = evaluation_name(cfg.detectors, None if ood_sets == suite.ood_sets() else list(ood_sets), cfg.limit,
+                           cfg.tune, cfg.amp)
+    if cfg.limit:
+        console.print(f"[yellow]partial evaluation:[/] only the first {cfg.limit} images of each split (--limit); "
+                      "the results are marked partial and kept out of reports' tables.")
+    # Default: $HALO_BENCH_DATA, else the data root the run was trained from if it is here, else ./data.
+    trained_from = meta.get("data_root") if meta.get("data_root") and Path(meta["data_root"]).is_dir() else None
+    out_dir = (Path(cfg.out) if cfg.out else Path("runs") / meta["run"] if cfg.model
+               else loaded.checkpoint.parent)
+    return Plan(suite, id_spec, ood_sets, detectors_for(cfg.detectors, loaded.model.abstain), name,
+                meta["data_config"], LoadOptions(resolve_data_root(cfg.data_root, fallback=trained_from)), out_dir)
+
+
+def place_model(model: Any, cfg: EvalConfig, id_spec: DatasetSpec) -> Placement:
+    """Move the model to its device and memory format; autocast where the device has it."""
     device = resolve_device(cfg.device)
-    dtype = amp_dtype(device, cfg.amp)
     model.to(device)
     memory_format = channels_last_format(device, cfg.channels_last)
     if memory_format is not None:
         model.to(memory_format=memory_format)
+    return Placement(device, amp_dtype(device, cfg.amp), memory_format, default_workers(id_spec, cfg.num_workers))
 
-    # Every split the detectors read: the ID test set first, then each OOD set, all
-    # through the ID set's evaluation transform.
-    # Default: $HALO_BENCH_DATA, else the data root the run was trained from if it is here, else ./data.
-    trained_from = meta.get("data_root") if meta.get("data_root") and Path(meta["data_root"]).is_dir() else None
-    options = LoadOptions(resolve_data_root(cfg.data_root, fallback=trained_from))
+
+def load_splits(cfg: EvalConfig, plan: Plan, registry: Registry) -> dict[str, tuple[str, Any]]:
+    """Every test split the detectors read: the ID test set first, then each OOD set, all
+    through the ID set's evaluation transform; every missing set is named at once."""
     splits: dict[str, tuple[str, Any]] = {}
     missing = []
-    for display, (group, key) in {suite.id: ("id", suite.id), **ood_sets}.items():
+    for display, (group, key) in {plan.suite.id: ("id", plan.suite.id), **plan.ood_sets}.items():
         try:
-            splits[display] = (group, _first(load_split(registry.dataset(key), "test", data_config, options),
-                                             cfg.limit))
-        except DatasetMissing as exc:  # name every missing set at once, not one per attempt
+            dataset = load_split(registry.dataset(key), "test", plan.data_config, plan.options)
+            splits[display] = (group, _first(dataset, cfg.limit))
+        except DatasetMissing as exc:
             missing.append(str(exc))
     if missing:
         raise DatasetMissing(f"{len(missing)} dataset(s) missing:\n" + "\n".join(f"- {m}" for m in missing))
+    return splits
 
-    workers = default_workers(id_spec, cfg.num_workers)
-    timing: dict[str, float] = {}
-    outputs: dict[str, SplitOutputs] = {}
-    # The hash of the bytes the model was loaded from (read once): what the cache and results are keyed by.
-    checkpoint_sha = meta.get("checkpoint_sha256") or model.weights_report.sha256
+
+def run_passes(cfg: EvalConfig, plan: Plan, loaded: LoadedModel, place: Placement, registry: Registry) -> Passes:
+    """One forward pass per split (test sets; ID train when a detector fits; ID val, and with
+    --tune the OOD-val sets), each read from the feature cache when it holds it."""
+    splits = load_splits(cfg, plan, registry)
     # A --limit smoke run neither reads nor writes the cache: its passes cover part of a split.
-    cache = FeatureCache(ckpt_path.parent / CACHE_DIR if cfg.cache and not cfg.limit else None)
-    precision = dtype_name(dtype)
+    cache = FeatureCache(loaded.checkpoint.parent / CACHE_DIR if cfg.cache and not cfg.limit else None)
 
     def one_pass(key: str, split: str, dataset: Any, description: str) -> SplitOutputs:
         spec = registry.dataset(key)
         source = {"source": spec.source, "generator": spec.generator, "params": spec.split_params(split)}
-        cache_key = CacheKey(checkpoint_sha, key, split, source, str(options.data_root), data_config, precision)
-        return cache.get(cache_key, lambda: forward_pass(model, dataset, device, cfg.batch_size, dtype,
-                                                          description, workers, data_config=data_config,
-                                                          pipeline=cfg.data_pipeline,
-                                                          memory_format=memory_format), len(dataset))
+        cache_key = CacheKey(loaded.sha256, key, split, source, str(plan.options.data_root), plan.data_config,
+                             place.precision)
+        return cache.get(cache_key, lambda: forward_pass(
+            loaded.model, dataset, place.device, cfg.batch_size, place.dtype, description, place.workers,
+            data_config=plan.data_config, pipeline=cfg.data_pipeline, memory_format=place.memory_format),
+            len(dataset))
 
     started = time.perf_counter()
-    for name, (_, dataset) in splits.items():
-        outputs[name] = one_pass(_dataset_key(name, suite.id, ood_sets), "test", dataset, f"forward {name}")
-    train_outputs = None
-    if any(d.needs_train for d in detectors):  # eval transform: the fits read clean features
-        train_outputs = one_pass(suite.id, "train", _first(load_split(id_spec, "train", data_config, options),
-                                                           cfg.limit), f"forward {suite.id} (train)")
+    outputs = {name: one_pass(_dataset_key(name, plan), "test", dataset, f"forward {name}")
+               for name, (_, dataset) in splits.items()}
+    train = None
+    if any(d.needs_train for d in plan.detectors):  # eval transform: the fits read clean features
+        dataset = _first(load_split(plan.id_spec, "train", plan.data_config, plan.options), cfg.limit)
+        train = one_pass(plan.suite.id, "train", dataset, f"forward {plan.suite.id} (train)")
     validation = None
-    if "val" in id_spec.splits:  # temperature scaling always; --tune also reads the OOD-val sets
-        id_val = load_split(id_spec, "val", data_config, options)
+    if "val" in plan.id_spec.splits:  # temperature scaling always; --tune also reads the OOD-val sets
+        id_val = load_split(plan.id_spec, "val", plan.data_config, plan.options)
         ood_val = {}
         if cfg.tune:
-            for display, key in suite.ood_val.items():
-                ds = load_split(registry.dataset(key), "val", data_config, options)
+            for display, key in plan.suite.ood_val.items():
+                ds = load_split(registry.dataset(key), "val", plan.data_config, plan.options)
                 ood_val[display] = (one_pass(key, "val", ds, f"forward {display} (val)"), ds)
-        validation = ValidationData(one_pass(suite.id, "val", id_val, f"forward {suite.id} (val)"), id_val,
-                                    ood_val)
-    timing["forward_passes"] = time.perf_counter() - started
+        validation = ValidationData(one_pass(plan.suite.id, "val", id_val, f"forward {plan.suite.id} (val)"),
+                                    id_val, ood_val)
+    return Passes(splits, outputs, train, validation, cache, {"forward_passes": time.perf_counter() - started})
 
-    ctx = DetectorContext(model=model, device=device, data_config=data_config,
-                          batch_size=cfg.batch_size, num_workers=workers, amp_dtype=dtype,
-                          memory_format=memory_format, pipeline=cfg.data_pipeline, train=train_outputs)
-    scores: dict[str, dict[str, np.ndarray]] = {name: {} for name in splits}
-    for det in detectors:
+
+def score_detectors(cfg: EvalConfig, plan: Plan, passes: Passes, ctx: DetectorContext
+                    ) -> dict[str, dict[str, np.ndarray]]:
+    """split -> detector label -> scores; with --tune, NAME[tuned] detectors are added to
+    `plan.detectors` and scored too (only ODIN runs the model again)."""
+    scores: dict[str, dict[str, np.ndarray]] = {name: {} for name in passes.splits}
+
+    def score(det: Detector) -> None:
         started = time.perf_counter()
         if det.needs_train:
             det.fit(ctx)
-        for name, (_, dataset) in splits.items():
-            scores[name][det.label] = det.score(ctx, outputs[name], dataset)
-        timing[f"detector_{det.label}"] = time.perf_counter() - started
+        for name, (_, dataset) in passes.splits.items():
+            scores[name][det.label] = det.score(ctx, passes.outputs[name], dataset)
+        passes.timing[f"detector_{det.label}"] = time.perf_counter() - started
+
+    for det in plan.detectors:
+        score(det)
     if cfg.tune:
-        assert validation is not None
-        for det in list(detectors):
-            started = time.perf_counter()
-            tuned = tune_detector(det, ctx, validation)
-            if tuned is None:
-                continue
-            if tuned.needs_train:
-                tuned.fit(ctx)
-            for name, (_, dataset) in splits.items():
-                scores[name][tuned.label] = tuned.score(ctx, outputs[name], dataset)
-            detectors.append(tuned)
-            timing[f"detector_{tuned.label}"] = time.perf_counter() - started
+        assert passes.validation is not None
+        for det in list(plan.detectors):
+            tuned = tune_detector(det, ctx, passes.validation)
+            if tuned is not None:
+                score(tuned)
+                plan.detectors.append(tuned)
+    return scores
 
-    k = model.num_classes
-    id_out = outputs[suite.id]
+
+def id_metrics(passes: Passes, suite_id: str, num_classes: int) -> dict[str, float]:
+    """Accuracy and calibration on the ID test set, raw and after temperature scaling
+    fitted on ID validation (where the suite has it)."""
+    id_out = passes.outputs[suite_id]
     probs = id_out.logits.double().softmax(dim=1).numpy()
-    id_metrics = metrics.id_metrics(probs, id_out.labels.numpy(), k)
-    if validation is not None:  # the one-scalar calibration baseline, fitted on ID val
-        id_metrics.update(temperature_scaled_metrics(validation.id_outputs.logits, validation.id_outputs.labels,
-                                                     id_out.logits, id_out.labels, k))
-    ood_results: dict[str, Any] = {}
-    for det in detectors:
-        per_set = {}
-        for display, (group, _) in ood_sets.items():
-            values = metrics.ood_metrics(scores[suite.id][det.label], scores[display][det.label])
-            per_set[display] = {"group": group, **values}
-        ood_results[det.label] = {"sets": per_set, **_group_means(per_set)}
+    out = metrics.id_metrics(probs, id_out.labels.numpy(), num_classes)
+    if passes.validation is not None:  # the one-scalar calibration baseline
+        val = passes.validation.id_outputs
+        out.update(temperature_scaled_metrics(val.logits, val.labels, id_out.logits, id_out.labels, num_classes))
+    return out
 
-    out_dir = Path(cfg.out) if cfg.out else Path("runs") / meta["run"] if cfg.model else ckpt_path.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scores_bytes = _scores_bytes(splits, outputs, scores, k)
-    results = {
-        "schema": RESULTS_SCHEMA,
-        "schema_version": RESULTS_VERSION,
-        "created": utc_now(),
-        "run": meta["run"],
-        "evaluation": {"id": uuid.uuid4().hex, "name": eval_name or "default"},
-        "checkpoint": {"path": str(ckpt_path), "sha256": checkpoint_sha,
-                       "epochs": meta.get("epochs_done"), "complete": meta.get("complete")},
-        "partial": {"limit": cfg.limit} if cfg.limit else None,
-        "model": {"name": meta["model"]["name"], "arch": meta["model"].get("arch"), "loss": meta["model"]["loss"],
-                  "embed_dim": meta["model"]["embed_dim"], "head": meta["model"]["head"]},
-        "loss": meta.get("loss", {"name": meta["model"]["loss"], "tag": meta["model"]["loss"]}),
-        "seed": meta["train_config"]["seed"],
-        "train_config": meta["train_config"],
-        "weights": meta.get("weights"),
-        "suite": suite.name,
-        "id_dataset": suite.id,
-        "data_config": data_config,
-        "data_root": str(options.data_root),
-        "registry": {"path": str(registry.path), "sha256": registry.sha256},
-        "train_registry": meta["registry"],
-        "eval_config": {**asdict(cfg), "amp_dtype": precision,
-                        "num_workers": workers},
-        "datasets": {
-            name: {"group": group, "dataset": _dataset_key(name, suite.id, ood_sets), "n": len(outputs[name])}
-            for name, (group, _) in splits.items()
-        },
-        "validation": None if validation is None else {
+
+def ood_metrics(plan: Plan, scores: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Per detector: every metric per OOD set (ID test as positives) and near/far means."""
+    out: dict[str, Any] = {}
+    for det in plan.detectors:
+        per_set = {}
+        for display, (group, _) in plan.ood_sets.items():
+            values = metrics.ood_metrics(scores[plan.suite.id][det.label], scores[display][det.label])
+            per_set[display] = {"group": group, **values}
+        out[det.label] = {"sets": per_set, **_group_means(per_set)}
+    return out
+
+
+def results_document(cfg: EvalConfig, plan: Plan, loaded: LoadedModel, place: Placement, passes: Passes,
+                     scores: dict[str, dict[str, np.ndarray]], registry: Registry) -> ResultsDoc:
+    """The results contract (`results.ResultsDoc`): the numbers and what produced them."""
+    meta, suite, validation = loaded.meta, plan.suite, passes.validation
+    model = meta["model"]
+    return ResultsDoc(
+        schema=RESULTS_SCHEMA, schema_version=RESULTS_VERSION, created=utc_now(), run=meta["run"],
+        evaluation={"id": uuid.uuid4().hex, "name": plan.name or "default"},
+        command=command_line(),
+        checkpoint={"path": str(loaded.checkpoint), "sha256": loaded.sha256, "epochs": meta.get("epochs_done"),
+                    "complete": meta.get("complete")},
+        partial={"limit": cfg.limit} if cfg.limit else None,
+        model={"name": model["name"], "arch": model.get("arch"), "loss": model["loss"],
+               "embed_dim": model["embed_dim"], "head": model["head"]},
+        loss=meta.get("loss", {"name": model["loss"], "tag": model["loss"]}),
+        seed=meta["train_config"]["seed"], train_config=meta["train_config"], weights=meta.get("weights"),
+        suite=suite.name, id_dataset=suite.id, data_config=plan.data_config, data_root=str(plan.options.data_root),
+        registry={"path": str(registry.path), "sha256": registry.sha256}, train_registry=meta["registry"],
+        eval_config={**asdict(cfg), "amp_dtype": place.precision, "num_workers": place.workers},
+        datasets={name: {"group": group, "dataset": _dataset_key(name, plan), "n": len(passes.outputs[name])}
+                  for name, (group, _) in passes.splits.items()},
+        validation=None if validation is None else {
             "id": {"dataset": suite.id, "split": "val", "n": len(validation.id_outputs)},
             "ood": {display: {"dataset": suite.ood_val[display], "split": "val", "n": len(out)}
                     for display, (out, _) in validation.ood.items()},
             "used_for": ["temperature scaling"] + (["--tune"] if cfg.tune else []),
         },
-        "detectors": {det.label: det.settings() for det in detectors},
-        "metrics_conventions": {
-            "score": "higher = more in-distribution",
-            "fpr95": "ID positive: fraction of OOD with score >= the threshold keeping 95% of ID",
-            "fpr95_openood": "OOD positive: roc_curve(is_ood, -score, drop_intermediate=False), first tpr >= 0.95",
-            "ood_units": "percent",
-            "ece_bins": 15,
-        },
-        "id_metrics": id_metrics,
-        "ood": ood_results,
-        "feature_cache": {"folder": str(cache.folder) if cache.folder else None, "read": cache.hits,
-                          "computed": cache.misses},
-        "device": str(device),
-        "timing_seconds": {key: round(value, 3) for key, value in timing.items()},
-        "versions": environment(device),
-        # scores.csv.gz belongs to this results.json only: the report checks its hash before use.
-        "scores_file": {"name": scores_file(eval_name), "sha256": sha256_bytes(scores_bytes)},
-    }
-    results_path = out_dir / results_file(eval_name)
-    with folder_lock(out_dir, "eval", lock_name=".halo-bench-eval.lock", wait=True):
-        _note_replaced(results_path, checkpoint_sha)
-        # Scores first, then the results naming their hash: a kill in between leaves a pair that
-        # the report recognises as mismatched, never a silent one.
-        atomic_write_bytes(out_dir / scores_file(eval_name), scores_bytes)
-        atomic_write_json(results_path, results)
-    return results, results_path
+        detectors={det.label: det.settings() for det in plan.detectors},
+        metrics_conventions=METRICS_CONVENTIONS,
+        id_metrics=id_metrics(passes, suite.id, loaded.model.num_classes),
+        ood=ood_metrics(plan, scores),
+        feature_cache={"folder": str(passes.cache.folder) if passes.cache.folder else None,
+                       "read": passes.cache.hits, "computed": passes.cache.misses},
+        device=str(place.device),
+        timing_seconds={key: round(value, 3) for key, value in passes.timing.items()},
+        versions=environment(place.device),
+        scores_file={"name": scores_file(plan.name), "sha256": ""},
+    )
+
+
+def write_results(plan: Plan, doc: ResultsDoc, scores_bytes: bytes) -> Path:
+    """Write the scores file, then the results naming its hash (a kill in between leaves a
+    pair the report recognises as mismatched, never a silent one), under the output
+    folder's evaluation lock."""
+    doc["scores_file"]["sha256"] = sha256_bytes(scores_bytes)
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = plan.out_dir / results_file(plan.name)
+    with folder_lock(plan.out_dir, "eval", lock_name=".halo-bench-eval.lock", wait=True):
+        _note_replaced(results_path, doc["checkpoint"]["sha256"])
+        atomic_write_bytes(plan.out_dir / scores_file(plan.name), scores_bytes)
+        atomic_write_json(results_path, doc)
+    return results_path
 
 
 def _note_replaced(path: Path, checkpoint_sha: str) -> None:
@@ -313,8 +376,8 @@ def _first(dataset: Any, limit: int | None) -> Any:
     return Subset(dataset, range(limit))
 
 
-def _dataset_key(name: str, id_name: str, ood_sets: dict[str, tuple[str, str]]) -> str:
-    return id_name if name == id_name else ood_sets[name][1]
+def _dataset_key(name: str, plan: Plan) -> str:
+    return plan.suite.id if name == plan.suite.id else plan.ood_sets[name][1]
 
 
 def _group_means(per_set: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -327,12 +390,11 @@ def _group_means(per_set: dict[str, dict[str, Any]]) -> dict[str, dict[str, floa
     return out
 
 
-def _scores_bytes(splits: dict[str, tuple[str, Any]], outputs: dict[str, SplitOutputs],
-                  scores: dict[str, dict[str, np.ndarray]], num_classes: int) -> bytes:
+def _scores_bytes(passes: Passes, scores: dict[str, dict[str, np.ndarray]], num_classes: int) -> bytes:
     """scores.csv.gz's bytes: one row per sample, one column per detector."""
     frames = []
-    for name, (group, _) in splits.items():
-        out = outputs[name]
+    for name, (group, _) in passes.splits.items():
+        out = passes.outputs[name]
         frame = pd.DataFrame({
             "dataset": name,
             "group": group,
@@ -350,7 +412,7 @@ def _scores_bytes(splits: dict[str, tuple[str, Any]], outputs: dict[str, SplitOu
     return buffer.getvalue()
 
 
-def summarize(results: dict[str, Any]) -> str:
+def summarize(results: ResultsDoc) -> str:
     """A few lines for the terminal: accuracy, ECE and near/far AUROC per detector."""
     idm = results["id_metrics"]
     lines = [f"{results['run']}: acc {idm['acc']:.2f}%  ECE {idm['ece']:.4f}  NLL {idm['nll']:.4f}"

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import cce, halo, logitnorm  # noqa: F401  (register the built-in losses)
-from .base import LOSSES, LossSpec, get_loss, parse_loss, register_loss
+from .base import LOSSES, LossSpec, get_loss, knob_fields, parse_loss, register_loss
 
-__all__ = ["LOSSES", "HALOHead", "LinearHead", "LogitNormHead", "LossSpec", "get_loss", "parse_loss",
+__all__ = ["LOSSES", "HALOHead", "LinearHead", "LogitNormHead", "LossSpec", "get_loss", "knob_fields", "parse_loss",
            "register_loss"]
 
 

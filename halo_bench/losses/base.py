@@ -26,7 +26,9 @@ class LossSpec:
     builtin losses imports no torch); the class is called as
     `head(in_features=D, num_classes=K, **knobs)`. `knobs` is a dataclass type whose
     fields (with defaults and `metadata["help"]`) are the loss's hyperparameters; its
-    `__post_init__` may raise ValueError for values it cannot use.
+    `__post_init__` may raise ValueError for values it cannot use. Each knob becomes a flag of
+    `halo-bench train` (`--name`, `--name/--no-name` for a bool; `metadata["flag"]` and
+    `metadata["aliases"]` override), shared by the losses that have a knob of that name.
     """
 
     name: str
@@ -77,6 +79,16 @@ class LossSpec:
         """The loss as a report label: `CCE`, `CCE label_smoothing=0.1`."""
         changed = self.changed(knobs)
         return " ".join([self.label, *(f"{k}={_fmt(v)}" for k, v in changed.items())])
+
+
+def knob_fields() -> dict[str, list[tuple[LossSpec, dataclasses.Field]]]:
+    """Every knob name of the registered losses -> the (loss, field) pairs that have it: what
+    `train`'s knob flags and the report's recipe grouping are generated from."""
+    out: dict[str, list[tuple[LossSpec, dataclasses.Field]]] = {}
+    for spec in LOSSES.values():
+        for f in dataclasses.fields(spec.knobs):
+            out.setdefault(f.name, []).append((spec, f))
+    return out
 
 
 def _fmt(value: Any) -> str:

@@ -9,7 +9,7 @@ from .base import LossSpec, register_loss
 
 @dataclass(frozen=True)
 class CCEKnobs:
-    label_smoothing: float = field(default=0.0, metadata={
+    label_smoothing: float = field(default=0.0, metadata={"aliases": ("--smoothing",),
         "help": "mass spread uniformly over the K classes (0 = plain CCE; 0.1 matches HALO's default)"})
 
     def __post_init__(self) -> None:

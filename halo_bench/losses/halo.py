@@ -9,11 +9,11 @@ from .base import LossSpec, register_loss
 
 @dataclass(frozen=True)
 class HALOKnobs:
-    label_smoothing: float = field(default=0.1, metadata={
+    label_smoothing: float = field(default=0.1, metadata={"aliases": ("--smoothing",),
         "help": "sets the target mass and the closed-form abstain bias"})
     distill: bool = field(default=True, metadata={
         "help": "self-distilled negative targets (true) or plain label smoothing (false)"})
-    learn_gamma: bool = field(default=True, metadata={
+    learn_gamma: bool = field(default=True, metadata={"flag": "--learn-gamma/--freeze-gamma",
         "help": "learn the temperature (true) or keep its closed-form initial value (false)"})
 
     def __post_init__(self) -> None:

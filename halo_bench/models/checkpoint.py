@@ -1,11 +1,11 @@
-"""timm backbone + embedding layer + head, and safe checkpoint save/load.
+"""Safe checkpoint save and load.
 
 A checkpoint is a dict of tensors and plain Python data (str, int, float, bool,
 list, dict), saved with `torch.save` and loaded with `weights_only=True`, so loading
 a file never runs code from it. It carries the SHA-256 of its own content
 (`content_sha256`, over the loaded objects, not the zip bytes), checked on every read:
-a flipped byte in a weight is an error, never a silently different model.
-"""
+a flipped byte in a weight is an error, never a silently different model. A read
+hashes exactly the bytes it loads (docs/integrity.md)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ from torch import nn
 
 from ..core.errors import HaloBenchError
 from ..core.io import (
+    CONTENT_KEY,
     atomic_write_bytes,
     content_digest,
     load_plain_torch_bytes,
     sha256_bytes,
     torch_bytes,
+    verify_content,
 )
 from . import archs  # noqa: F401  (registers the CIFAR variants with timm)
 from .classifier import Classifier, model_from_meta
@@ -32,7 +34,6 @@ CHECKPOINT_FORMAT = "halo-bench-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-CONTENT_KEY = "content_sha256"
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, meta: dict[str, Any],
@@ -56,7 +57,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a checkpoint dict without unpickling arbitrary objects; validate its format and
     content digest. `state["sha256"]` is the SHA-256 of exactly the bytes that were loaded
     (the file is read once), so results and caches keyed by it name the weights used."""
-    from ..train.runs import checkpoint_path
+    from .runs import checkpoint_path
 
     path = checkpoint_path(path)
     with open(path, "rb") as handle:
@@ -83,14 +84,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return state
 
 
-def verify_content(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Check (and remove) a checkpoint's recorded content digest; older checkpoints have none."""
-    recorded = state.pop(CONTENT_KEY, None)
-    if recorded is not None and recorded != content_digest(state):
-        raise HaloBenchError(
-            f"{path} is corrupt: its content does not match the digest recorded when it was written "
-            "(a damaged copy or disk?). Copy it again from its source, or retrain the run with --force."
-        )
+
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[Classifier, dict[str, Any]]:

@@ -1,11 +1,6 @@
-"""timm backbone + embedding layer + head, and safe checkpoint save/load.
-
-A checkpoint is a dict of tensors and plain Python data (str, int, float, bool,
-list, dict), saved with `torch.save` and loaded with `weights_only=True`, so loading
-a file never runs code from it. It carries the SHA-256 of its own content
-(`content_sha256`, over the loaded objects, not the zip bytes), checked on every read:
-a flipped byte in a weight is an error, never a silently different model.
-"""
+"""timm backbone + embedding layer + head: the Classifier every later stage reads, built
+from a timm name (randomly initialised, pretrained or from a weights file) or rebuilt
+from a checkpoint's metadata."""
 
 from __future__ import annotations
 

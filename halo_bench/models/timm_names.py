@@ -25,7 +25,7 @@ def cache_dir() -> Path:
 
 
 def _names_file() -> Path:
-    from .. import __version__
+    from ..core.provenance import __version__
 
     try:
         timm_version = metadata.version("timm")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import HaloBenchError
-from ..core.io import load_plain_torch_bytes, sha256_bytes, sha256_file
+from ..core.io import load_plain_torch_bytes, sha256_bytes, sha256_file, verify_content
 
 HALO_FORMAT = "halo-bench-checkpoint"
 
@@ -264,8 +264,6 @@ def load_init_file(path: str | os.PathLike[str], use_ema: bool = False) -> tuple
     if isinstance(obj, dict) and obj.get("format") == HALO_FORMAT:
         if use_ema:
             raise HaloBenchError(f"--use-ema: {path} is a halo-bench checkpoint, which holds no EMA weights.")
-        from .checkpoint import verify_content
-
         verify_content(obj, path)
         return obj, "halo-bench", digest
     return obj, "", digest

@@ -1,10 +1,5 @@
-"""results.json files -> comparison tables of every loss against a baseline (markdown,
-CSV, JSON, LaTeX, HTML with figures).
-
-Everything goes through one tidy table (one row per run, detector, set, metric);
-every format renders that table, so the formats cannot disagree. This module reads
-JSON only: it imports neither torch nor timm.
-"""
+"""The report in each format (markdown, CSV, JSON, LaTeX, HTML with figures), every one
+rendered from `tables`."""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
-"""results.json files -> comparison tables of every loss against a baseline (markdown,
-CSV, JSON, LaTeX, HTML with figures).
+"""results files -> one tidy table and the comparison tables every format shows.
 
-Everything goes through one tidy table (one row per run, detector, set, metric);
-every format renders that table, so the formats cannot disagree. This module reads
-JSON only: it imports neither torch nor timm.
-"""
+Everything goes through `tidy` (one row per run, detector, set, metric); the
+human-readable tables, the paired differences and their intervals are computed from
+it, so the formats cannot disagree. Reads JSON only: no torch, no timm."""
 
 from __future__ import annotations
 
@@ -17,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import HaloBenchError
-from ..losses import LOSSES
+from ..losses import LOSSES, knob_fields
 from ..results import GROUPS, RESULTS_GLOB, check_results, scores_reference
 from ..train.config import RUNTIME_FIELDS
 
@@ -68,7 +66,7 @@ def find_results(paths: Iterable[str | Path], root: str | Path = "runs") -> list
         else:
             raise HaloBenchError(f"{path} does not exist.")
     if not found:
-        from ..train.runs import run_folders
+        from ..models.runs import run_folders
 
         trained = [run for path in map(Path, paths) if path.is_dir() for run in run_folders(path)]
         hint = (f" {len(trained)} trained run(s) there have not been evaluated yet: run `halo-bench eval "
@@ -120,10 +118,9 @@ def load_results(paths: Iterable[Path]) -> list[dict[str, Any]]:
     return results
 
 
-# Training-config fields that never split runs into separate groups (the loss and its
-# knobs make the columns; label_smoothing, distill, learn_gamma: halo-bench 0.1's knobs).
-_NOT_RECIPE = {"seed", "loss", "model", "suite", "loss_knobs", "label_smoothing", "distill", "learn_gamma",
-               *RUNTIME_FIELDS}
+# Training-config fields that never split runs into separate groups: the loss and its knobs
+# make the columns (halo-bench 0.1 kept the knobs as top-level fields of the config).
+_NOT_RECIPE = {"seed", "loss", "model", "suite", "loss_knobs", *knob_fields(), *RUNTIME_FIELDS}
 
 
 def _loss_tag(res: dict[str, Any]) -> str:

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import HaloBenchError
+from ..core.limits import MAX_LR, MAX_SEED, MAX_WEIGHT_DECAY
+from ..core.runtime import RUNTIME_FIELDS as RUNTIME
+from ..core.runtime import Runtime
 from ..data.base import check_data_pipeline
 from ..losses import get_loss
 
@@ -32,25 +35,17 @@ SAVED_DEFAULTS = {"pretrained": False, "init_from": None, "use_ema": False, "fre
 RECORDED_WHEN_SET = ("sync_bn",)
 
 
-# torch's CPU generator (mt19937) keeps only a seed's low 32 bits, so a larger seed trains the
-# run of a smaller one; numpy's legacy seeding and SeedSequence words are 32 bits too.
-MAX_SEED = 2**32 - 1
 
 
-# Bounds on the SGD recipe, far above any sensible value: beyond float32's range the optimizer
-# fails with an overflow traceback instead of a diverged run (train's divergence check).
-MAX_LR = 10.0
-
-
-MAX_WEIGHT_DECAY = 1.0
-
-
-RUNTIME_FIELDS = {"device", "amp", "channels_last", "compile", "num_workers", "out", "data_root", "data_pipeline"}
+# Config fields that do not change what is trained, so a run may resume with others.
+RUNTIME_FIELDS = RUNTIME | {"compile", "out"}
 
 
 @dataclass
-class TrainConfig:
-    """Everything that defines a training run. `None` recipe fields take the suite's default.
+class TrainConfig(Runtime):
+    """Everything that defines a training run. `None` recipe fields take the suite's default;
+    the `Runtime` settings (device, precision, workers, data pipeline and root) and
+    `compile` and `out` say how it runs, not what it trains.
 
     `loss_knobs` holds the loss's hyperparameters (see `halo-bench losses`); the
     ones not given take the loss's defaults when the config is resolved.
@@ -70,14 +65,8 @@ class TrainConfig:
     warmup_epochs: int | None = None
     embed_dim: int | None = None
     loss_knobs: dict[str, Any] = field(default_factory=dict)
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
     compile: bool = False
-    num_workers: int | None = None  # default: 0 for in-memory data, up to 8 for image files
-    data_pipeline: str = "auto"  # device: uint8 arrays augmented on the device; loader: DataLoader
     out: str = "runs"
-    data_root: str | None = None  # default: $HALO_BENCH_DATA, else ./data
     # Bring your own model (halo_bench/weights.py, halo_bench/finetune.py); all change what is trained.
     pretrained: bool = False  # timm's pretrained weights for `model` (name or name.tag)
     init_from: str | None = None  # a local weights file: state_dict, timm checkpoint, halo-bench ckpt

@@ -1,17 +1,12 @@
-"""The training loop, shared by every loss: one recipe, only the head differs.
+"""The training loop: find a run to resume, build it (`setup`), train its epochs (`step`),
+checkpoint each one.
 
 A run directory holds `config.json` (the full config, seed, versions, registry
 entries), `ckpt.pt` (weights, metadata and the state to resume from, rewritten
-atomically after every epoch) and `metrics.jsonl` (one line per epoch).
-
-`train()` strings together its seams, each a function of its own: find a run to
-resume, build the model and data, make the optimiser, run one epoch, record it.
-
-The steady-state loop never waits for the device: a non-finite loss or gradient is
-noted on the device (`DivergenceWatch`) and read every `CHECK_EVERY` steps and at
-each epoch's end, always before a checkpoint is written. Under torchrun the same
-loop trains DistributedDataParallel replicas (`halo_bench.distributed`).
-"""
+atomically after every epoch, with a content digest) and `metrics.jsonl` (one line per
+epoch, written just before the checkpoint). A run folder is locked while one process
+trains it. Under torchrun the same loop trains DistributedDataParallel replicas
+(`halo_bench.core.distributed`)."""
 
 from __future__ import annotations
 

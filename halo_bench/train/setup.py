@@ -1,17 +1,6 @@
-"""The training loop, shared by every loss: one recipe, only the head differs.
-
-A run directory holds `config.json` (the full config, seed, versions, registry
-entries), `ckpt.pt` (weights, metadata and the state to resume from, rewritten
-atomically after every epoch) and `metrics.jsonl` (one line per epoch).
-
-`train()` strings together its seams, each a function of its own: find a run to
-resume, build the model and data, make the optimiser, run one epoch, record it.
-
-The steady-state loop never waits for the device: a non-finite loss or gradient is
-noted on the device (`DivergenceWatch`) and read every `CHECK_EVERY` steps and at
-each epoch's end, always before a checkpoint is written. Under torchrun the same
-loop trains DistributedDataParallel replicas (`halo_bench.distributed`).
-"""
+"""What a run trains with, built once from its config: the model (from the seed), the ID
+train/test data and the loader (DataLoader, or the device pipeline), the device and
+precision, and the optimiser with its warm-up + cosine schedule."""
 
 from __future__ import annotations
 
@@ -115,27 +104,7 @@ def build(cfg: TrainConfig, registry: Registry) -> Setup:
         console.quiet = True  # rank 0 speaks for the run
     if sync_bn_note:
         console.print(sync_bn_note, markup=False)
-    from ..models import finetune
-
-    channels = suite.data_config["input_size"][0]
-    num_classes = len(id_spec.classes or ())
-    arch = cfg.model if cfg.loaded_weights else resolve_arch(cfg.model, suite.arch_variant)
-    if cfg.pretrained:  # the model keeps its own input channels; the data is adapted to them
-        from ..models.weights import pretrained_channels
-
-        channels = pretrained_channels(arch)
-    model = build_model(arch, cfg.loss, num_classes, channels, cfg.embed_dim, cfg.seed, cfg.loss_knobs,
-                        pretrained=cfg.pretrained, init_from=cfg.init_from, use_ema=cfg.use_ema)
-    report = getattr(model, "weights_report", None)
-    if report is not None:
-        console.print(report.summary(), markup=False)
-    data_config = finetune.model_data_config(suite.data_config, model.backbone, cfg.pretrained, cfg.img_size)
-    data_config["input_size"][0] = channels
-    probe_input(model, data_config["input_size"], arch)
-    if cfg.freeze_backbone:
-        finetune.freeze_backbone(model)
-    if cfg.sync_bn and sync_bn_note is None:
-        distributed.sync_batchnorm(model)
+    model, arch, data_config = _model(cfg, suite, id_spec, sync_bn=cfg.sync_bn and sync_bn_note is None)
     # Same data order and dropout stream for every loss of a seed, whatever the head drew.
     torch.manual_seed(cfg.seed)
     loader_gen = torch.Generator().manual_seed(cfg.seed)
@@ -145,30 +114,14 @@ def build(cfg: TrainConfig, registry: Registry) -> Setup:
     train_data = load_split(id_spec, "train", data_config, LoadOptions(data_root, augment))
     test_data = load_split(id_spec, "test", data_config, LoadOptions(data_root))
     for dataset in (train_data, test_data):
-        check_labels(id_spec, dataset, num_classes)
+        check_labels(id_spec, dataset, len(id_spec.classes or ()))
     assert cfg.batch_size is not None
-    per_rank = distributed.rank_batch_size(cfg.batch_size, ranks.world_size)
     # Every rank takes an equal slice of every batch; one process avoids a tiny last batch in BatchNorm.
     drop_last = ranks.distributed or len(train_data) >= 2 * cfg.batch_size
     workers = default_workers(id_spec, cfg.num_workers)
     memory_format = channels_last_format(device, cfg.channels_last)
-    array = None if cfg.freeze_backbone else choose_pipeline(cfg.data_pipeline, train_data, data_config,
-                                                             augment, device, train=True)
-    if array is not None:  # uint8 images on the device, augmented there (data/device.py)
-        loader = DeviceBatches(array, device, cfg.batch_size, data_config, augment=augment, shuffle=True,
-                               seed=cfg.seed, drop_last=drop_last, rank=ranks.rank, world_size=ranks.world_size,
-                               memory_format=memory_format)
-    elif ranks.distributed:  # each rank its shard of a (seed, epoch) permutation
-        sampler: DistributedSampler[Any] = DistributedSampler(
-            train_data, num_replicas=ranks.world_size, rank=ranks.rank, shuffle=True, seed=cfg.seed, drop_last=True)
-        loader = DataLoader(train_data, batch_size=per_rank, sampler=sampler,
-                            generator=loader_gen, drop_last=True, num_workers=workers,
-                            pin_memory=device.type == "cuda")
-    else:
-        # No persistent workers: each epoch then draws its worker seeds from loader_gen,
-        # so a resumed run sees the same augmentations as an uninterrupted one.
-        loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, generator=loader_gen,
-                            drop_last=drop_last, num_workers=workers, pin_memory=device.type == "cuda")
+    loader, on_device = _train_loader(cfg, train_data, data_config, augment, device, ranks, loader_gen, drop_last,
+                                      workers, memory_format)
     test_array = None if cfg.freeze_backbone else choose_pipeline(cfg.data_pipeline, test_data, data_config, (),
                                                                   device)
     if test_array is not None:
@@ -180,6 +133,8 @@ def build(cfg: TrainConfig, registry: Registry) -> Setup:
     dtype = amp_dtype(device, cfg.amp)
     eval_model = None
     if cfg.freeze_backbone:  # the frozen backbone runs once per split; the head trains on its output
+        from ..models import finetune
+
         started = time.perf_counter()
         train_data = finetune.backbone_features(model.backbone, train_data, device, cfg.eval_batch_size,
                                                 dtype, workers)
@@ -191,7 +146,57 @@ def build(cfg: TrainConfig, registry: Registry) -> Setup:
                       f"({time.perf_counter() - started:.1f} s)", markup=False)
     return Setup(model, arch, suite, train_data, test_data, loader, loader_gen, device,
                  dtype, memory_format, workers, data_root, data_config, cfg.freeze_backbone, eval_model,
-                 "device" if array is not None else "loader", ranks)
+                 "device" if on_device else "loader", ranks)
+
+
+def _model(cfg: TrainConfig, suite: SuiteSpec, id_spec: Any, sync_bn: bool) -> tuple[Classifier, str, dict[str, Any]]:
+    """(model, architecture built, data config): timm's model for the suite (its CIFAR variant
+    where the suite asks), its weights (random from the seed, pretrained or a file), checked
+    against the input size; the data config is the model's own when its weights are loaded."""
+    from ..models import finetune
+
+    channels = suite.data_config["input_size"][0]
+    arch = cfg.model if cfg.loaded_weights else resolve_arch(cfg.model, suite.arch_variant)
+    if cfg.pretrained:  # the model keeps its own input channels; the data is adapted to them
+        from ..models.weights import pretrained_channels
+
+        channels = pretrained_channels(arch)
+    model = build_model(arch, cfg.loss, len(id_spec.classes or ()), channels, cfg.embed_dim, cfg.seed,
+                        cfg.loss_knobs, pretrained=cfg.pretrained, init_from=cfg.init_from, use_ema=cfg.use_ema)
+    report = getattr(model, "weights_report", None)
+    if report is not None:
+        console.print(report.summary(), markup=False)
+    data_config = finetune.model_data_config(suite.data_config, model.backbone, cfg.pretrained, cfg.img_size)
+    data_config["input_size"][0] = channels
+    probe_input(model, data_config["input_size"], arch)
+    if cfg.freeze_backbone:
+        finetune.freeze_backbone(model)
+    if sync_bn:
+        distributed.sync_batchnorm(model)
+    return model, arch, data_config
+
+
+def _train_loader(cfg: TrainConfig, train_data: Dataset, data_config: dict[str, Any], augment: tuple[str, ...],
+                  device: torch.device, ranks: distributed.Ranks, loader_gen: torch.Generator, drop_last: bool,
+                  workers: int, memory_format: torch.memory_format | None) -> tuple[Any, bool]:
+    """(the loader of one epoch's batches, whether it serves them from the device)."""
+    assert cfg.batch_size is not None
+    array = None if cfg.freeze_backbone else choose_pipeline(cfg.data_pipeline, train_data, data_config,
+                                                             augment, device, train=True)
+    if array is not None:  # uint8 images on the device, augmented there (data/device.py)
+        return DeviceBatches(array, device, cfg.batch_size, data_config, augment=augment, shuffle=True,
+                             seed=cfg.seed, drop_last=drop_last, rank=ranks.rank, world_size=ranks.world_size,
+                             memory_format=memory_format), True
+    if ranks.distributed:  # each rank its shard of a (seed, epoch) permutation
+        per_rank = distributed.rank_batch_size(cfg.batch_size, ranks.world_size)
+        sampler: DistributedSampler[Any] = DistributedSampler(
+            train_data, num_replicas=ranks.world_size, rank=ranks.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+        return DataLoader(train_data, batch_size=per_rank, sampler=sampler, generator=loader_gen, drop_last=True,
+                          num_workers=workers, pin_memory=device.type == "cuda"), False
+    # No persistent workers: each epoch then draws its worker seeds from loader_gen,
+    # so a resumed run sees the same augmentations as an uninterrupted one.
+    return DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, generator=loader_gen,
+                      drop_last=drop_last, num_workers=workers, pin_memory=device.type == "cuda"), False
 
 
 def make_optimisation(cfg: TrainConfig, setup: Setup) -> Optimisation:

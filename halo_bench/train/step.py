@@ -1,17 +1,9 @@
-"""The training loop, shared by every loss: one recipe, only the head differs.
+"""One training step, shared by every loss (only the head differs), and the device-side
+watch for non-finite losses and gradients.
 
-A run directory holds `config.json` (the full config, seed, versions, registry
-entries), `ckpt.pt` (weights, metadata and the state to resume from, rewritten
-atomically after every epoch) and `metrics.jsonl` (one line per epoch).
-
-`train()` strings together its seams, each a function of its own: find a run to
-resume, build the model and data, make the optimiser, run one epoch, record it.
-
-The steady-state loop never waits for the device: a non-finite loss or gradient is
-noted on the device (`DivergenceWatch`) and read every `CHECK_EVERY` steps and at
-each epoch's end, always before a checkpoint is written. Under torchrun the same
-loop trains DistributedDataParallel replicas (`halo_bench.distributed`).
-"""
+The step never waits for the device: whether its loss and gradient norm were finite is
+noted on the device by `DivergenceWatch`, which the host reads every `CHECK_EVERY` steps
+and at each epoch's end, always before a checkpoint is written."""
 
 from __future__ import annotations
 
