@@ -309,28 +309,35 @@ def report(
     format: Annotated[str, typer.Option("--format", "-f", help="markdown, csv, json, latex (booktabs, better value bold) or html (one self-contained file: tables and figures embedded, opens offline).")] = "markdown",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to this file instead of standard output.", show_default=False)] = None,
     runs: Annotated[Path, typer.Option("--runs", help="Folder searched when no RESULTS are given.")] = Path("runs"),
-    baseline: Annotated[str, typer.Option("--baseline", help="The loss every other loss is compared with (a run folder's loss part, e.g. cce or cce+ls0.1).")] = "cce",
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="The loss every other loss is compared with (a run folder's loss part, e.g. cce or cce+ls0.1; default: cce). A baseline no run has is an error that lists the losses found.", show_default=False)] = None,
+    adjust: Annotated[str, typer.Option("--adjust", help="Multiple-comparisons control of the Findings: bh (Benjamini-Hochberg, false discovery rate), holm (family-wise error rate) or none; see docs/protocol.md.")] = "bh",
     include_incomplete: Annotated[bool, typer.Option("--include-incomplete", help="Also report runs whose training did not finish (labelled); by default they are left out and listed.")] = False,
-    plots: Annotated[Optional[Path], typer.Option("--plots", help="Also write every figure of the HTML report to this folder, each as PNG and PDF (for a paper).", show_default=False)] = None,
+    plots: Annotated[Optional[Path], typer.Option("--plots", help="Also write every figure of the HTML report to this folder, each as SVG and PDF (for a paper); drawn once for both.", show_default=False)] = None,
 ) -> None:
-    """Every loss side by side per detector, against a baseline: near/far means, deltas, mean ± std over seeds."""
+    """Findings first (the differences that survive the multiple-comparisons control), how the numbers
+    were made, then every loss side by side per detector against a baseline: near/far means, paired
+    deltas with intervals, mean ± std over seeds."""
     from .results import check_report_format
 
-    check_report_format(format)  # before pandas and the renderers load
+    check_report_format(format, adjust)  # before pandas and the renderers load
     from .core.io import atomic_write_text
-    from .report.render import render
-    from .report.tables import find_results, load_results
+    from .report.assemble import build_report
+    from .report.render import render_report
+    from .report.tidy import find_results, load_results
 
-    loaded = load_results(find_results(results or [], runs))
-    text = render(loaded, format, baseline=baseline, include_incomplete=include_incomplete)
-    if plots:
+    report_ = build_report(load_results(find_results(results or [], runs)), baseline, include_incomplete, adjust)
+    drawn = None
+    if plots or format == "html":
         from .report.plots import (  # imports matplotlib: only when asked for
-            report_plots,
+            figures,
             write_plots,
         )
 
-        written = write_plots(report_plots(loaded, baseline, include_incomplete), plots)
-        typer.echo(f"{len(written)} figure file(s) written to {plots}", err=True)
+        drawn = figures(report_, pdf=bool(plots))
+        if plots:
+            written = write_plots(drawn, plots)
+            typer.echo(f"{len(written)} figure file(s) written to {plots}", err=True)
+    text = render_report(report_, format, drawn)
     if output:
         atomic_write_text(output, text)
         typer.echo(str(output))

@@ -159,10 +159,14 @@ def scores_reference(doc: dict[str, Any], results_path: str | Path) -> tuple[Pat
 # What `halo-bench report --format` writes (halo_bench/report.py renders each); named here so
 # the CLI checks a format before pandas and the renderers load.
 REPORT_FORMATS = ("markdown", "csv", "json", "latex", "html")
+# How a report controls its multiple comparisons (report/findings.py): Benjamini-Hochberg, Holm, none.
+ADJUSTMENTS = ("bh", "holm", "none")
 
 
-def check_report_format(fmt: str) -> None:
+def check_report_format(fmt: str, adjust: str = "bh") -> None:
     from .core.errors import unknown_name
 
     if fmt not in REPORT_FORMATS:
         raise unknown_name("report format", fmt, REPORT_FORMATS)
+    if adjust not in ADJUSTMENTS:
+        raise unknown_name("multiple-comparisons adjustment", adjust, ADJUSTMENTS)

@@ -30,7 +30,7 @@ from halo_bench.models.checkpoint import (
 from halo_bench.models.classifier import Classifier
 from halo_bench.report.render import render
 from halo_bench.report.stats import scores_mismatch
-from halo_bench.report.tables import find_results, load_results, tidy
+from halo_bench.report.tidy import find_results, load_results, tidy
 from halo_bench.results import RESULTS_SCHEMA, evaluation_name, results_file
 
 

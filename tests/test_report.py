@@ -10,7 +10,7 @@ import pytest
 
 from halo_bench.core.errors import HaloBenchError
 from halo_bench.report.render import render
-from halo_bench.report.tables import aggregate, find_results, load_results, tidy
+from halo_bench.report.tidy import aggregate, find_results, load_results, tidy
 from halo_bench.results import RESULTS_SCHEMA
 
 
@@ -152,7 +152,7 @@ def test_three_losses_get_a_delta_each_against_the_baseline(tmp_path: Path) -> N
 def test_paired_interval_matches_scipy_t_interval_on_random_runs(tmp_path: Path) -> None:
     from scipy import stats
 
-    from halo_bench.report.tables import paired_differences
+    from halo_bench.report.deltas import paired_differences
 
     rng = np.random.default_rng(7)
     seeds = [0, 1, 2, 3, 4]

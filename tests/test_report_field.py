@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from halo_bench.report.render import render
-from halo_bench.report.tables import find_results, load_results
+from halo_bench.report.tidy import find_results, load_results
 from halo_bench.results import RESULTS_SCHEMA
 
 

@@ -127,7 +127,7 @@ def _markdown_tables(markdown: str) -> list[list[list[str]]]:
 
 def _render(paths: list[Path], fmt: str, **kwargs) -> str:
     from halo_bench.report.render import render
-    from halo_bench.report.tables import load_results
+    from halo_bench.report.tidy import load_results
 
     return render(load_results(paths), fmt, **kwargs)
 
@@ -139,8 +139,9 @@ def test_html_parses_embeds_every_plot_and_shows_every_markdown_number(single: l
     page.feed(page_text)
     page.close()
     assert "://" not in page_text  # no URL anywhere (base64 has no ':')
-    assert page.imgs >= 6 and len(page.urls) == page.imgs  # per-seed, reliability, 2 x (histograms, ROC)
-    assert all(url.startswith("data:image/png;base64,") for url in page.urls)
+    images = [url for url in page.urls if not url.startswith("#")]  # the rest: the contents' own anchors
+    assert page.imgs >= 5 and len(images) == page.imgs  # forest, reliability, per-seed, distributions, ROC
+    assert all(url.startswith("data:image/svg+xml;base64,") for url in images)
     # Every table, cell for cell the markdown report's (an interval is one cell, a number its own cell) ...
     tables = _markdown_tables(markdown)
     assert len(tables) >= 4 and sum(len(t) for t in tables) > 10 and page.tables == tables
@@ -152,11 +153,14 @@ def test_html_parses_embeds_every_plot_and_shows_every_markdown_number(single: l
 
 def test_reliability_bin_is_recomputed_from_the_scores_file(single: list[Path]) -> None:
     from halo_bench.report import plots
-    from halo_bench.report.tables import load_results, tidy
+    from halo_bench.report.tidy import load_results, tidy
+
+    from halo_bench.report.stats import run_scores
 
     table = tidy(load_results(single))
-    plot = plots._reliability(plots._Scores(table.attrs["scores"]), "digits", "resnet18",
-                              {"cce": [0], "halo": [0]}, table.attrs["labels"])  # what figures() draws
+    frames = {(loss, 0): run_scores(table.attrs["scores"][("digits", "resnet18", loss, 0)]) for loss in ("cce", "halo")}
+    plot = plots._reliability(table, frames, "digits", "resnet18", {"cce": [0], "halo": [0]},
+                              table.attrs["labels"])  # what figures() draws
     frame = pd.read_csv(single[1].with_name(SCORES_FILE))
     ids = frame[frame["group"] == "id"]
     conf, correct = ids["msp"].to_numpy(), (ids["pred"] == ids["label"]).to_numpy()
@@ -165,10 +169,12 @@ def test_reliability_bin_is_recomputed_from_the_scores_file(single: list[Path]) 
     lo, hi = b / 15, (b + 1) / 15
     inside = (conf > lo) & (conf <= hi)
     assert drawn["count"][b] == inside.sum() and drawn["acc"][b] == pytest.approx(correct[inside].mean())
-    # the diagram's ECE is the table's: the same confidence, the same bins
+    # every bin's count is drawn: the counts under the diagram add up to the ID test set
+    assert drawn["count"].sum() == len(ids)
+    # the title's ECE is the table's (the per-seed mean; one seed here)
     ece = json.loads(single[1].read_text())["id_metrics"]["ece"]
-    assert drawn["ece"] == pytest.approx(ece, abs=1e-12)
-    assert f"ECE {ece:.4f}" in plot.figure.axes[1].get_title()
+    assert drawn["ece_mean"] == pytest.approx(ece, abs=1e-12)
+    assert any(f"ECE {ece:.4f}" in ax.get_title() for ax in plot.figure.axes)
 
 
 def _reference_bootstrap(base: dict, other: dict, resamples: int, seed: int) -> dict[str, tuple[float, float]]:
@@ -239,7 +245,7 @@ def test_single_seed_deltas_get_bootstrap_intervals_in_every_format(single: list
     markdown = _render(single, "markdown")
     assert "(bootstrap)" in markdown and "1 seed 0" in markdown and "1000 resamples" in markdown
     acc = next(line for line in markdown.splitlines() if line.startswith("| acc"))
-    assert re.search(r"\+\d+\.\d\d \[\+\d+\.\d\d, \+\d+\.\d\d\]\* \(bootstrap\)", acc)  # HALO clearly better
+    assert re.search(r"\+\d+\.\d\d \[\+\d+\.\d\d, \+\d+\.\d\d\]\*{1,2} \(bootstrap\)", acc)  # HALO clearly better
     rows = json.loads(_render(single, "json"))["rows"]
     acc_row = next(r for r in rows if r["metric"] == "acc" and r["loss"] == "halo")
     assert acc_row["interval"] == "bootstrap over samples" and acc_row["excludes_zero"] is True
@@ -266,7 +272,7 @@ def test_latex_bolds_the_better_value_by_direction(single: list[Path]) -> None:
     assert "\\toprule" in latex and "\\bottomrule" in latex and "$\\pm$" not in line
 
 
-def test_plots_option_writes_png_and_pdf_and_help_documents_it(single: list[Path], tmp_path: Path,
+def test_plots_option_writes_svg_and_pdf_and_help_documents_it(single: list[Path], tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from matplotlib.figure import Figure
     from typer.testing import CliRunner
@@ -274,9 +280,9 @@ def test_plots_option_writes_png_and_pdf_and_help_documents_it(single: list[Path
     from halo_bench.cli import app
     from halo_bench.report import plots
 
-    def small(table: pd.DataFrame, baseline: str) -> list[plots.Plot]:  # drawing every figure takes long
+    def small(report, render: bool = True, pdf: bool = False) -> list[plots.Plot]:  # every figure takes long
         fig = Figure(figsize=(2, 2))
-        fig.subplots().plot(sorted(set(table["loss"])), [1, 2])
+        fig.subplots().plot(sorted(set(report.table["loss"])), [1, 2])
         return [plots.Plot("losses", "the runs' losses", fig), plots.Plot("again", "again", fig)]
 
     monkeypatch.setattr(plots, "figures", small)
@@ -286,10 +292,10 @@ def test_plots_option_writes_png_and_pdf_and_help_documents_it(single: list[Path
     result = runner.invoke(app, ["report", str(single[0].parent.parent), "--format", "markdown", "--output",
                                  str(page), "--plots", str(out)])
     assert result.exit_code == 0, result.output
-    pngs, pdfs = sorted(out.glob("*.png")), sorted(out.glob("*.pdf"))
-    assert len(pngs) == len(pdfs) == 2 and pdfs[0].read_bytes().startswith(b"%PDF")
+    svgs, pdfs = sorted(out.glob("*.svg")), sorted(out.glob("*.pdf"))
+    assert len(svgs) == len(pdfs) == 2 and pdfs[0].read_bytes().startswith(b"%PDF")
     assert "4 figure file(s)" in result.output
-    assert pngs[0].read_bytes().startswith(b"\x89PNG") and page.read_text().startswith("# halo-bench report")
+    assert b"<svg" in svgs[0].read_bytes()[:2000] and page.read_text().startswith("# halo-bench report")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     result = runner.invoke(app, ["report", str(single[0].parent.parent), "--plots", str(blocker)])
@@ -304,7 +310,7 @@ def test_bench_writes_the_html_report_beside_the_markdown(single: list[Path], tm
     from halo_bench.report import plots
 
     drawn = []
-    monkeypatch.setattr(plots, "figures", lambda table, baseline: drawn.append(baseline) or [])  # fast
+    monkeypatch.setattr(plots, "figures", lambda report: drawn.append(report.baseline) or [])  # fast
 
     md = tmp_path / "out" / "report-digits.md"
     md.parent.mkdir()
@@ -314,7 +320,7 @@ def test_bench_writes_the_html_report_beside_the_markdown(single: list[Path], tm
 
 
 def test_markdown_does_not_import_matplotlib(single: list[Path]) -> None:
-    code = ("import sys\nfrom halo_bench.report.render import render\nfrom halo_bench.report.tables import load_results\n"
+    code = ("import sys\nfrom halo_bench.report.render import render\nfrom halo_bench.report.tidy import load_results\n"
             f"render(load_results([{str(single[0])!r}, {str(single[1])!r}]), 'markdown')\n"
             "assert 'matplotlib' not in sys.modules\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

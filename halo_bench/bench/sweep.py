@@ -105,16 +105,19 @@ def run_bench(cfg: BenchConfig) -> tuple[str, Path]:
 
 
 def write_reports(result_paths: list[Path], baseline: str, report_path: Path, footer: str = "") -> str:
-    """The markdown report at `report_path` and the HTML one beside it (same name, .html);
-    returns the markdown."""
-    from ..report.render import render
-    from ..report.tables import load_results
+    """The markdown report at `report_path` and the HTML one beside it (same name, .html), both
+    from one assembled report; returns the markdown."""
+    from ..report.assemble import build_report
+    from ..report.plots import figures
+    from ..report.render import render_report
+    from ..report.tidy import load_results
 
-    results = load_results(result_paths)
-    report = render(results, "markdown", baseline=baseline) + (f"\n{footer}\n" if footer else "")
-    atomic_write_text(report_path, report)
-    page = render(results, "html", baseline=baseline)
+    console.print(f"writing the report over {len(result_paths)} runs: {report_path} and its HTML page", markup=False)
+    report = build_report(load_results(result_paths), baseline)
+    text = render_report(report, "markdown") + (f"\n{footer}\n" if footer else "")
+    atomic_write_text(report_path, text)
+    page = render_report(report, "html", figures(report))
     if footer:
-        page = page.replace("</body>", f"<p>{footer}</p>\n</body>")
+        page = page.replace("</main>", f"<p>{footer}</p>\n</main>")
     atomic_write_text(report_path.with_suffix(".html"), page)
-    return report
+    return text

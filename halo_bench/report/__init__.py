@@ -3,6 +3,6 @@
 from ..core.lazy import lazy_exports
 
 # Public entry points, imported on first use (docs/architecture.md).
-_EXPORTS = {"find_results": "tables", "load_results": "tables", "render": "render"}
+_EXPORTS = {"find_results": "tidy", "load_results": "tidy", "render": "render"}
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

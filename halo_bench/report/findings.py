@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-ADJUSTMENTS = ("bh", "holm", "none")
+from ..results import ADJUSTMENTS
+
 ADJUSTMENT_NAMES = {"bh": "Benjamini-Hochberg (false discovery rate)", "holm": "Holm (family-wise error rate)",
                     "none": "no adjustment"}
 ALPHA = 0.05
@@ -38,10 +39,10 @@ def t_test_p(diffs: np.ndarray) -> float:
     mean, sd = float(diffs.mean()), float(diffs.std(ddof=1))
     if sd == 0.0:
         return 0.0 if mean != 0.0 else 1.0
-    from scipy import stats
+    from scipy.special import stdtr
 
     t = mean / (sd / math.sqrt(n))
-    return float(2.0 * stats.t.sf(abs(t), n - 1))
+    return float(2.0 * stdtr(n - 1, -abs(t)))
 
 
 def bootstrap_p(draws: np.ndarray) -> float:
@@ -160,3 +161,54 @@ def collect(cells: list[Finding], method: str = "bh", alpha: float = ALPHA) -> F
     shown = [c for c in cells if c.excludes_zero and math.isfinite(c.p)]
     shown.sort(key=lambda c: (not c.survives, c.p))
     return Findings(method, alpha, tested, len(shown), sum(c.survives for c in shown), shown)
+
+
+# Words for the report's sentences.
+ID_WORDS = {"acc": "accuracy", "ece": "ECE", "aece": "adaptive ECE", "nll": "NLL", "brier": "Brier score",
+            "aurc": "AURC", "abstain_rate": "abstain rate", "ts_temperature": "fitted temperature",
+            "ts_ece": "ECE after temperature scaling", "ts_nll": "NLL after temperature scaling",
+            "ts_brier": "Brier score after temperature scaling"}
+OOD_WORDS = {"auroc": "AUROC", "fpr95": "FPR@95"}
+
+
+def family_cells(deltas: Any, baseline: str, several_groups: bool) -> list[Finding]:
+    """The report's family of tested cells from `deltas.compute_deltas` output: per suite and
+    model and non-baseline loss, every ID metric, and the near- and far-mean AUROC and FPR@95 of
+    every detector at its default settings (per-set cells and NAME[tuned] rows are shown in the
+    tables but not tested). Cells without a p-value (one pair and no scores files) stay out."""
+    from .tidy import ID_METRICS, OOD_HEADLINE, TUNED
+
+    cells = []
+    for row in deltas.itertuples(index=False):
+        if row.loss == baseline:
+            continue
+        where = f"{row.suite} / {row.model}: " if several_groups else ""
+        if row.group == "id":
+            if row.metric not in ID_METRICS:
+                continue
+            _, higher, decimals = ID_METRICS[row.metric]
+            what = where + ID_WORDS.get(row.metric, row.metric)
+        elif row.dataset in ("near mean", "far mean") and row.metric in OOD_HEADLINE and not row.detector.endswith(TUNED):
+            higher, decimals = OOD_HEADLINE[row.metric][1], 2
+            what = f"{where}{row.group}-OOD {row.detector} {OOD_WORDS[row.metric]}"
+        else:
+            continue
+        p = float(row.p) if row.p is not None else math.nan
+        better = None if higher is None else bool((row.delta > 0) == higher)
+        cells.append(Finding(row.loss, baseline, what, row.metric, float(row.delta), float(row.delta_lo),
+                             float(row.delta_hi), p, math.nan, False, better, decimals,
+                             {"suite": row.suite, "model": row.model, "detector": row.detector,
+                              "dataset": row.dataset, "group": row.group}))
+    return cells
+
+
+def report_findings(deltas: Any, baseline: str, method: str = "bh", alpha: float = ALPHA) -> Findings:
+    """The findings of a report: its family of cells (`family_cells`), adjusted by `method`."""
+    several = len({(s, m) for s, m in zip(deltas["suite"], deltas["model"], strict=True)}) > 1
+    return collect(family_cells(deltas, baseline, several), method, alpha)
+
+
+def survivor_keys(findings: Findings) -> frozenset[tuple]:
+    """The (suite, model, detector, dataset, group, metric, loss) keys of the surviving cells."""
+    return frozenset((c.keys["suite"], c.keys["model"], c.keys["detector"], c.keys["dataset"], c.keys["group"],
+                      c.metric, c.loss) for c in findings.findings if c.survives)

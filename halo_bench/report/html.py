@@ -1,63 +1,157 @@
-"""The HTML report: one self-contained file (tables, notes and every figure embedded as a
-base64 PNG; no script, no stylesheet or image from elsewhere, no URL) that a browser opens
-offline. Its tables are `tables.tables()`, cell for cell the markdown report's; its
-figures are `plots.figures()`, drawn from the same runs.
-"""
+"""The HTML report: one self-contained page (no script, no stylesheet, image or font from
+elsewhere, no URL but its own anchors) that a browser opens offline and that reads on a
+laptop and on a phone: findings first, how the numbers were made, then per suite and model
+its tables (each in a horizontal scroll box, cell for cell the markdown report's) and its
+figures (SVG, full content width), with a table of contents."""
 
 from __future__ import annotations
 
 import html
+import re
 from typing import Any
 
-from . import tables
+from .assemble import Report
+from .findings import ADJUSTMENT_NAMES
+from .plots import Plot, figures
+from .tables import notes_text
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; white-space: nowrap; }
-th { background: #f3f3f3; }
+*, *::before, *::after { box-sizing: border-box; }
+body { font: 16px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1a1a1a; background: #fff; }
+main { max-width: 1100px; margin: 0 auto; padding: 1rem 1rem 4rem; }
+h1 { font-size: 1.7rem; margin: 0.5rem 0 1rem; }
+h2 { font-size: 1.35rem; margin: 2.5rem 0 0.75rem; border-bottom: 1px solid #ddd; padding-bottom: 0.25rem; }
+h3 { font-size: 1.05rem; margin: 1.75rem 0 0.5rem; }
+nav ol { padding-left: 1.25rem; margin: 0.25rem 0; } nav li { margin: 0.1rem 0; }
+a { color: #0b57d0; overflow-wrap: anywhere; }
+.scroll { overflow-x: auto; margin: 0.25rem 0 1.5rem; -webkit-overflow-scrolling: touch; }
+table { border-collapse: collapse; font-size: 0.82rem; }
+th, td { border: 1px solid #ccc; padding: 0.2rem 0.45rem; text-align: right; white-space: nowrap; }
+th { background: #f3f3f3; position: sticky; top: 0; }
 td:first-child, th:first-child { text-align: left; }
-caption { caption-side: top; text-align: left; font-weight: 600; padding: 0.3em 0; }
-figure { margin: 1em 0 2em; }
-figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { font-size: 0.9em; color: #444; }
-.notes { font-size: 0.9em; color: #333; max-width: 70em; }
+figure { margin: 1rem 0 2rem; }
+figure img { display: block; width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.9rem; color: #444; margin-top: 0.35rem; }
+.summary { font-size: 1.02rem; }
+.survives { font-weight: 600; }
+.warning { background: #fff4e5; border-left: 4px solid #f0a030; padding: 0.5rem 0.75rem; margin: 0.5rem 0; }
+.notes { font-size: 0.88rem; color: #333; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: 0.15rem 1rem; font-size: 0.9rem; }
+dt { font-weight: 600; } dd { margin: 0; overflow-wrap: anywhere; }
+@media (max-width: 600px) { dl { grid-template-columns: 1fr; } dd { margin-bottom: 0.4rem; } main { padding: 0.5rem; } }
 """
 
 
 def _e(text: Any) -> str:
-    return html.escape(str(text), quote=False)
+    return html.escape(str(text), quote=True)
 
 
-def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
-    parts = [f"<table>\n<caption>{_e(title)}</caption>", "<thead><tr>"
+def _anchor(text: str, taken: set[str]) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "section"
+    anchor, n = base, 2
+    while anchor in taken:
+        anchor, n = f"{base}-{n}", n + 1
+    taken.add(anchor)
+    return anchor
+
+
+def _table(anchor: str, title: str, header: list[str], rows: list[list[str]]) -> str:
+    parts = [f'<h3 id="{anchor}">{_e(title)}</h3>', '<div class="scroll"><table>', "<thead><tr>"
              + "".join(f"<th>{_e(cell)}</th>" for cell in header) + "</tr></thead>", "<tbody>"]
     parts += ["<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in row) + "</tr>" for row in rows]
-    parts.append("</tbody>\n</table>")
+    parts.append("</tbody></table></div>")
     return "\n".join(parts)
 
 
-def render_html(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
-    from .plots import figures
+def _figure(anchor: str, plot: Plot) -> str:
+    return (f'<figure id="{anchor}"><img alt="{_e(plot.title)}" src="{plot.data_uri()}">'
+            f"<figcaption>{_e(plot.title)}</figcaption></figure>")
 
-    table = tables.tidy(results)
-    body = ["<h1>halo-bench report</h1>",
-            '<p class="notes">Tables first (the markdown report\'s, cell for cell), then the figures. '
-            "This file is self-contained: it opens offline in any browser.</p>", "<h2>Tables</h2>"]
-    for title, header, rows in tables.tables(table, baseline):
-        body.append(_table(title, header, rows))
-    body.append(f'<p class="notes">{_e(tables.NOTES)}</p>')
-    if left_out:
-        body.append("<p>Left out of the tables:</p>\n<ul>" + "".join(f"<li>{_e(line)}</li>" for line in left_out)
+
+def _findings(report: Report) -> list[str]:
+    found = report.findings
+    if not found.tested:
+        return ['<p class="summary">No paired difference could be tested: the report has one loss, or no seed is '
+                "shared with the baseline and no scores files give a bootstrap.</p>"]
+    out = [f'<p class="summary">{_e(found.summary())}</p>']
+    survivors = [c for c in found.findings if c.survives]
+    others = [c for c in found.findings if not c.survives]
+    if survivors:
+        out.append("<p>Differences that survive the adjustment:</p><ul>" + "".join(
+            f'<li class="survives">{_e(c.sentence(report.labels))} (adjusted p = {c.p_adjusted:.3g})</li>'
+            for c in survivors) + "</ul>")
+    else:
+        out.append("<p>No difference survives the adjustment: the tested cells show no difference between the "
+                   "losses that can be told from chance.</p>")
+    if others:
+        out.append(f"<p>Excluding zero before the adjustment only (not findings: of {found.tested} cells, about "
+                   f"{found.expected_by_chance:.1f} would by chance alone):</p><ul>" + "".join(
+                       f"<li>{_e(c.sentence(report.labels))} (p = {c.p:.3g}, adjusted {c.p_adjusted:.3g})</li>"
+                       for c in others) + "</ul>")
+    return out
+
+
+def render_html(report: Report, plots: list[Plot] | None = None) -> str:
+    """The page over `report`; `plots` are its figures (drawn here when not given)."""
+    plots = figures(report) if plots is None else plots
+    taken: set[str] = {"contents", "findings", "provenance", "notes"}
+    toc = [("findings", "Findings", 0)]
+    body = ['<section id="findings"><h2>Findings</h2>', *_findings(report)]
+    forests = [p for p in plots if "-forest-" in p.name]
+    for plot in forests:
+        anchor = _anchor(plot.name, taken)
+        toc.append((anchor, f"Forest plot, {plot.data['where']}: {report.label(plot.data['loss'])} vs "
+                    f"{report.label(report.baseline)}", 1))
+        body.append(_figure(anchor, plot))
+    body.append("</section>")
+    toc.append(("provenance", "How these numbers were made", 0))
+    body += ['<section id="provenance"><h2>How these numbers were made</h2><dl>']
+    body += [f"<dt>{_e(what)}</dt><dd>{_e(value)}</dd>" for what, value in report.provenance.lines]
+    body.append("</dl>")
+    body += [f'<p class="warning"><strong>Warning:</strong> {_e(w)}</p>' for w in report.provenance.warnings]
+    body.append("</section>")
+    groups = list(dict.fromkeys(title.split(": ")[0].split(" (")[0] for title, _, _ in report.tables))
+    for group in groups:
+        anchor = _anchor(group, taken)
+        toc.append((anchor, group, 0))
+        body.append(f'<section id="{anchor}"><h2>{_e(group)}</h2>')
+        for title, header, rows in report.tables:
+            if title.split(": ")[0].split(" (")[0] == group:
+                sub = _anchor(title, taken)
+                toc.append((sub, title.split(": ", 1)[-1], 1))
+                body.append(_table(sub, title, header, rows))
+        for plot in plots:
+            if plot.data.get("where") == group and plot not in forests:
+                sub = _anchor(plot.name, taken)
+                toc.append((sub, "Figure: " + plot.data.get("kind", plot.name), 1))
+                body.append(_figure(sub, plot))
+        body.append("</section>")
+    toc.append(("notes", "Notes", 0))
+    body.append(f'<section id="notes"><h2>Notes</h2><p class="notes">{_e(notes_text(report.findings))}</p>')
+    if report.left_out:
+        body.append("<p>Left out of the tables:</p><ul>" + "".join(f"<li>{_e(line)}</li>" for line in report.left_out)
                     + "</ul>")
-    body += [f"<p>{_e(line)}</p>" for line in tables.integrity_notes(table)]
-    plots = figures(table, baseline)
-    body.append("<h2>Figures</h2>")
+    body += [f'<p class="warning">{_e(line)}</p>' for line in report.notes]
     if not any("reliability" in plot.name for plot in plots):
-        body.append('<p class="notes">No reliability diagrams: no scores.csv.gz with an msp column beside the '
-                    "results.json files.</p>")
-    for plot in plots:
-        body.append(f'<figure id="{_e(plot.name)}"><img alt="{html.escape(plot.title)}" src="{plot.data_uri()}">'
-                    f"<figcaption>{_e(plot.title)}</figcaption></figure>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>halo-bench report</title>\n"
-            f"<style>{STYLE}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
+        body.append('<p class="notes">No reliability diagrams: no scores file with an msp column beside the '
+                    "results files.</p>")
+    body.append("</section>")
+    nav = ['<nav id="contents"><h2>Contents</h2><ol>']
+    level = 0
+    for anchor, text, depth in toc:
+        if depth > level:
+            nav.append("<ol>")
+        elif depth < level:
+            nav.append("</ol></li>")
+        elif nav[-1].startswith("<li>"):
+            nav[-1] += "</li>"
+        nav.append(f'<li><a href="#{anchor}">{_e(text)}</a>')
+        level = depth
+    nav.append("</li></ol></li></ol></nav>" if level else "</li></ol></nav>")
+    method = ADJUSTMENT_NAMES[report.findings.method]
+    intro = (f'<p class="notes">Every loss against {_e(report.label(report.baseline))}; findings adjusted by '
+             f"{_e(method)}. This page is self-contained and opens offline.</p>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>halo-bench report</title>\n"
+            f"<style>{STYLE}</style>\n</head>\n<body>\n<main>\n<h1>halo-bench report</h1>\n{intro}\n"
+            + "\n".join(nav) + "\n" + "\n".join(body) + "\n</main>\n</body>\n</html>\n")

@@ -31,7 +31,7 @@ def _value(cell: str) -> float | None:
 
 def _direction(title: str, header_cell: str, row_label: str) -> bool | None:
     """True if higher is better, False if lower, None if the column says nothing."""
-    from .tables import OOD_HEADLINE
+    from .tidy import OOD_HEADLINE
 
     for label, higher in OOD_HEADLINE.values():
         if header_cell.startswith(label.split(" ")[0] + " "):  # per-set table: "AUROC CCE"

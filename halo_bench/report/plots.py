@@ -1,14 +1,19 @@
-"""The report's figures, drawn with matplotlib (Agg, no pyplot state) from the same runs as its tables.
+"""The report's figures, drawn with matplotlib (Agg, no pyplot state) from the same runs and Δ
+cells as its tables, each rendered once as SVG (for the HTML page and `--plots`).
 
-- reliability diagrams per loss, pooled over seeds, from scores.csv.gz: the ID rows' `msp`
-  column is the top-label probability metrics.id_metrics computes ECE from (the K-class
-  argmax's probability under the full softmax) and `pred == label` is correctness; 15
-  equal-width bins (lo, hi] as metrics.ece;
-- per-seed values as dots beside each loss's mean (acc, ECE, near/far AUROC and FPR@95 per
-  detector), from the results.json numbers the tables show, with the published reference
-  numbers of the suite (published.yaml) as stars where they apply;
-- ID-vs-OOD score histograms per detector and OOD set (pooled over seeds);
-- ROC curves (ID positive) per detector and OOD set, one line per run.
+Per suite and model:
+- a forest plot per loss against the baseline: every detector's paired Δ AUROC and Δ FPR@95
+  on the near and far means with its 95% interval (clipped intervals end in an arrow),
+  surviving cells filled, cells that exclude 0 only before the adjustment hollow;
+- reliability diagrams per loss: accuracy and mean confidence per bin (bins pooled over
+  seeds, 15 equal-width bins (lo, hi] as metrics.ece) with the count of samples in every bin
+  beneath, and the per-seed ECE as mean ± std, the number the table shows;
+- per-seed values (dots) and their means for accuracy, ECE and each detector's near/far AUROC
+  and FPR@95, with the suite's published reference numbers as stars where there are any;
+- score distributions: per detector and loss, the ID test set against the near and far OOD
+  sets (pooled over sets and seeds), on one range per detector shared by every loss and
+  clipped to the pooled 0.5-99.5% quantiles, counts on a log scale;
+- ROC curves (ID positive) per detector against the near and far sets, one line per loss.
 
 Import this module only when figures are asked for: it imports matplotlib.
 """
@@ -16,8 +21,12 @@ Import this module only when figures are asked for: it imports matplotlib.
 from __future__ import annotations
 
 import base64
+import functools
 import io
+import os
 import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,105 +37,250 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
 
+from ..core.console import make_progress  # noqa: E402
+from ..core.cpus import usable_cpus  # noqa: E402
 from ..core.errors import HaloBenchError  # noqa: E402
 from ..core.io import atomic_write_bytes  # noqa: E402
+from .assemble import Report  # noqa: E402
 from .stats import CONFIDENCE_COLUMN, reliability_bins, run_scores  # noqa: E402
+from .tidy import ID_METRICS, OOD_HEADLINE, TUNED  # noqa: E402
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+GROUP_COLORS = {"id": "#1f77b4", "near": "#ff7f0e", "far": "#d62728"}
+matplotlib.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9})
 
 
 @dataclass
 class Plot:
     name: str  # file stem: letters, digits, '-', '_'
-    title: str
-    figure: Figure
+    title: str  # the caption: says only what is drawn
+    figure: Figure | None  # None once rendered in a worker process: its SVG (and PDF) came back instead
     data: dict[str, Any] = field(default_factory=dict)  # what was drawn, for tests and captions
+    _svg: bytes | None = None
+    _pdf: bytes | None = None
 
-    def png(self, dpi: int = 90) -> bytes:
-        buffer = io.BytesIO()
-        self.figure.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
-        return buffer.getvalue()
+    def svg(self) -> bytes:
+        """The figure as SVG, rendered once (the HTML page and --plots share it)."""
+        if self._svg is None:
+            self._svg = _render(self.figure, "svg")
+        return self._svg
+
+    def pdf(self) -> bytes:
+        if self._pdf is None:
+            self._pdf = _render(self.figure, "pdf")
+        return self._pdf
 
     def data_uri(self) -> str:
-        return "data:image/png;base64," + base64.b64encode(self.png()).decode("ascii")
+        return "data:image/svg+xml;base64," + base64.b64encode(self.svg()).decode("ascii")
+
+
+def _render(figure: Figure | None, fmt: str) -> bytes:
+    assert figure is not None, "a figure rendered elsewhere was asked for a format it was not rendered to"
+    buffer = io.BytesIO()
+    meta = {"Date": None, "Creator": None} if fmt == "svg" else {"Creator": None, "Producer": None,
+                                                                 "CreationDate": None}
+    figure.savefig(buffer, format=fmt, metadata=meta)
+    return buffer.getvalue()
 
 
 def _slug(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", "-".join(parts)).strip("_")
 
 
-class _Scores:
-    """scores.csv.gz per run, read once, and only where it is the file its results name."""
-
-    def __init__(self, entries: dict[tuple, tuple[str, str | None]]) -> None:
-        self.entries = entries
-
-    def get(self, key: tuple) -> pd.DataFrame | None:
-        return run_scores(self.entries.get(key))
+Job = tuple[Callable[..., Any], tuple[Any, ...], str]  # (maker, its arguments, where)
+_JOBS: list[Job] = []  # what forked workers draw, by index (fork shares it: nothing is pickled)
 
 
-def figures(table: pd.DataFrame, baseline: str) -> list[Plot]:
-    """Every figure for `report.tidy` output `table`, baseline's loss first."""
-    labels: dict[str, str] = table.attrs.get("labels", {})
-    scores = _Scores(table.attrs.get("scores", {}))
-    out: list[Plot] = []
+def figures(report: Report, render: bool = True, pdf: bool = False) -> list[Plot]:
+    """Every figure of `report`, per suite and model. With `render`, each is rendered to SVG
+    (and with `pdf` to PDF too) under a progress bar: in two worker processes where the CPUs
+    allow and torch is not loaded (forking a process with torch's threads is not safe), else here."""
+    jobs = _jobs(report)
+    workers = min(2, usable_cpus(), len(jobs))
+    if render and workers > 1 and "torch" not in sys.modules and hasattr(os, "fork"):
+        return _render_in_workers(jobs, workers, pdf)
+    plots = [plot for plot in (_make(job) for job in jobs) if plot is not None]
+    if render:
+        with make_progress() as progress:
+            task = progress.add_task("report figures", total=len(plots), status="drawn")
+            for plot in plots:
+                plot.svg()
+                if pdf:
+                    plot.pdf()
+                progress.advance(task)
+    return plots
+
+
+def _make(job: Job) -> Plot | None:
+    maker, args, where = job
+    plot = maker(*args)
+    if plot is not None:
+        plot.data["where"] = where
+    return plot
+
+
+def _draw(index: int, pdf: bool) -> Plot | None:
+    """Worker: make and render job `index` of `_JOBS`; the figure stays here."""
+    plot = _make(_JOBS[index])
+    if plot is not None:
+        plot.svg()
+        if pdf:
+            plot.pdf()
+        plot.figure = None
+    return plot
+
+
+def _draw_indexed(index: int, pdf: bool) -> tuple[int, Plot | None]:
+    return index, _draw(index, pdf)
+
+
+def _weight(job: Job) -> int:
+    """Roughly how long a figure takes: the panel grids of every detector dominate."""
+    return {"_distributions": 3, "_rocs": 2, "_per_seed": 2}.get(job[0].__name__, 1)
+
+
+def _render_in_workers(jobs: list[Job], workers: int, pdf: bool) -> list[Plot]:
+    import multiprocessing
+
+    _JOBS[:] = jobs
+    try:
+        with make_progress() as progress, multiprocessing.get_context("fork").Pool(workers) as pool:
+            task = progress.add_task("report figures", total=len(jobs), status="drawn")
+            # The largest figures first, so that neither worker is left with a long one at the end.
+            order = sorted(range(len(jobs)), key=lambda i: -_weight(jobs[i]))
+            drawn: dict[int, Plot | None] = {}
+            for index, plot in pool.imap_unordered(functools.partial(_draw_indexed, pdf=pdf), order):
+                drawn[index] = plot
+                progress.advance(task)
+            plots = [drawn[i] for i in range(len(jobs))]
+    finally:
+        _JOBS.clear()
+    return [plot for plot in plots if plot is not None]
+
+
+def _jobs(report: Report) -> list[Job]:
+    """The figures to draw, as (maker, arguments) in reading order."""
+    table, labels = report.table, report.labels
+    jobs: list[Job] = []
     for (suite, model), part in table.groupby(["suite", "model"], sort=False):
-        losses = sorted(dict.fromkeys(part["loss"]), key=lambda loss: (loss != baseline, loss))
+        where = f"{suite} / {model}"
+        losses = sorted(dict.fromkeys(part["loss"]), key=lambda loss: (loss != report.baseline, loss))
         color = {loss: COLORS[i % len(COLORS)] for i, loss in enumerate(losses)}
         runs = {loss: sorted(set(part[part["loss"] == loss]["seed"])) for loss in losses}
-        where = f"{suite} / {model}"
-        plot = _per_seed(part, suite, model, losses, labels, color)
-        if plot:
-            out.append(plot)
-        plot = _reliability(scores, suite, model, runs, labels)
-        if plot:
-            out.append(plot)
-        detectors = [d for d in dict.fromkeys(part["detector"]) if d]
-        for det in detectors:
-            for maker in (_histograms, _roc):
-                plot = maker(scores, suite, model, runs, labels, color, det)
-                if plot:
-                    out.append(plot)
-        for plot in out:
-            plot.data.setdefault("where", where)
-    return out
+        frames = {(loss, s): run_scores(table.attrs.get("scores", {}).get((suite, model, loss, s)))
+                  for loss, seeds in runs.items() for s in seeds}
+        detectors = [d for d in dict.fromkeys(part["detector"]) if d and not d.endswith(TUNED)]
+        jobs += [(_forest, (report, suite, model, loss, detectors), where) for loss in losses
+                 if loss != report.baseline]
+        jobs += [(_reliability, (part, frames, suite, model, runs, labels), where),
+                 (_per_seed, (part, suite, model, losses, labels, color), where),
+                 (_distributions, (frames, suite, model, runs, labels, detectors), where),
+                 (_rocs, (frames, suite, model, runs, labels, color, detectors), where)]
+    return jobs
 
 
 def _label(labels: dict[str, str], loss: str) -> str:
     return labels.get(loss, loss)
 
 
-def _reliability(scores: _Scores, suite: str, model: str, runs: dict[str, list[int]],
-                 labels: dict[str, str]) -> Plot | None:
+def _forest(report: Report, suite: str, model: str, loss: str, detectors: list[str]) -> Plot | None:
+    """Paired Δ (loss - baseline) with 95% intervals, per detector, near and far, AUROC and FPR@95."""
+    d = report.deltas
+    d = d[(d["suite"] == suite) & (d["model"] == model) & (d["loss"] == loss)
+          & d["dataset"].isin(["near mean", "far mean"])]
+    rows = [(det, group) for det in detectors for group in ("near", "far")
+            if ((d["detector"] == det) & (d["group"] == group)).any()]
+    if not rows:
+        return None
+    survivors = {(c.keys["detector"], c.keys["group"], c.metric) for c in report.findings.findings
+                 if c.survives and c.loss == loss and c.keys["suite"] == suite and c.keys["model"] == model}
+    fig = Figure(figsize=(8.0, 0.9 + 0.24 * len(rows)))
+    axes = fig.subplots(1, 2, sharey=True)
+    fig.subplots_adjust(left=0.2, right=0.98, top=1 - 0.55 / fig.get_figheight(), bottom=0.5 / fig.get_figheight(),
+                        wspace=0.08)
+    y = np.arange(len(rows))[::-1]
+    data: dict[str, Any] = {"rows": [f"{det} {group}" for det, group in rows], "loss": loss, "kind": "forest plot"}
+    for ax, (metric, (label, higher)) in zip(axes, OOD_HEADLINE.items(), strict=True):
+        cells = {(r.detector, r.group): r for r in d[d["metric"] == metric].itertuples(index=False)}
+        values = []
+        for yy, key in zip(y, rows, strict=True):
+            row = cells.get(key)
+            if row is None or not np.isfinite(row.delta):
+                continue
+            lo, hi = row.delta_lo, row.delta_hi
+            excludes = bool(row.excludes_zero) and np.isfinite(lo)
+            colour = "#1b5e20" if (key[0], key[1], metric) in survivors else "#333333" if excludes else "#9e9e9e"
+            if np.isfinite(lo) and np.isfinite(hi):
+                ax.hlines(yy, lo, hi, color=colour, lw=1.6)
+                if row.clipped:  # the interval ran past the metric's range: drawn to its edge, with an arrow
+                    for end in (lo, hi):
+                        if abs(end) >= 100 - 1e-9:
+                            ax.annotate("", (end, yy), (end - np.sign(end) * 4, yy),
+                                        arrowprops={"arrowstyle": "->", "color": colour})
+            filled = (key[0], key[1], metric) in survivors
+            ax.plot(row.delta, yy, "o", ms=5, color=colour, mfc=colour if filled else "white")
+            values.append((key, float(row.delta), float(lo), float(hi)))
+        ax.axvline(0, color="black", lw=0.8)
+        better = "→ better" if higher else "← better"
+        ax.set_xlabel(f"Δ {label.split(' (')[0]} ({_label(report.labels, loss)} − "
+                      f"{_label(report.labels, report.baseline)}), points   {better}")
+        ax.grid(axis="x", color="#e0e0e0", lw=0.6)
+        data[metric] = values
+    axes[0].set_yticks(y, [f"{det} ({group})" for det, group in rows])
+    axes[0].set_ylim(-0.7, len(rows) - 0.3)
+    fig.suptitle(f"{suite} / {model}: {_label(report.labels, loss)} vs {_label(report.labels, report.baseline)}",
+                 fontsize=10)
+    caption = (f"{suite} / {model}: paired differences {_label(report.labels, loss)} − "
+               f"{_label(report.labels, report.baseline)} of every detector's near- and far-OOD mean AUROC and "
+               "FPR@95, with 95% intervals (t over seeds, or bootstrap over samples for one seed). Filled green: "
+               "survives the multiple-comparisons control; dark hollow: excludes 0 before it only; grey: "
+               "includes 0. Arrows: intervals clipped at ±100 points.")
+    return Plot(_slug(suite, model, "forest", loss), caption, fig, data)
+
+
+def _reliability(part: pd.DataFrame, frames: dict[tuple[str, int], pd.DataFrame | None], suite: str, model: str,
+                 runs: dict[str, list[int]], labels: dict[str, str]) -> Plot | None:
     pooled = {}
     for loss, seeds in runs.items():
-        frames = [scores.get((suite, model, loss, seed)) for seed in seeds]
-        frames = [f[f["group"] == "id"] for f in frames if f is not None and CONFIDENCE_COLUMN in f.columns]
-        if frames:
-            ids = pd.concat(frames)
-            conf = ids[CONFIDENCE_COLUMN].to_numpy(float)
-            correct = (ids["pred"].to_numpy() == ids["label"].to_numpy()).astype(float)
-            pooled[loss] = (reliability_bins(conf, correct), len(frames), conf, correct)
+        ids = [f[f["group"] == "id"] for s in seeds if (f := frames.get((loss, s))) is not None
+               and CONFIDENCE_COLUMN in f.columns]
+        if ids:
+            rows = pd.concat(ids)
+            correct = (rows["pred"].to_numpy() == rows["label"].to_numpy()).astype(float)
+            pooled[loss] = (reliability_bins(rows[CONFIDENCE_COLUMN].to_numpy(float), correct), len(ids))
     if not pooled:
         return None
-    fig = Figure(figsize=(3.2 * len(pooled), 3.4), layout="constrained")
-    axes = fig.subplots(1, len(pooled), squeeze=False)[0]
+    fig = Figure(figsize=(3.3 * len(pooled), 4.4))
+    grid = fig.add_gridspec(2, len(pooled), height_ratios=(3, 1.2), hspace=0.12, left=0.1, right=0.98, top=0.86,
+                            bottom=0.12, wspace=0.3)
     data = {}
-    for ax, (loss, ((edges, acc, mean_conf, count), n_runs, conf, correct)) in zip(axes, pooled.items(),
-                                                                                   strict=True):
+    for c, (loss, ((edges, acc, mean_conf, count), n_runs)) in enumerate(pooled.items()):
+        ax, below = fig.add_subplot(grid[0, c]), fig.add_subplot(grid[1, c])
         width = edges[1] - edges[0]
-        ece = float(np.nansum(np.abs(acc - mean_conf) * count) / count.sum())
         ax.bar(edges[:-1], np.nan_to_num(acc), width=width, align="edge", color="#1f77b4", edgecolor="white",
                label="accuracy")
-        ax.plot(edges[:-1] + width / 2, mean_conf, "o", ms=4, color="#d62728", label="mean confidence")
-        ax.plot([0, 1], [0, 1], "k--", lw=1)
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (msp)", ylabel="accuracy",
-               title=f"{_label(labels, loss)}: ECE {ece:.4f}\n({n_runs} seed{'s' if n_runs > 1 else ''} pooled)")
-        ax.legend(loc="upper left", fontsize=7)
-        data[loss] = {"edges": edges, "acc": acc, "conf": mean_conf, "count": count, "ece": ece, "runs": n_runs}
-    return Plot(_slug(suite, model, "reliability"), f"{suite} / {model}: reliability diagrams (ID test set, "
-                "15 equal-width bins, seeds pooled)", fig, data)
+        ax.plot(edges[:-1] + width / 2, mean_conf, "o", ms=3.5, color="#d62728", label="mean confidence")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ece = part[(part["group"] == "id") & (part["metric"] == "ece") & (part["loss"] == loss)]["value"].to_numpy(float)
+        spread = f" ± {ece.std(ddof=1):.4f}" if ece.size > 1 else ""
+        ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", xticklabels=[])
+        ax.set_title(f"{_label(labels, loss)}: ECE {ece.mean():.4f}{spread}\n(mean over {ece.size} seed"
+                     f"{'s' if ece.size != 1 else ''}; bins pooled over {n_runs})")
+        ax.legend(loc="upper left", fontsize=7, frameon=False)
+        below.bar(edges[:-1], count, width=width, align="edge", color="#607d8b", edgecolor="white")
+        below.set(xlim=(0, 1), yscale="log", xlabel="confidence (max softmax probability)", ylabel="samples")
+        below.set_ylim(0.8, max(2.0, count.max() * 3))
+        for x, n in zip(edges[:-1], count, strict=True):
+            if n:
+                below.text(x + width / 2, n * 1.15, f"{int(n)}", ha="center", va="bottom", fontsize=5.5)
+        data[loss] = {"edges": edges, "acc": acc, "conf": mean_conf, "count": count, "ece_mean": float(ece.mean()),
+                      "runs": n_runs}
+    caption = (f"{suite} / {model}: reliability diagrams on the ID test set (15 equal-width bins; bars pooled "
+               "over the seeds); the numbers beneath are the samples in each bin (log scale), and the title's "
+               "ECE is the per-seed mean ± std the tables show.")
+    return Plot(_slug(suite, model, "reliability"), caption, fig, {**data, "kind": "reliability diagrams"})
 
 
 def _published(suite: str) -> dict[tuple[str, str, str], dict[str, float]]:
@@ -161,92 +315,152 @@ def _published(suite: str) -> dict[tuple[str, str, str], dict[str, float]]:
 
 def _per_seed(part: pd.DataFrame, suite: str, model: str, losses: list[str], labels: dict[str, str],
               color: dict[str, str]) -> Plot | None:
-    from .tables import ID_METRICS, OOD_HEADLINE
-
-    panels: list[tuple[str, str, str, str]] = []  # (title, detector filter, dataset, metric)
+    """Per-seed values as dots and their mean as a bar, one row per detector (horizontal: long
+    detector names never collide)."""
+    panels: list[tuple[str, str, str]] = []  # (title, dataset, metric)
     for metric in ("acc", "ece"):
         if ((part["group"] == "id") & (part["metric"] == metric)).any():
-            panels.append((ID_METRICS[metric][0] + (" ↑" if ID_METRICS[metric][1] else " ↓"), "", "", metric))
+            panels.append((ID_METRICS[metric][0] + (" ↑" if ID_METRICS[metric][1] else " ↓"), "", metric))
     for group in ("near", "far"):
         for metric, (label, higher) in OOD_HEADLINE.items():
             if ((part["dataset"] == f"{group} mean") & (part["metric"] == metric)).any():
-                panels.append((f"{group}: {label.split(',')[0]} {'↑' if higher else '↓'}", "*", f"{group} mean",
-                               metric))
+                panels.append((f"{group}: {label.split(',')[0]} {'↑' if higher else '↓'}", f"{group} mean", metric))
     if not panels:
         return None
     published = _published(suite)
-    cols = min(3, len(panels))
-    rows = -(-len(panels) // cols)
-    fig = Figure(figsize=(4.2 * cols, 3.3 * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    detectors = [d for d in dict.fromkeys(part["detector"]) if d and not d.endswith(TUNED)]
+    # The ID panels (one row each) above, the detector panels (a row per detector) below.
+    id_panels = [panel for panel in panels if not panel[1]]
+    ood_panels = [panel for panel in panels if panel[1]]
+    cols = max(len(ood_panels), 2)
+    id_height, ood_height = (0.9 if id_panels else 0.0), (0.3 + 0.22 * len(detectors) if ood_panels else 0.0)
+    fig = Figure(figsize=(9.0, 1.1 + id_height + ood_height))
+    grid = fig.add_gridspec(2, cols, height_ratios=(max(id_height, 1e-3), max(ood_height, 1e-3)), left=0.13,
+                            right=0.99, top=1 - 0.55 / fig.get_figheight(), bottom=0.45 / fig.get_figheight(),
+                            hspace=0.25 if id_panels and ood_panels else 0.0, wspace=0.12)
+    span = cols // max(len(id_panels), 1)
+    axes = [fig.add_subplot(grid[0, i * span:(i + 1) * span]) for i in range(len(id_panels))]
+    axes += [fig.add_subplot(grid[1, i]) for i in range(len(ood_panels))]
+    panels = id_panels + ood_panels
     data: dict[str, Any] = {}
-    for ax, (title, det_filter, dataset, metric) in zip(axes, panels, strict=False):
-        sel = part[part["metric"] == metric]
-        sel = sel[sel["group"] == "id"] if not det_filter else sel[sel["dataset"] == dataset]
-        dets = [""] if not det_filter else [d for d in dict.fromkeys(sel["detector"]) if d]
-        step = 0.8 / max(len(losses), 1)
+    step = 0.8 / max(len(losses), 1)
+    keyed = part.assign(where=np.where(part["group"] == "id", "", part["dataset"]))
+    values_of = {key: group["value"].to_numpy(float)
+                 for key, group in keyed.groupby(["metric", "where", "detector", "loss"], sort=False)}
+    for ax, (title, dataset, metric) in zip(axes, panels, strict=True):
+        dets = [""] if not dataset else detectors
         for i, loss in enumerate(losses):
-            for x, det in enumerate(dets):
-                values = sel[(sel["loss"] == loss) & (sel["detector"] == det)]["value"].to_numpy(float)
+            xs, ys, means, rows, refs = [], [], [], [], []  # one scatter per loss and panel: drawing is the cost
+            for y, det in enumerate(dets):
+                values = values_of.get((metric, dataset, det, loss), np.empty(0))
                 if not values.size:
                     continue
-                pos = x - 0.4 + step * (i + 0.5)
-                ax.scatter(np.full(values.size, pos), values, s=14, color=color[loss], alpha=0.7,
-                           label=_label(labels, loss) if x == 0 else None)
-                ax.hlines(values.mean(), pos - step * 0.4, pos + step * 0.4, color=color[loss], lw=2)
+                pos = len(dets) - 1 - y + 0.4 - step * (i + 0.5)
+                xs.append(values)
+                ys.append(np.full(values.size, pos))
+                means.append(values.mean())
+                rows.append(pos)
                 data[f"{metric}|{dataset}|{det}|{loss}"] = values.tolist()
                 ref = published.get((det, dataset, metric), {}).get(loss.split("+")[0])
                 if ref is not None:
-                    ax.scatter([pos], [ref], marker="*", s=90, facecolor="none", edgecolor="black",
-                               label="published" if "published" not in data else None)
-                    data["published"] = data.get("published", 0) + 1
-        ax.set_xticks(range(len(dets)), [d or "ID test set" for d in dets], rotation=30 if len(dets) > 3 else 0,
-                      fontsize=8)
-        ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7, loc="best")
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
-    return Plot(_slug(suite, model, "per-seed"), f"{suite} / {model}: per-seed values (dots) and their means "
-                "(bars); stars: published reference numbers", fig, data)
-
-
-def _ood_sets(frame: pd.DataFrame) -> list[str]:
-    return [str(d) for d in dict.fromkeys(frame.loc[frame["group"] != "id", "dataset"])]
-
-
-def _histograms(scores: _Scores, suite: str, model: str, runs: dict[str, list[int]], labels: dict[str, str],
-                color: dict[str, str], det: str) -> Plot | None:
-    pooled: dict[str, pd.DataFrame] = {}
-    for loss, seeds in runs.items():
-        frames = [scores.get((suite, model, loss, s)) for s in seeds]
-        frames = [f for f in frames if f is not None and det in f.columns]
-        if frames:
-            pooled[loss] = pd.concat(frames)
-    if not pooled:
-        return None
-    sets = list(dict.fromkeys(s for f in pooled.values() for s in _ood_sets(f)))
-    if not sets:
-        return None
-    fig = Figure(figsize=(3.3 * len(pooled), 2.4 * len(sets)), layout="constrained")
-    axes = fig.subplots(len(sets), len(pooled), squeeze=False)
-    for c, (loss, frame) in enumerate(pooled.items()):
-        sid = frame.loc[frame["group"] == "id", det].to_numpy(float)
-        for r, name in enumerate(sets):
-            ax = axes[r][c]
-            sood = frame.loc[frame["dataset"] == name, det].to_numpy(float)
-            both = np.concatenate([sid, sood])
-            both = both[np.isfinite(both)]
-            if not both.size:
-                ax.set_visible(False)
+                    refs.append((ref, pos))
+            if not xs:
                 continue
-            bins = np.linspace(both.min(), both.max() if both.max() > both.min() else both.min() + 1, 41)
-            ax.hist(sid[np.isfinite(sid)], bins=bins, density=True, alpha=0.55, color="#1f77b4", label="ID")
-            ax.hist(sood[np.isfinite(sood)], bins=bins, density=True, alpha=0.55, color="#d62728", label=name)
-            ax.set_title(f"{_label(labels, loss)}: ID vs {name}", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.legend(fontsize=7, loc="upper right")
-    return Plot(_slug(suite, model, "hist", det), f"{suite} / {model}: {det} scores, ID test set vs each OOD set "
-                "(density, seeds pooled; higher = more in-distribution)", fig, {"sets": sets})
+            ax.scatter(np.concatenate(xs), np.concatenate(ys), s=10, color=color[loss], alpha=0.7,
+                       label=_label(labels, loss))
+            ax.vlines(means, np.array(rows) - step * 0.4, np.array(rows) + step * 0.4, color=color[loss], lw=2)
+            if refs:
+                ax.scatter(*zip(*refs, strict=True), marker="*", s=60, facecolor="none", edgecolor="black",
+                           label="published")
+                data["published"] = data.get("published", 0) + len(refs)
+        first_ood = dataset and (title, dataset, metric) == ood_panels[0]
+        ax.set_yticks(range(len(dets))[::-1], [d or "" for d in dets] if first_ood or not dataset else [])
+        ax.tick_params(axis="y", labelsize=7, length=0 if not dataset else 3.5)
+        ax.locator_params(axis="x", nbins=4)
+        ax.set_title(title)
+        ax.grid(axis="x", color="#e0e0e0", lw=0.6)
+    handles, names = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        more = ax.get_legend_handles_labels()
+        handles += [h for h, n in zip(*more, strict=True) if n not in names]
+        names += [n for n in more[1] if n not in names]
+    fig.legend(handles, names, loc="upper right", ncols=len(names), fontsize=7, frameon=False)
+    caption = f"{suite} / {model}: per-seed values (dots) and their means (bars)" + (
+        "; stars: the published reference numbers" if data.get("published") else "") + "."
+    return Plot(_slug(suite, model, "per-seed"), caption, fig, {**data, "kind": "per-seed values"})
+
+
+def _group_scores(frames: dict[tuple[str, int], pd.DataFrame | None], loss: str, seeds: list[int], det: str
+                  ) -> dict[str, np.ndarray]:
+    """ID, near and far scores of `det` for `loss`, pooled over seeds (and over the sets of a group)."""
+    out: dict[str, list[np.ndarray]] = {"id": [], "near": [], "far": []}
+    for s in seeds:
+        frame = frames.get((loss, s))
+        if frame is None or det not in frame.columns:
+            continue
+        groups = frame["group"].to_numpy()
+        column = frame[det].to_numpy(float)
+        for group in out:
+            values = column[groups == group]
+            out[group].append(values[np.isfinite(values)])
+    return {g: np.concatenate(v) for g, v in out.items() if v and sum(map(len, v))}
+
+
+LOSS_STYLES = ("-", "--", ":", "-.")
+
+
+def _grid(n: int, cols: int, width: float, row_height: float) -> tuple[Figure, list[Any]]:
+    """A figure of `n` small panels in rows of `cols`, fixed margins (no layout engine: it is
+    what takes the time), the rest hidden."""
+    rows = -(-n // cols)
+    fig = Figure(figsize=(width, 0.75 + row_height * rows))
+    axes = list(fig.subplots(rows, cols, squeeze=False).ravel())
+    fig.subplots_adjust(left=0.07, right=0.99, top=1 - 0.5 / fig.get_figheight(), bottom=0.45 / fig.get_figheight(),
+                        hspace=0.6, wspace=0.28)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _distributions(frames: dict[tuple[str, int], pd.DataFrame | None], suite: str, model: str,
+                   runs: dict[str, list[int]], labels: dict[str, str], detectors: list[str]) -> Plot | None:
+    scores = {(det, loss): _group_scores(frames, loss, seeds, det) for det in detectors for loss, seeds in runs.items()}
+    dets = [d for d in detectors if any(scores[(d, loss)] for loss in runs)]
+    if not dets:
+        return None
+    losses = list(runs)
+    fig, axes = _grid(len(dets), 3, 9.0, 1.9)
+    data: dict[str, Any] = {}
+    for ax, det in zip(axes, dets, strict=True):
+        pooled = np.concatenate([v for loss in losses for v in scores[(det, loss)].values()])
+        lo, hi = np.quantile(pooled, [0.005, 0.995]) if pooled.size else (0.0, 1.0)
+        hi = hi if hi > lo else lo + 1.0
+        bins = np.linspace(lo, hi, 31)
+        data[det] = {"range": (float(lo), float(hi))}
+        for loss, style in zip(losses, LOSS_STYLES * 4, strict=False):
+            for group, values in scores[(det, loss)].items():
+                counts, _ = np.histogram(np.clip(values, lo, hi), bins=bins)
+                ax.stairs(counts, bins, color=GROUP_COLORS[group], lw=1.0, ls=style)
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_locator(NullLocator())  # minor log ticks: slow to draw, nothing to read
+        ax.set_xlim(lo, hi)
+        ax.locator_params(axis="x", nbins=4)
+        ax.tick_params(labelsize=6.5)
+        ax.set_title(det, fontsize=8, pad=2)
+        ax.set_xlabel("score", fontsize=7, labelpad=1)
+        ax.set_ylabel("samples", fontsize=7, labelpad=1)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=GROUP_COLORS[g], label=name)
+               for g, name in (("id", "ID test"), ("near", "near OOD"), ("far", "far OOD"))]
+    handles += [Line2D([], [], color="#555555", ls=style, label=_label(labels, loss))
+                for loss, style in zip(losses, LOSS_STYLES * 4, strict=False)]
+    fig.legend(handles=handles, loc="upper center", ncols=len(handles), fontsize=7, frameon=False)
+    caption = (f"{suite} / {model}: score distributions (higher = more in-distribution) per detector: the ID "
+               "test set and the near and far OOD sets (each group's sets pooled), one line style per loss, "
+               "pooled over seeds; one x range per detector for every loss (its pooled 0.5-99.5% quantiles; "
+               "values beyond are counted in the end bins); sample counts on a log scale.")
+    return Plot(_slug(suite, model, "distributions"), caption, fig, {**data, "kind": "score distributions"})
 
 
 def roc_curve(sid: np.ndarray, sood: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -258,51 +472,51 @@ def roc_curve(sid: np.ndarray, sood: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.r_[0.0, fpr], np.r_[0.0, tpr]
 
 
-def _roc(scores: _Scores, suite: str, model: str, runs: dict[str, list[int]], labels: dict[str, str],
-         color: dict[str, str], det: str) -> Plot | None:
-    frames = {(loss, s): scores.get((suite, model, loss, s)) for loss, seeds in runs.items() for s in seeds}
-    frames = {k: f for k, f in frames.items() if f is not None and det in f.columns}
-    if not frames:
+def _thin(x: np.ndarray, y: np.ndarray, points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """At most `points` points of a curve, its ends kept (the drawing, not the metrics, is thinned)."""
+    if x.size <= points:
+        return x, y
+    keep = np.unique(np.r_[np.linspace(0, x.size - 1, points).astype(int), x.size - 1])
+    return x[keep], y[keep]
+
+
+def _rocs(frames: dict[tuple[str, int], pd.DataFrame | None], suite: str, model: str, runs: dict[str, list[int]],
+          labels: dict[str, str], color: dict[str, str], detectors: list[str]) -> Plot | None:
+    curves = {(det, loss): _group_scores(frames, loss, seeds, det) for det in detectors for loss, seeds in runs.items()}
+    dets = [d for d in detectors if any("id" in curves[(d, loss)] for loss in runs)]
+    if not dets:
         return None
-    sets = list(dict.fromkeys(s for f in frames.values() for s in _ood_sets(f)))
-    if not sets:
-        return None
-    cols = min(3, len(sets))
-    rows = -(-len(sets) // cols)
-    fig = Figure(figsize=(3.4 * cols, 3.2 * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax, name in zip(axes, sets, strict=False):
-        seen = set()
-        for (loss, seed), frame in frames.items():
-            sid = frame.loc[frame["group"] == "id", det].to_numpy(float)
-            sood = frame.loc[frame["dataset"] == name, det].to_numpy(float)
-            if not sood.size:
-                continue
-            fpr, tpr = roc_curve(sid, sood)
-            ax.plot(fpr, tpr, color=color[loss], lw=1.2, alpha=0.8,
-                    label=_label(labels, loss) if loss not in seen else None)
-            seen.add(loss)
-        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-        ax.axhline(0.95, color="grey", lw=0.6, ls="--")
-        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel=f"FPR ({name} accepted)", ylabel="TPR (ID kept)")
-        ax.set_title(f"{det}: ID vs {name}", fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
-    for ax in axes[len(sets):]:
-        ax.set_visible(False)
-    return Plot(_slug(suite, model, "roc", det), f"{suite} / {model}: ROC curves of {det}, ID positive, one line "
-                "per seed (dashed: TPR 95%, where FPR@95 is read)", fig, {"sets": sets})
+    fig, axes = _grid(len(dets), 4, 9.0, 2.0)
+    for ax, det in zip(axes, dets, strict=True):
+        for loss in runs:
+            got = curves[(det, loss)]
+            for group, style in (("near", "-"), ("far", "--")):
+                if "id" in got and group in got:
+                    fpr, tpr = _thin(*roc_curve(got["id"], got[group]))
+                    ax.plot(fpr, tpr, color=color[loss], lw=1.0, ls=style)
+        ax.plot([0, 1], [0, 1], ":", color="#9e9e9e", lw=0.7)
+        ax.axhline(0.95, color="#9e9e9e", lw=0.6)
+        ax.set(xlim=(0, 1), ylim=(0, 1.01))
+        ax.locator_params(nbins=3)
+        ax.tick_params(labelsize=6.5)
+        ax.set_title(det, fontsize=8, pad=2)
+        ax.set_xlabel("FPR (OOD accepted)", fontsize=7, labelpad=1)
+        ax.set_ylabel("TPR (ID kept)", fontsize=7, labelpad=1)
+    from matplotlib.lines import Line2D
 
-
-def report_plots(results: list[dict[str, Any]], baseline: str, include_incomplete: bool = False) -> list[Plot]:
-    """The figures of the report over `results` (the same runs `report.render` keeps)."""
-    from .tables import select, tidy
-
-    kept, _ = select(results, include_incomplete)
-    return figures(tidy(kept), baseline)
+    handles = [Line2D([], [], color=color[loss], label=_label(labels, loss)) for loss in runs]
+    handles += [Line2D([], [], color="#555555", ls=style, label=f"vs {group} OOD")
+                for group, style in (("near", "-"), ("far", "--"))]
+    fig.legend(handles=handles, loc="upper center", ncols=len(handles), fontsize=7, frameon=False)
+    caption = (f"{suite} / {model}: ROC curves (ID positive) of each detector against the near and the far OOD "
+               "sets (each group's sets pooled), one colour per loss, pooled over seeds; grey line: TPR 95%, "
+               "where FPR@95 is read.")
+    return Plot(_slug(suite, model, "roc"), caption, fig, {"detectors": dets, "kind": "ROC curves"})
 
 
 def write_plots(plots: list[Plot], folder: str | Path) -> list[Path]:
-    """Each figure as PNG and PDF in `folder` (created); returns the files written."""
+    """Each figure as SVG (the HTML report's, not drawn again) and PDF in `folder` (created);
+    returns the files written."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -311,13 +525,8 @@ def write_plots(plots: list[Plot], folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise HaloBenchError(f"--plots {folder}: not a folder.")
     written = []
-    for plot in plots:
-        for ext in ("png", "pdf"):
-            path = folder / f"{plot.name}.{ext}"
-            buffer = io.BytesIO()  # drawn in memory, then written atomically: a kill never leaves half a file
-            plot.figure.savefig(buffer, format=ext, dpi=200, bbox_inches="tight",
-                                metadata={"Creator": None, "Producer": None, "CreationDate": None}
-                                if ext == "pdf" else {"Software": None})
-            atomic_write_bytes(path, buffer.getvalue())
-            written.append(path)
+    for plot in plots:  # each drawn in memory, then written atomically: a kill never leaves half a file
+        atomic_write_bytes(folder / f"{plot.name}.svg", plot.svg())
+        atomic_write_bytes(folder / f"{plot.name}.pdf", plot.pdf())
+        written += [folder / f"{plot.name}.svg", folder / f"{plot.name}.pdf"]
     return written

@@ -1,5 +1,6 @@
 """The report in each format (markdown, CSV, JSON, LaTeX, HTML with figures), every one
-rendered from `tables`."""
+rendered from one `assemble.Report`: findings first, then how the numbers were made, the
+tables, and the notes."""
 
 from __future__ import annotations
 
@@ -12,72 +13,131 @@ from tabulate import tabulate
 
 from ..losses import LOSSES
 from ..results import REPORT_FORMATS, check_report_format
+from .assemble import Report, build_report
+from .latex import escape
 from .latex import render_table as render_latex_table
-from .tables import (
-    DEFAULT_BASELINE,
-    KEYS,
-    NOTES,
-    aggregate,
-    integrity_notes,
-    paired_differences,
-    select,
-    tables,
-    tidy,
-    with_bootstrap,
-)
+from .tables import notes_text
+from .tidy import KEYS, aggregate
 
 
-def _render_markdown(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
-    table = tidy(results)
-    parts = ["# halo-bench report", ""]
-    for title, header, rows in tables(table, baseline):
+def findings_lines(report: Report) -> list[str]:
+    """The findings section as markdown lines: the family's counts, then the differences that
+    survive the adjustment, and apart those that exclude zero before it only."""
+    found = report.findings
+    if not found.tested:
+        return ["No paired difference could be tested: the report has one loss, or no seed is shared with the "
+                "baseline and no scores files give a bootstrap."]
+    lines = [found.summary(), ""]
+    survivors = [c for c in found.findings if c.survives]
+    others = [c for c in found.findings if not c.survives]
+    if survivors:
+        lines += ["Differences that survive the adjustment:", ""]
+        lines += [f"- **{c.sentence(report.labels)}** (adjusted p = {c.p_adjusted:.3g})" for c in survivors]
+    else:
+        lines.append("No difference survives the adjustment: the tested cells show no difference between the losses "
+                     "that can be told from chance.")
+    if others:
+        lines += ["", f"Excluding zero before the adjustment only (not findings: of {found.tested} cells, about "
+                  f"{found.expected_by_chance:.1f} would by chance alone):", ""]
+        lines += [f"- {c.sentence(report.labels)} (p = {c.p:.3g}, adjusted {c.p_adjusted:.3g})" for c in others]
+    return lines
+
+
+def provenance_lines(report: Report) -> list[str]:
+    lines = [f"- {what}: {value}" for what, value in report.provenance.lines]
+    lines += [f"- **warning:** {warning}" for warning in report.provenance.warnings]
+    return lines
+
+
+def _render_markdown(report: Report) -> str:
+    parts = ["# halo-bench report", "", "## Findings", "", *findings_lines(report), "",
+             "## How these numbers were made", "", *provenance_lines(report), ""]
+    for title, header, rows in report.tables:
         parts += [f"## {title}", "", tabulate(rows, header, tablefmt="github", disable_numparse=True), ""]
-    parts += [NOTES, ""]
-    if left_out:
-        parts += ["Left out of the tables:", "", *(f"- {line}" for line in left_out), ""]
-    parts += [f"{line}\n" for line in integrity_notes(table)]
+    parts += ["## Notes", "", notes_text(report.findings), ""]
+    if report.left_out:
+        parts += ["Left out of the tables:", "", *(f"- {line}" for line in report.left_out), ""]
+    parts += [f"{line}\n" for line in report.notes]
     return "\n".join(parts)
 
 
-
-
-def _render_latex(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
+def _render_latex(report: Report) -> str:
     parts = ["% halo-bench report; needs \\usepackage{booktabs}"]
-    parts += [f"% left out: {line}" for line in left_out]
-    parts += ["% bold: the better loss value per row (each metric's direction); " + NOTES]
-    table = tidy(results)
-    labels = list(table.attrs.get("labels", {}).values()) + list(dict.fromkeys(table["loss"]))
+    parts += [f"% left out: {line}" for line in report.left_out]
+    parts += [f"% {what}: {value}" for what, value in report.provenance.lines]
+    parts += [f"% warning: {warning}" for warning in report.provenance.warnings]
+    parts += ["% bold: the better loss value per row (each metric's direction); " + notes_text(report.findings)]
+    parts.append(_latex_findings(report))
+    labels = list(report.labels.values()) + list(dict.fromkeys(report.table["loss"]))
     labels += [spec.label for spec in LOSSES.values()]
-    for title, header, rows in tables(table, baseline):
+    for title, header, rows in report.tables:
         parts.append(render_latex_table(title, header, rows, labels))
     return "\n".join(parts)
 
 
-def _with_deltas(results: list[dict[str, Any]], baseline: str) -> pd.DataFrame:
-    table = tidy(results)
-    deltas = with_bootstrap(paired_differences(table, baseline), table, baseline)
-    return aggregate(table).merge(deltas, on=[*KEYS, "loss"], how="left")
+def _latex_findings(report: Report) -> str:
+    """The findings as their own table: every difference that excludes 0, survivors first."""
+    found = report.findings
+    lines = ["\\begin{table}[t]", "\\centering", f"\\caption{{{escape('Findings: ' + found.summary())}}}",
+             "\\begin{tabular}{llrrrl}", "\\toprule",
+             "comparison & cell & $\\Delta$ & 95\\% interval & adjusted $p$ & survives \\\\", "\\midrule"]
+    for c in found.findings:
+        d = c.decimals
+        lines.append(" & ".join([escape(f"{report.label(c.loss)} vs {report.label(c.baseline)}"), escape(c.what),
+                                 f"${c.delta:+.{d}f}$", f"$[{c.lo:+.{d}f}, {c.hi:+.{d}f}]$",
+                                 f"{c.p_adjusted:.3g}", "yes" if c.survives else "no"]) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+    return "\n".join(lines)
 
 
-def _render_csv(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
-    return _with_deltas(results, baseline).to_csv(index=False)
+def _frame(report: Report) -> pd.DataFrame:
+    """Every cell with its mean, std, seeds and Δ, interval, p-values and the survivors."""
+    out = aggregate(report.table).merge(report.deltas, on=[*KEYS, "loss"], how="left")
+    adjusted = {(c.keys["suite"], c.keys["model"], c.keys["detector"], c.keys["dataset"], c.keys["group"], c.metric,
+                 c.loss): (c.p_adjusted, c.survives) for c in report.findings.findings}
+    tested = {(c.keys["suite"], c.keys["model"], c.keys["detector"], c.keys["dataset"], c.keys["group"], c.metric,
+               c.loss) for c in _family(report)}
+    keys = list(zip(*(out[k] for k in [*KEYS, "loss"]), strict=True))
+    out["tested"] = [k in tested for k in keys]
+    out["p_adjusted"] = [adjusted.get(k, (float("nan"), False))[0] for k in keys]
+    out["survives"] = [adjusted.get(k, (0.0, False))[1] for k in keys]
+    return out
 
 
-def _render_json(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
-    agg = _with_deltas(results, baseline)
-    records = json.loads(agg.to_json(orient="records"))
-    runs = [{"path": r["_path"], "run": r["run"], "checkpoint_sha256": r["checkpoint"]["sha256"]} for r in results]
-    return json.dumps({"schema": "halo-bench/report", "baseline": baseline, "runs": runs, "left_out": left_out,
-                       "rows": records}, indent=2) + "\n"
+def _family(report: Report) -> list[Any]:
+    from .findings import family_cells
+
+    several = report.table[["suite", "model"]].drop_duplicates().shape[0] > 1
+    return family_cells(report.deltas, report.baseline, several)
 
 
-def _render_html(results: list[dict[str, Any]], baseline: str, left_out: list[str]) -> str:
+def _render_csv(report: Report) -> str:
+    return _frame(report).to_csv(index=False)
+
+
+def _render_json(report: Report) -> str:
+    records = json.loads(_frame(report).to_json(orient="records"))
+    runs = [{"path": r["_path"], "run": r["run"], "checkpoint_sha256": r["checkpoint"]["sha256"]}
+            for r in report.results]
+    found = report.findings
+    findings = {"method": found.method, "alpha": found.alpha, "tested": found.tested, "unadjusted": found.unadjusted,
+                "survived": found.survived, "expected_by_chance": found.expected_by_chance,
+                "cells": [{"loss": c.loss, "baseline": c.baseline, "what": c.what, "metric": c.metric, **c.keys,
+                           "delta": c.delta, "lo": c.lo, "hi": c.hi, "p": c.p, "p_adjusted": c.p_adjusted,
+                           "survives": c.survives, "sentence": c.sentence(report.labels)} for c in found.findings]}
+    return json.dumps({"schema": "halo-bench/report", "baseline": report.baseline, "findings": findings,
+                       "provenance": dict(report.provenance.lines), "warnings": report.provenance.warnings,
+                       "runs": runs, "left_out": report.left_out, "notes": report.notes, "rows": records},
+                      indent=2) + "\n"
+
+
+def _render_html(report: Report, plots: list[Any] | None = None) -> str:
     from .html import render_html  # imports matplotlib: only when HTML is asked for
 
-    return render_html(results, baseline, left_out)
+    return render_html(report, plots)
 
 
-FORMATS: dict[str, Callable[[list[dict[str, Any]], str, list[str]], str]] = {
+FORMATS: dict[str, Callable[..., str]] = {
     "markdown": _render_markdown,
     "csv": _render_csv,
     "json": _render_json,
@@ -89,12 +149,16 @@ FORMATS: dict[str, Callable[[list[dict[str, Any]], str, list[str]], str]] = {
 assert tuple(FORMATS) == REPORT_FORMATS
 
 
-def render(results: list[dict[str, Any]], fmt: str = "markdown", baseline: str = DEFAULT_BASELINE,
-           include_incomplete: bool = False) -> str:
-    """The report over `results` in `fmt`, every loss compared with `baseline` (a loss tag).
+def render(results: list[dict[str, Any]], fmt: str = "markdown", baseline: str | None = None,
+           include_incomplete: bool = False, adjust: str = "bh") -> str:
+    """The report over `results` in `fmt`, every loss compared with `baseline` (a loss tag;
+    default `cce`), findings adjusted by `adjust` (bh, holm or none). Partial and unfinished
+    runs are left out and listed."""
+    check_report_format(fmt, adjust)
+    return render_report(build_report(results, baseline, include_incomplete, adjust), fmt)
 
-    Partial and unfinished runs are left out (see `select`) and listed.
-    """
-    check_report_format(fmt)
-    kept, left_out = select(results, include_incomplete)
-    return FORMATS[fmt](kept, baseline, left_out)
+
+def render_report(report: Report, fmt: str, plots: list[Any] | None = None) -> str:
+    """`report` in `fmt`; HTML takes its figures from `plots` when given (drawn once for the
+    page and `--plots`)."""
+    return FORMATS[fmt](report, plots) if fmt == "html" else FORMATS[fmt](report)

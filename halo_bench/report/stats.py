@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import HaloBenchError
+from .findings import bootstrap_p
 
 RESAMPLES = 1000
 SEED = 0
@@ -224,10 +225,12 @@ def bootstrap_delta(base: Scores, other: Scores, resamples: int | None = None, s
                             prepared)
         draws.append(np.stack([vals[1][k] - vals[0][k] for k in keys], axis=1))
     alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.percentile(np.concatenate(draws), [100 * alpha, 100 * (1 - alpha)], axis=0)
+    stacked = np.concatenate(draws)
+    lo, hi = np.percentile(stacked, [100 * alpha, 100 * (1 - alpha)], axis=0)
+    p = [bootstrap_p(stacked[:, j]) for j in range(stacked.shape[1])]
     return pd.DataFrame({"detector": [k[0] for k in keys], "dataset": [k[1] for k in keys],
                          "metric": [k[2] for k in keys], "delta": point, "delta_lo": lo, "delta_hi": hi,
-                         "resamples": resamples})
+                         "p": p, "resamples": resamples})
 
 
 def bootstrap_table(table: pd.DataFrame, baseline: str, resamples: int | None = None,
@@ -239,7 +242,7 @@ def bootstrap_table(table: pd.DataFrame, baseline: str, resamples: int | None = 
     Columns: report.KEYS, loss, delta_lo, delta_hi, resamples.
     """
     entries: dict[tuple, tuple[str, str | None]] = table.attrs.get("scores", {})
-    columns = ["suite", "model", "detector", "dataset", "group", "metric", "loss", "delta_lo", "delta_hi",
+    columns = ["suite", "model", "detector", "dataset", "group", "metric", "loss", "delta_lo", "delta_hi", "p",
                "resamples"]
     frames = []
 
