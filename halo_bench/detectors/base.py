@@ -34,6 +34,7 @@ class DetectorContext:
     memory_format: torch.memory_format | None = None  # and its memory format (channels-last on CUDA)
     pipeline: str = "loader"  # "auto": in-memory arrays are served from the device (data/device.py)
     train: SplitOutputs | None = None  # ID train outputs (eval transform), for detectors that fit
+    split: str = ""  # the split being scored, e.g. "digits": names it in a detector's progress line
     memo: dict[str, Any] = field(default_factory=dict)  # per-model values detectors share (e.g. the linear map)
 
     @property
