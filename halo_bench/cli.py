@@ -587,7 +587,7 @@ def detectors(format: ListFormatOpt = "table") -> None:
     """List the OOD detectors, their defaults and what they need."""
     from rich.text import Text
 
-    from .core.console import Column, check_list_format, print_listing, print_records, stdout_console
+    from .core.console import Column, check_list_format, print_listing, print_records, print_wrapped, stdout_console
     from .detectors import DETECTORS, format_value
 
     check_list_format(format)
@@ -608,9 +608,10 @@ def detectors(format: ListFormatOpt = "table") -> None:
     print_listing("detectors (score: higher = more in-distribution)",
                   [Column("name", "name", "name"), Column("reads", "reads", "short"), Column("score", "score"),
                    Column("defaults", "defaults"), Column("grid", "--tune grid"), Column("needs", "needs")], rows, out)
-    out.print(Text("Set parameters with --detectors NAME:PARAM=VALUE, e.g. knn:k=100,odin:temperature=1000:eps=0.0014,"
-                   "ash:variant=b; a detector with non-default settings is reported as NAME[PARAM=VALUE]. 'penultimate' "
-                   "= the backbone's pooled features (OpenOOD's); 'embedding' = the layer the head reads."))
+    print_wrapped(out, Text("Set parameters with --detectors NAME:PARAM=VALUE, e.g. knn:k=100,odin:temperature="
+                            "1000:eps=0.0014,ash:variant=b; a detector with non-default settings is reported as "
+                            "NAME[PARAM=VALUE]. 'penultimate' = the backbone's pooled features (OpenOOD's); "
+                            "'embedding' = the layer the head reads."))
 
 
 def main() -> None:

@@ -292,10 +292,16 @@ def _print_record(out: Console, columns: Sequence[Column], row: Mapping[str, str
 
 def _print_hanging(out: Console, text: Text) -> None:
     """Wrap at the console's width, continuation lines indented under the first."""
-    lines = text.wrap(out, max(out.width - 4, 20), overflow="fold")
+    print_wrapped(out, text, indent="    ")
+
+
+def print_wrapped(out: Console, text: Text, indent: str = "") -> None:
+    """`text` wrapped at the console's width without the trailing spaces rich leaves at each break
+    (they show in a log file); continuation lines start with `indent`."""
+    lines = text.wrap(out, max(out.width - len(indent), 20), overflow="fold")
     for i, line in enumerate(lines):
         line.rstrip()
-        out.print(Text("    ") + line if i else line, soft_wrap=True)
+        out.print(Text(indent) + line if i else line, soft_wrap=True)
 
 
 def print_json(obj: Any) -> None:
