@@ -43,7 +43,7 @@ DataRootOpt = Annotated[Optional[Path], typer.Option(
 PipelineOpt = Annotated[str, typer.Option(
     "--data-pipeline", help="auto: in-memory image arrays (CIFAR, SVHN, MNIST, embedded) are held on a GPU and "
     "augmented there, the DataLoader serves the rest and everything on a CPU; device: insist on that; loader: "
-    "always the DataLoader. See README 'GPU'.")]
+    "always the DataLoader. See docs/cluster-gpu.md.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--num-workers", "--workers", "-j", min=0, help="DataLoader worker processes (default: 0 for in-memory data: "
     "CIFAR, SVHN, the MNIST family and the embedded sets; for image files, up to 8 of the CPUs this process may use).",
@@ -356,13 +356,13 @@ def bench(
     force: Annotated[bool, typer.Option("--force", help="Retrain runs that are already complete.")] = False,
     data_root: DataRootOpt = None,
     registry: RegistryOpt = None,
-    launcher: Annotated[str, typer.Option("--launcher", help="inline: every run in this process, one after another; local or slurm: each (loss, seed) run as a submitit job (background processes here, or one SLURM job array); see README 'On a cluster'.")] = "inline",
+    launcher: Annotated[str, typer.Option("--launcher", help="inline: every run in this process, one after another; local or slurm: each (loss, seed) run as a submitit job (background processes here, or one SLURM job array); see docs/cluster-gpu.md.")] = "inline",
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="local/slurm: follow the jobs with a progress display and write the report when they end (default: print the job ids and return).")] = False,
     max_parallel: Annotated[Optional[int], typer.Option("--max-parallel", help="local/slurm: at most this many jobs at once (default: 1 local, all on SLURM).", show_default=False)] = None,
     cluster_config: Annotated[Optional[Path], typer.Option("--cluster-config", help="local/slurm: YAML file of job settings (partition, time, gpus_per_job, cpus_per_job, mem_gb, account, max_parallel, sbatch_lines, setup, max_requeues); flags override it.", show_default=False)] = None,
     partition: Annotated[Optional[str], typer.Option("--partition", help="slurm: partition to submit to.", show_default=False)] = None,
     time_limit: Annotated[Optional[str], typer.Option("--time", help="local/slurm: time limit per job, minutes or H:MM:SS (default 24:00:00 on SLURM, none locally); a job that reaches it is requeued and resumes.", show_default=False)] = None,
-    gpus_per_job: Annotated[Optional[int], typer.Option("--gpus-per-job", help="local/slurm: GPUs per job, 0 or 1 (default 1; a job is one process, more is refused: multi-GPU training runs under torchrun, README 'GPU').", show_default=False)] = None,
+    gpus_per_job: Annotated[Optional[int], typer.Option("--gpus-per-job", help="local/slurm: GPUs per job, 0 or 1 (default 1; a job is one process, more is refused: multi-GPU training runs under torchrun, docs/cluster-gpu.md).", show_default=False)] = None,
     cpus_per_job: Annotated[Optional[int], typer.Option("--cpus-per-job", help="local/slurm: CPU cores (and torch threads) per job (default: SLURM's; locally the cores divided by --max-parallel).", show_default=False)] = None,
     mem_gb: Annotated[Optional[float], typer.Option("--mem-gb", help="slurm: memory per job in GB.", show_default=False)] = None,
     account: Annotated[Optional[str], typer.Option("--account", help="slurm: account to charge.", show_default=False)] = None,
@@ -396,7 +396,7 @@ def _single_process(command: str) -> None:
     if launched_ranks().distributed:
         raise HaloBenchError(
             f"`{command}` runs in one process and is not sharded across torchrun's ranks: one GPU evaluates "
-            f"CIFAR-10's test set in seconds (README 'GPU'). Run `halo-bench {command}` without torchrun; "
+            f"CIFAR-10's test set in seconds (docs/cluster-gpu.md). Run `halo-bench {command}` without torchrun; "
             "use torchrun for `halo-bench train`.")
 
 
