@@ -148,6 +148,27 @@ def test_line_progress_writes_every_n_seconds_on_a_slow_task(monkeypatch: pytest
     assert "1 batches/s" in lines[0] and "0:01:00 elapsed" in lines[0] and "about 0:15:40 left" in lines[0]
 
 
+def test_a_task_that_does_not_move_writes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bench --wait` polls its runs: a run that waits in the queue for an hour writes no line."""
+    from rich.console import Console
+
+    from halo_bench.core import console as terminal
+
+    clock = _Clock()
+    monkeypatch.setattr(terminal.time, "monotonic", clock)
+    out = io.StringIO()
+    progress = terminal.LineProgress(Console(file=out, width=200), every_s=60)
+    task = progress.add_task("digits-resnet18-halo-s0", total=10, unit="epochs")
+    for _ in range(60):
+        clock.now += 60
+        progress.update(task, completed=0, status="running")
+    assert out.getvalue() == ""
+    clock.now += 60
+    progress.update(task, completed=1, status="running")
+    assert out.getvalue().splitlines() == [
+        "digits-resnet18-halo-s0: 1/10 epochs (10%), 0.000273 epochs/s, 1:01:00 elapsed, about 9:09:00 left, running"]
+
+
 def test_a_fast_task_writes_only_its_last_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _lines(monkeypatch, every_s=60, total=50, step_s=0.01) == [
         "odin digits: 50/50 batches (100%), 100 batches/s, 0.5 s elapsed"]

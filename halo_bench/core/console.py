@@ -52,7 +52,10 @@ def progress_form() -> str:
     chosen = os.environ.get("HALO_BENCH_PROGRESS", "").strip().lower()
     if chosen in PROGRESS_FORMS:
         return chosen
-    return "bars" if console.is_interactive else "lines"
+    # Asked each time (not rich's is_interactive, fixed when the console was made): stderr may
+    # have been redirected since, as by a test runner or a wrapper script.
+    live = console.is_jupyter or (console.is_terminal and not console.is_dumb_terminal)
+    return "bars" if live else "lines"
 
 
 def _every_s() -> float:
@@ -106,6 +109,7 @@ class _LineTask:
     start_count: float
     last_line: float
     last_decile: int
+    last_count: float
     finished: bool = False
 
 
@@ -113,8 +117,9 @@ class LineProgress:
     """rich.Progress's task API (add_task, update, advance, console) written as plain lines.
 
     A task prints a line when it has passed another tenth of its total and `MIN_GAP_S` have
-    gone by since its last line, or when `every_s` have gone by, and once when it completes:
-    counts, rate, elapsed and remaining time. Never a blank line, never a control code.
+    gone by since its last line, or when `every_s` have gone by and it has moved, and once when
+    it completes: counts, rate, elapsed and remaining time. A task that does not move prints
+    nothing (a sweep waiting on queued jobs fills no log). Never a blank line, no control code.
     """
 
     def __init__(self, out: Console, quiet: bool = False, every_s: float = DEFAULT_EVERY_S) -> None:
@@ -136,7 +141,7 @@ class LineProgress:
         fields.setdefault("unit", "")
         fields.setdefault("status", "")
         self._tasks.append(_LineTask(description, total, completed, fields, now, completed, now,
-                                     self._decile(completed, total)))
+                                     self._decile(completed, total), completed))
         return len(self._tasks) - 1
 
     def advance(self, task_id: int, advance: float = 1) -> None:
@@ -166,10 +171,12 @@ class LineProgress:
         now = time.monotonic()
         done = task.total is not None and task.completed >= task.total
         decile = self._decile(task.completed, task.total)
-        due = (decile > task.last_decile and now - task.last_line >= MIN_GAP_S) or now - task.last_line >= self.every_s
+        moved = task.completed != task.last_count
+        due = (decile > task.last_decile and now - task.last_line >= MIN_GAP_S) or (
+            moved and now - task.last_line >= self.every_s)
         if done or due:
             task.finished = done
-            task.last_line, task.last_decile = now, decile
+            task.last_line, task.last_decile, task.last_count = now, decile, task.completed
             self.console.print(self.line(task, now), markup=False, highlight=False, soft_wrap=True)
 
     @staticmethod
