@@ -25,6 +25,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # click's plain help: it wraps at any width and never cuts an option's name, and a switch
+    # shows no type (rich panels print "<bool>" and truncate the option column at 80 columns).
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -40,7 +43,7 @@ DataRootOpt = Annotated[Optional[Path], typer.Option(
 PipelineOpt = Annotated[str, typer.Option(
     "--data-pipeline", help="auto: in-memory image arrays (CIFAR, SVHN, MNIST, embedded) are held on a GPU and "
     "augmented there, the DataLoader serves the rest and everything on a CPU; device: insist on that; loader: "
-    "always the DataLoader. See README 'GPU'.")]
+    "always the DataLoader. See docs/cluster-gpu.md.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--num-workers", "--workers", "-j", min=0, help="DataLoader worker processes (default: 0 for in-memory data: "
     "CIFAR, SVHN, the MNIST family and the embedded sets; for image files, up to 8 of the CPUs this process may use).",
@@ -360,13 +363,13 @@ def bench(
     force: Annotated[bool, typer.Option("--force", help="Retrain runs that are already complete.")] = False,
     data_root: DataRootOpt = None,
     registry: RegistryOpt = None,
-    launcher: Annotated[str, typer.Option("--launcher", help="inline: every run in this process, one after another; local or slurm: each (loss, seed) run as a submitit job (background processes here, or one SLURM job array); see README 'On a cluster'.")] = "inline",
+    launcher: Annotated[str, typer.Option("--launcher", help="inline: every run in this process, one after another; local or slurm: each (loss, seed) run as a submitit job (background processes here, or one SLURM job array); see docs/cluster-gpu.md.")] = "inline",
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="local/slurm: follow the jobs with a progress display and write the report when they end (default: print the job ids and return).")] = False,
     max_parallel: Annotated[Optional[int], typer.Option("--max-parallel", help="local/slurm: at most this many jobs at once (default: 1 local, all on SLURM).", show_default=False)] = None,
     cluster_config: Annotated[Optional[Path], typer.Option("--cluster-config", help="local/slurm: YAML file of job settings (partition, time, gpus_per_job, cpus_per_job, mem_gb, account, max_parallel, sbatch_lines, setup, max_requeues); flags override it.", show_default=False)] = None,
     partition: Annotated[Optional[str], typer.Option("--partition", help="slurm: partition to submit to.", show_default=False)] = None,
     time_limit: Annotated[Optional[str], typer.Option("--time", help="local/slurm: time limit per job, minutes or H:MM:SS (default 24:00:00 on SLURM, none locally); a job that reaches it is requeued and resumes.", show_default=False)] = None,
-    gpus_per_job: Annotated[Optional[int], typer.Option("--gpus-per-job", help="local/slurm: GPUs per job, 0 or 1 (default 1; a job is one process, more is refused: multi-GPU training runs under torchrun, README 'GPU').", show_default=False)] = None,
+    gpus_per_job: Annotated[Optional[int], typer.Option("--gpus-per-job", help="local/slurm: GPUs per job, 0 or 1 (default 1; a job is one process, more is refused: multi-GPU training runs under torchrun, docs/cluster-gpu.md).", show_default=False)] = None,
     cpus_per_job: Annotated[Optional[int], typer.Option("--cpus-per-job", help="local/slurm: CPU cores (and torch threads) per job (default: SLURM's; locally the cores divided by --max-parallel).", show_default=False)] = None,
     mem_gb: Annotated[Optional[float], typer.Option("--mem-gb", help="slurm: memory per job in GB.", show_default=False)] = None,
     account: Annotated[Optional[str], typer.Option("--account", help="slurm: account to charge.", show_default=False)] = None,
@@ -400,7 +403,7 @@ def _single_process(command: str) -> None:
     if launched_ranks().distributed:
         raise HaloBenchError(
             f"`{command}` runs in one process and is not sharded across torchrun's ranks: one GPU evaluates "
-            f"CIFAR-10's test set in seconds (README 'GPU'). Run `halo-bench {command}` without torchrun; "
+            f"CIFAR-10's test set in seconds (docs/cluster-gpu.md). Run `halo-bench {command}` without torchrun; "
             "use torchrun for `halo-bench train`.")
 
 
@@ -422,59 +425,103 @@ def _losses(value: str) -> list[str]:
     return items
 
 
+ListFormatOpt = Annotated[str, typer.Option(
+    "--format", "-f", help="table (wraps at any width; one record per row where a table would cut a name), "
+    "json or csv (for scripts).")]
+
+
 @app.command("losses")
-def losses_() -> None:
+@_user_errors
+def losses_(format: ListFormatOpt = "table") -> None:
     """List the training losses, their knobs and defaults."""
     import dataclasses
 
-    from rich.table import Table
-
-    from .core.console import console
+    from .core.console import Column, check_list_format, print_listing, print_records
     from .losses import LOSSES
 
-    table = Table(title="losses (knobs: --loss NAME:knob=value, or the knob's own flag of `train`)")
-    for col in ("name", "label", "what it trains", "knobs (default): meaning"):
-        table.add_column(col)
-    for spec in LOSSES.values():
-        knobs = "\n".join(f"{f.name} ({f.default}): {f.metadata.get('help', '')}"
-                           for f in dataclasses.fields(spec.knobs)) or "-"
-        table.add_row(spec.name, spec.label, spec.summary, knobs)
-    console.print(table, soft_wrap=False)
+    check_list_format(format)
+    records = [{"name": spec.name, "label": spec.label, "summary": spec.summary,
+                "knobs": [{"name": f.name, "default": f.default, "help": f.metadata.get("help", "")}
+                          for f in dataclasses.fields(spec.knobs)]} for spec in LOSSES.values()]
+    if format != "table":
+        print_records(records, format)
+        return
+    rows = [{**r, "knobs": "\n".join(f"{k['name']} ({_knob_default(k['default'])}): {k['help']}" for k in r["knobs"])
+             or "-"} for r in records]
+    print_listing("losses (knobs: --loss NAME:knob=value, or the knob's own flag of `train`)",
+                  [Column("name", "name", "name"), Column("label", "label", "name"),
+                   Column("summary", "what it trains"), Column("knobs", "knobs (default): meaning")], rows)
 
 
 @app.command()
 @_user_errors
-def datasets(data_root: DataRootOpt = None, registry: RegistryOpt = None) -> None:
+def datasets(data_root: DataRootOpt = None, registry: RegistryOpt = None,
+             format: Annotated[str, typer.Option(
+                 "--format", "-f", help="table (wraps at any width; one record per row where a table would "
+                 "cut a name), json (datasets and suites) or csv (the datasets; for scripts).")] = "table") -> None:
     """List the registry's datasets (present or not, size, how to get them) and suites."""
-    from rich.table import Table
+    from .core.console import check_list_format, print_json, print_records
+    from .data import load_registry, resolve_data_root
 
-    from .core.console import console
-    from .data import how_to_get, load_registry, presence, resolve_data_root
-
+    check_list_format(format)
     reg = load_registry(registry)
     root = resolve_data_root(data_root)
-    table = Table(title=f"datasets under {root} (registry {reg.path})")
-    for col in ("name", "source", "status", "size", "description"):
-        table.add_column(col)
-    missing: dict[str, list[str]] = {}
+    records, suites = _dataset_records(reg, root), _suite_records(reg)
+    if format == "json":
+        print_json({"data_root": str(root), "registry": str(reg.path), "datasets": records, "suites": suites})
+    elif format == "csv":
+        print_records(records, "csv")
+    else:
+        _print_datasets(reg, root, records, suites)
+
+
+def _dataset_records(reg: Any, root: Path) -> list[dict[str, Any]]:
+    from .data import how_to_get, presence
+
+    records = []
     for spec in reg.datasets.values():
         found = presence(spec, root)
-        size = _human_size(found.size_bytes, found.size_complete) if found.status == "present" else "-"
-        style = {"present": "green", "missing": "red"}.get(found.status, "dim")
-        names = spec.name + (f" ({', '.join(spec.aliases)})" if spec.aliases else "")
-        table.add_row(names, spec.source, f"[{style}]{found.status}[/]", size, spec.description)
-        if found.status == "missing":
-            missing.setdefault(how_to_get(spec, root), []).append(spec.name)
-    suites = Table(title="suites")
-    for col in ("name", "ID", "near", "far", "description"):
-        suites.add_column(col)
-    for s in reg.suites.values():
-        suites.add_row(s.name, s.id, ", ".join(s.near), ", ".join(s.far), s.description)
-    console.print(table, suites, soft_wrap=False)
+        present = found.status == "present"
+        records.append({"name": spec.name, "aliases": list(spec.aliases), "source": spec.source,
+                        "status": found.status, "size_bytes": found.size_bytes if present else None,
+                        "size_complete": found.size_complete if present else None,
+                        "description": spec.description,
+                        "how_to_get": how_to_get(spec, root) if found.status == "missing" else None})
+    return records
+
+
+def _suite_records(reg: Any) -> list[dict[str, Any]]:
+    return [{"name": s.name, "id": s.id, "near": list(s.near), "far": list(s.far), "description": s.description}
+            for s in reg.suites.values()]
+
+
+def _print_datasets(reg: Any, root: Path, records: list[dict[str, Any]], suites: list[dict[str, Any]]) -> None:
+    from rich.text import Text
+
+    from .core.console import Column, print_listing, stdout_console
+
+    out = stdout_console()
+    rows = [{"name": r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else ""), "source": r["source"],
+             "status": r["status"], "description": r["description"],
+             "size": _human_size(r["size_bytes"], r["size_complete"]) if r["size_bytes"] is not None else "-"}
+            for r in records]
+    status = Column("status", "status", "short", styles={"present": "green", "missing": "red", "in package": "dim"})
+    print_listing(f"datasets under {root} (registry {reg.path})",
+                  [Column("name", "name", "name"), Column("source", "source", "short"), status,
+                   Column("size", "size", "short"), Column("description", "description")], rows, out)
+    out.print()
+    print_listing("suites", [Column("name", "name", "name"), Column("id", "ID", "name"), Column("near", "near"),
+                             Column("far", "far"), Column("description", "description")],
+                  [{**s, "near": ", ".join(s["near"]), "far": ", ".join(s["far"])} for s in suites], out)
+    missing: dict[str, list[str]] = {}
+    for r in records:
+        if r["how_to_get"]:
+            missing.setdefault(r["how_to_get"], []).append(r["name"])
     if missing:
-        console.print("[bold]How to get the missing datasets[/]")
+        out.print()
+        out.print(Text("How to get the missing datasets", style="bold"))
         for instruction, names in missing.items():
-            console.print(f"- {', '.join(names)}: {instruction}", soft_wrap=True)
+            out.print(Text(f"- {', '.join(names)}: {instruction}"), soft_wrap=True)
 
 
 def _human_size(num: int, complete: bool) -> str:
@@ -542,27 +589,36 @@ def download(
 
 
 @app.command()
-def detectors() -> None:
+@_user_errors
+def detectors(format: ListFormatOpt = "table") -> None:
     """List the OOD detectors, their defaults and what they need."""
-    from rich.table import Table
+    from rich.text import Text
 
-    from .core.console import console
+    from .core.console import Column, check_list_format, print_listing, print_records, print_wrapped, stdout_console
     from .detectors import DETECTORS, format_value
 
-    table = Table(title="detectors (score: higher = more in-distribution)")
-    for col in ("name", "score", "reads", "defaults", "--tune grid", "needs"):
-        table.add_column(col, no_wrap=col in ("name", "reads"))
-    for cls in DETECTORS.values():
-        needs = [n for n, on in (("HALO model", cls.halo_only), ("ID-train pass", cls.needs_train),
-                                 ("gradient passes", cls.needs_inputs)) if on]
-        defaults = ", ".join(f"{k}={format_value(v)}" + (f" (of {'|'.join(cls.choices[k])})" if k in cls.choices
-                                                          else "") for k, v in cls.defaults.items())
-        grid = "; ".join(f"{k} in {{{', '.join(f'{v:g}' for v in values)}}}" for k, values in cls.tune_grid.items())
-        table.add_row(cls.name, cls.summary, cls.reads, defaults or "-", grid or "-", ", ".join(needs) or "-")
-    console.print(table, soft_wrap=False)
-    console.print("Set parameters with --detectors NAME:PARAM=VALUE, e.g. knn:k=100,odin:temperature=1000:eps=0.0014,"
-                  "ash:variant=b; a detector with non-default settings is reported as NAME[PARAM=VALUE]. 'penultimate' = the "
-                  "backbone's pooled features (OpenOOD's); 'embedding' = the layer the head reads.", soft_wrap=True)
+    check_list_format(format)
+    records = [{"name": cls.name, "score": cls.summary, "reads": cls.reads, "defaults": dict(cls.defaults),
+                "choices": {k: list(v) for k, v in cls.choices.items()},
+                "tune_grid": {k: list(v) for k, v in cls.tune_grid.items()},
+                "needs": [n for n, on in (("HALO model", cls.halo_only), ("ID-train pass", cls.needs_train),
+                                          ("gradient passes", cls.needs_inputs)) if on]} for cls in DETECTORS.values()]
+    if format != "table":
+        print_records(records, format, ["name", "score", "reads", "defaults", "choices", "tune_grid", "needs"])
+        return
+    rows = [{"name": r["name"], "score": r["score"], "reads": r["reads"], "needs": ", ".join(r["needs"]) or "-",
+             "defaults": ", ".join(f"{k}={format_value(v)}" + (f" (of {'|'.join(r['choices'][k])})"
+                                   if k in r["choices"] else "") for k, v in r["defaults"].items()) or "-",
+             "grid": "; ".join(f"{k} in {{{', '.join(f'{v:g}' for v in values)}}}"
+                               for k, values in r["tune_grid"].items()) or "-"} for r in records]
+    out = stdout_console()
+    print_listing("detectors (score: higher = more in-distribution)",
+                  [Column("name", "name", "name"), Column("reads", "reads", "short"), Column("score", "score"),
+                   Column("defaults", "defaults"), Column("grid", "--tune grid"), Column("needs", "needs")], rows, out)
+    print_wrapped(out, Text("Set parameters with --detectors NAME:PARAM=VALUE, e.g. knn:k=100,odin:temperature="
+                            "1000:eps=0.0014,ash:variant=b; a detector with non-default settings is reported as "
+                            "NAME[PARAM=VALUE]. 'penultimate' = the backbone's pooled features (OpenOOD's); "
+                            "'embedding' = the layer the head reads."))
 
 
 def main() -> None:

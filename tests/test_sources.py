@@ -144,7 +144,7 @@ def test_cli_reports_a_missing_dataset_and_lists_presence(data_root, tmp_path) -
                                  "--out", str(tmp_path / "runs")])
     assert result.exit_code == 2 and "halo-bench download cifar10" in result.output
     assert "Traceback" not in result.output
-    listing = runner.invoke(app, ["datasets", "--data-root", str(data_root)])
+    listing = runner.invoke(app, ["datasets", "--data-root", str(data_root)], env={"COLUMNS": "200"})  # a table
     assert listing.exit_code == 0
     row = next(line for line in listing.output.splitlines() if line.startswith("│ cifar10 "))
     assert "present" in row and "KB" in row

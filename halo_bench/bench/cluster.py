@@ -188,7 +188,7 @@ def _validated(values: dict[str, Any], origin: dict[str, str]) -> ClusterConfig:
             f"{origin['gpus_per_job']} {cfg.gpus_per_job}: a launcher job is one training process, so it would "
             "hold GPUs it cannot use. Use 1: each run gets its own GPU and the runs go in parallel as array "
             "tasks (--max-parallel). To train one run on several GPUs, start it with torchrun "
-            "(README 'GPU')."
+            "(docs/cluster-gpu.md)."
         )
     return cfg
 

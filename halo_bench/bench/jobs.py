@@ -593,8 +593,8 @@ def follow(plans: list[RunPlan], cfg: BenchConfig, live: dict[str, Any], poll_s:
     records = [r for r in read_jobs(cfg.out).values()]
     epochs = {p.name: p.resolved.epochs or 1 for p in plans}
     with make_progress() as progress:
-        overall = progress.add_task("sweep", total=len(plans), status="")
-        tasks = {p.name: progress.add_task(p.name, total=epochs[p.name], status="") for p in plans}
+        overall = progress.add_task("sweep", total=len(plans), unit="runs finished")
+        tasks = {p.name: progress.add_task(p.name, total=epochs[p.name], unit="epochs") for p in plans}
         while True:
             classify(plans, cfg, JobStates(records, live))
             for plan in plans:

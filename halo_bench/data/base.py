@@ -72,6 +72,16 @@ SOURCES: dict[str, Source] = {}
 
 def register_source(name: str, description: str, validate: Validator, locate: Locator,
                     download: Downloader | None = None) -> Callable[[Loader], Loader]:
+    """Decorator: register `load(spec, split, data_config, options) -> Dataset` as the source `name`.
+
+    Registry entries with `source: name` are then built by it. `validate(spec, where)` raises
+    `HaloBenchError` for an entry it cannot use (`where` is the entry's path in the YAML);
+    `locate(spec, root)` lists the paths the dataset occupies under the data root (empty: it
+    needs none), for `halo-bench datasets`; `download(spec, root)`, where given, fetches it
+    with verification for `halo-bench download`. A missing dataset raises `DatasetMissing`
+    whose message says how to get it.
+    """
+
     def wrap(load: Loader) -> Loader:
         SOURCES[name] = Source(name, load, validate, description, locate, download)
         return load

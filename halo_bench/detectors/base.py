@@ -34,6 +34,7 @@ class DetectorContext:
     memory_format: torch.memory_format | None = None  # and its memory format (channels-last on CUDA)
     pipeline: str = "loader"  # "auto": in-memory arrays are served from the device (data/device.py)
     train: SplitOutputs | None = None  # ID train outputs (eval transform), for detectors that fit
+    split: str = ""  # the split being scored, e.g. "digits": names it in a detector's progress line
     memo: dict[str, Any] = field(default_factory=dict)  # per-model values detectors share (e.g. the linear map)
 
     @property
@@ -120,9 +121,15 @@ class Detector:
         """Fit on `ctx.train` (only called when `needs_train`)."""
 
     def score(self, ctx: DetectorContext, outputs: SplitOutputs, dataset: Dataset) -> np.ndarray:
+        """One float64 score per sample of `dataset`, higher = more in-distribution.
+
+        The default scores the split's cached outputs; only detectors that must run the model
+        again (`needs_inputs`, e.g. ODIN) override this and read `dataset`."""
         return self.score_outputs(ctx, outputs).astype(np.float64)
 
     def score_outputs(self, ctx: DetectorContext, outputs: SplitOutputs) -> np.ndarray:
+        """Scores from one split's cached forward pass (`outputs.logits`, `.features`: the
+        embedding, `.penultimate`), higher = more in-distribution."""
         raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
@@ -138,6 +145,11 @@ DETECTORS: dict[str, type[Detector]] = {}
 
 
 def register_detector(cls: type[Detector]) -> type[Detector]:
+    """Class decorator: add a `Detector` subclass to the registry under its `name` (which must be new).
+
+    It then appears in `halo-bench detectors`, is run by `eval` (with `NAME:PARAM=VALUE`
+    settings and `--tune`) and is reported; `detectors/__init__.py` imports its module.
+    """
     if cls.name in DETECTORS:
         raise ValueError(f"detector {cls.name!r} registered twice")
     DETECTORS[cls.name] = cls

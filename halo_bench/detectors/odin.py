@@ -51,7 +51,7 @@ class ODIN(Detector):
         scores = []
         loader = eval_batches(dataset, ctx.device, ctx.batch_size, ctx.num_workers, ctx.data_config, ctx.pipeline)
         with make_progress() as progress:  # ODIN is most of an evaluation's time: show it
-            task = progress.add_task("odin", total=len(loader), status="")
+            task = progress.add_task(f"{self.label} {ctx.split}".strip(), total=len(loader), unit="batches")
             for x, _ in loader:
                 scores.append(self._score_batch(ctx, model, x, std, t, eps, k))
                 progress.advance(task)

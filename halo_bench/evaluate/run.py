@@ -17,7 +17,7 @@ import gzip
 import io
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -260,7 +260,7 @@ def score_detectors(cfg: EvalConfig, plan: Plan, passes: Passes, ctx: DetectorCo
         if det.needs_train:
             det.fit(ctx)
         for name, (_, dataset) in passes.splits.items():
-            scores[name][det.label] = det.score(ctx, passes.outputs[name], dataset)
+            scores[name][det.label] = det.score(replace(ctx, split=name), passes.outputs[name], dataset)
         passes.timing[f"detector_{det.label}"] = time.perf_counter() - started
 
     for det in plan.detectors:

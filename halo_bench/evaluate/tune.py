@@ -12,7 +12,7 @@ to the model (e.g. ViM's dims on a narrow backbone) gets no tuned row, with a wa
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -40,8 +40,9 @@ def grid_points(det: Detector) -> list[dict[str, float]]:
 def validation_auroc(det: Detector, ctx: DetectorContext, val: ValidationData) -> float:
     if det.needs_train:
         det.fit(ctx)
-    s_id = det.score(ctx, val.id_outputs, val.id_dataset)
-    s_ood = np.concatenate([det.score(ctx, out, ds) for out, ds in val.ood.values()])
+    s_id = det.score(replace(ctx, split="ID val"), val.id_outputs, val.id_dataset)
+    s_ood = np.concatenate([det.score(replace(ctx, split=f"{name} (val)"), out, ds)
+                            for name, (out, ds) in val.ood.items()])
     return metrics.auroc(s_id, s_ood)
 
 

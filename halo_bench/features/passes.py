@@ -58,7 +58,7 @@ def forward_pass(model: Classifier, dataset: Any, device: torch.device, batch_si
                 new.clear()
 
     with make_progress(enabled=show_progress) as progress:
-        task = progress.add_task(description, total=len(loader), status="")
+        task = progress.add_task(description, total=len(loader), unit="batches")
         for step, (x, y) in enumerate(loader):
             x = x.to(device, non_blocking=True)
             if memory_format is not None:

@@ -183,6 +183,9 @@ class HALOHead(nn.Module):
         return torch.cat([rel, rel.new_zeros(rel.shape[0], 1)], dim=1)
 
     def loss(self, x: Tensor, y: Tensor, reduction: str | None = None) -> Tensor:
+        """The HALO loss of embeddings `x` (N x D) with labels `y`: cross-entropy over the K+1
+        shifted logits against the (self-distilled) soft targets, plus the radial term
+        (docs/method.md, sections 2-5); reduced by `reduction` (default: the head's)."""
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.to(working_dtype(x))
             x_sq, c_sq, dot, c, gamma = self._terms(x)
@@ -200,6 +203,7 @@ class HALOHead(nn.Module):
                 "learn_gamma": self.learn_gamma}
 
     def config(self) -> dict[str, Any]:
+        """The head's type, sizes and knobs, as a checkpoint records them."""
         return {"type": self.kind, "in_features": self.in_features, "num_classes": self.num_classes,
                 **self.knobs()}
 

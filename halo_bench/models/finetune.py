@@ -5,7 +5,7 @@ With a frozen backbone (eval mode, `requires_grad=False`, normalisation statisti
 output never changes, so it runs once per split: the embedding and the head then train on the
 cached features. Augmentation for cached features: none. The features are those of the suite's
 *evaluation* transform, computed once; random augmentation would need the backbone again every
-epoch, which is exactly what head-only training avoids (documented in the README).
+epoch, which is exactly what head-only training avoids (documented in docs/byom.md).
 """
 
 from __future__ import annotations

@@ -9,8 +9,12 @@ suite's channels and a classifier of another class count is dropped, as timm doe
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,7 @@ class WeightsReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     head_loaded: bool = False
+    notes: list[str] = field(default_factory=list)  # what timm did to the weights, in our words
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -49,6 +54,7 @@ class WeightsReport:
                 parts.append(f"; {label}: {shown}")
         if self.head_loaded:
             parts.append("; embedding and head loaded too")
+        parts.extend(f"; {note}" for note in self.notes)
         return " ".join(parts)
 
 
@@ -236,9 +242,11 @@ def create_from_state(arch: str, state: dict[str, Any], in_chans: int, num_class
     file_chans = next((int(state[f"{c}.weight"].shape[1]) for c in convs if f"{c}.weight" in state), in_chans)
     overlay = {"state_dict": dict(state), "num_classes": file_classes, "first_conv": first_conv,
                "classifier": classifier}
+    notes: list[str] = []
     try:
-        model = timm.create_model(arch, pretrained=True, num_classes=num_classes, in_chans=in_chans,
-                                  pretrained_cfg_overlay=overlay, pretrained_strict=False)
+        with _timm_channel_notes(arch, notes):
+            model = timm.create_model(arch, pretrained=True, num_classes=num_classes, in_chans=in_chans,
+                                      pretrained_cfg_overlay=overlay, pretrained_strict=False)
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:
         raise HaloBenchError(f"the weights do not fit timm model {arch!r}: {str(exc).splitlines()[0]}. "
                              "Name the architecture they were trained with.") from None
@@ -254,7 +262,38 @@ def create_from_state(arch: str, state: dict[str, Any], in_chans: int, num_class
             f"missing from the file (e.g. {', '.join(missing[:3])}). Name the architecture they were trained with.")
     if file_chans != in_chans:
         dropped.append(f"(input conv adapted from {file_chans} to {in_chans} channels)")
-    return model, {"dropped": dropped, "missing": missing, "unexpected": unexpected}
+    return model, {"dropped": dropped, "missing": missing, "unexpected": unexpected, "notes": notes}
+
+
+# timm 1.0's words when a file's input conv already has the model's channels but the architecture's
+# default config (made for its RGB weights) declares another count: true, and alarming to a reader.
+_TIMM_SAME_CHANNELS = re.compile(r"Pretrained (\S+) weights already match the model, but input_size declares "
+                                 r"(\d+) source channels and the model has (\d+)")
+
+
+@contextmanager
+def _timm_channel_notes(arch: str, notes: list[str]) -> Iterator[None]:
+    """Hold back timm's "input_size declares 3 source channels and the model has 1. Loading
+    unchanged." and say what it means in `notes`: the file's input conv already takes the
+    model's channels (e.g. a halo-bench digits checkpoint), so nothing was adapted."""
+    logger = logging.getLogger("timm.models._builder")
+
+    def explain(record: logging.LogRecord) -> bool:
+        found = _TIMM_SAME_CHANNELS.search(record.getMessage())
+        if found is None:
+            return True
+        conv, declared, chans = found.groups()
+        plural = "" if chans == "1" else "s"
+        notes.append(f"input conv {conv}: the file's weights already have the model's {chans} input channel{plural}, "
+                     f"so they were loaded unchanged (timm's default config for {arch} declares {declared}, "
+                     "those of its own pretrained weights; nothing needed converting)")
+        return False
+
+    logger.addFilter(explain)
+    try:
+        yield
+    finally:
+        logger.removeFilter(explain)
 
 
 def load_init_file(path: str | os.PathLike[str], use_ema: bool = False) -> tuple[Any, str, str]:

@@ -90,7 +90,7 @@ class TrainConfig(Runtime):
         if values["grad_clip"] is not None and values["grad_clip"] <= 0:
             values["grad_clip"] = None  # --grad-clip 0 turns clipping off
         values["loss_knobs"] = _asdict(get_loss(self.loss).make_knobs(self.loss_knobs))
-        if self.loaded_weights:  # the fine-tuning recipe: docs in README "Bring your own model"
+        if self.loaded_weights:  # the fine-tuning recipe: docs/byom.md, "Fine-tuning modes"
             if self.lr is None and not self.freeze_backbone:
                 values["lr"] = recipe.get("lr", 0.05) * FINETUNE_LR_FACTOR
             if values["backbone_lr_scale"] is None:

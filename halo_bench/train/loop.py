@@ -183,7 +183,7 @@ def _train(cfg: TrainConfig, registry: Registry, run_dir: Path, force: bool,
     assert cfg.epochs is not None and cfg.batch_size is not None
     with make_progress() as progress:
         task = progress.add_task(f"train {cfg.run_name}", total=cfg.epochs * opt.steps_per_epoch,
-                                 completed=start_epoch * opt.steps_per_epoch, status="")
+                                 completed=start_epoch * opt.steps_per_epoch, unit="steps")
         for epoch in range(start_epoch, cfg.epochs):
             def advance(epoch: int = epoch) -> None:
                 progress.update(task, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs}")
