@@ -458,11 +458,11 @@ def datasets(data_root: DataRootOpt = None, registry: RegistryOpt = None) -> Non
         table.add_row(names, spec.source, f"[{style}]{found.status}[/]", size, spec.description)
         if found.status == "missing":
             missing.setdefault(how_to_get(spec, root), []).append(spec.name)
-    suites = Table(title="suites")
-    for col in ("name", "ID", "near", "far", "description"):
+    suites = Table(title="suites (shift: the sets `eval --shift` reads, the first present)")
+    for col in ("name", "ID", "near", "far", "shift", "description"):
         suites.add_column(col)
     for s in reg.suites.values():
-        suites.add_row(s.name, s.id, ", ".join(s.near), ", ".join(s.far), s.description)
+        suites.add_row(s.name, s.id, ", ".join(s.near), ", ".join(s.far), ", ".join(s.shift) or "-", s.description)
     console.print(table, suites, soft_wrap=False)
     if missing:
         console.print("[bold]How to get the missing datasets[/]")
@@ -507,7 +507,7 @@ def download(
         if fetch is not None:
             folders = SOURCES[spec.source].locate(spec, root)
             existed = {folder: folder.exists() for folder in folders}
-            console.print(f"{spec.name}: downloading into {root} (torchvision verifies the checksums)")
+            console.print(f"{spec.name}: downloading into {root} (the checksums are verified)")
             try:
                 fetch(spec, root)
             except Exception as exc:  # noqa: BLE001  (network, checksum, disk: report and go on)
@@ -517,10 +517,11 @@ def download(
                         shutil.rmtree(folder, ignore_errors=True)
                 reason = _strip_worker_traceback(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
                 console.print(f"{spec.name}: download failed ({reason}). To get it by hand:", markup=False)
-                for url, filename, md5, folder in torchvision_files(spec, root):
+                manual = SOURCES[spec.source].files or torchvision_files
+                for url, filename, md5, folder in manual(spec, root):
                     console.print(f"  {url}\n    -> {folder / filename}  (MD5 {md5})", markup=False)
                 console.print(f"  then run `halo-bench download {spec.name} --data-root {root}` again: "
-                              "torchvision verifies the files and unpacks them without a network.", markup=False)
+                              "the files are verified and unpacked without a network.", markup=False)
                 continue
             console.print(f"{spec.name}: [green]ready[/]")
         elif presence(spec, root).status in ("present", "in package"):

@@ -48,6 +48,8 @@ Loader = Callable[["DatasetSpec", str, dict[str, Any], LoadOptions], "Dataset"]
 Validator = Callable[["DatasetSpec", str], None]
 Locator = Callable[["DatasetSpec", Path], list[Path]]
 Downloader = Callable[["DatasetSpec", Path], None]
+# (URL, file name, MD5, folder) of each archive a user may fetch by hand
+ManualFiles = Callable[["DatasetSpec", Path], list[tuple[str, str, str, Path]]]
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,8 @@ class Source:
 
     `validate(spec, where)` checks a registry entry at load time; `locate(spec, root)`
     names the paths it reads (empty: nothing on disk); `download` is set only where
-    the data can be fetched with verification (torchvision's downloads).
+    the data can be fetched with verification (torchvision's downloads); `files` names
+    the archives to fetch by hand where a download fails (None: torchvision's own).
     """
 
     name: str
@@ -65,15 +68,17 @@ class Source:
     description: str
     locate: Locator
     download: Downloader | None = None
+    files: ManualFiles | None = None
 
 
 SOURCES: dict[str, Source] = {}
 
 
 def register_source(name: str, description: str, validate: Validator, locate: Locator,
-                    download: Downloader | None = None) -> Callable[[Loader], Loader]:
+                    download: Downloader | None = None, files: ManualFiles | None = None
+                    ) -> Callable[[Loader], Loader]:
     def wrap(load: Loader) -> Loader:
-        SOURCES[name] = Source(name, load, validate, description, locate, download)
+        SOURCES[name] = Source(name, load, validate, description, locate, download, files)
         return load
 
     return wrap
@@ -85,7 +90,10 @@ def how_to_get(spec: DatasetSpec, data_root: Path) -> str:
         return spec.download.format(root=data_root, name=spec.name).strip()
     source = SOURCES[spec.source]
     if source.download is not None:
-        return f"Run `halo-bench download {spec.name} --data-root {data_root}` (verified download)."
+        by_hand = "".join(f" Or fetch {url} (MD5 {md5}) into {folder} and run it again: the file is checked "
+                          "and unpacked offline." for url, _, md5, folder in
+                          (source.files(spec, data_root) if source.files else []))
+        return f"Run `halo-bench download {spec.name} --data-root {data_root}` (verified download).{by_hand}"
     paths = source.locate(spec, data_root)
     if paths:
         where = f" (see {spec.homepage})" if spec.homepage else ""
