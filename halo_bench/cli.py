@@ -41,6 +41,17 @@ PipelineOpt = Annotated[str, typer.Option(
     "--data-pipeline", help="auto: in-memory image arrays (CIFAR, SVHN, MNIST, embedded) are held on a GPU and "
     "augmented there, the DataLoader serves the rest and everything on a CPU; device: insist on that; loader: "
     "always the DataLoader. See README 'GPU'.")]
+ShiftOpt = Annotated[Optional[str], typer.Option(
+    "--shift", help="Also evaluate under covariate shift, on the suite's shifted ID sets (its `shift:` entry: the "
+    "published CIFAR-10-C / CIFAR-100-C / ImageNet-C files when under the data root, else generated from its ID test "
+    "split): all, standard (CIFAR-10-C's 15), a group (noise, blur, weather, digital) or comma-separated "
+    "corruptions, e.g. gaussian_noise,contrast. Per corruption and severity: ID accuracy and calibration (raw and "
+    "temperature-scaled), full-spectrum AUROC / FPR@95 and rejection rates per detector (ODIN left out); written "
+    "beside the default evaluation (results-shift*.json). See docs/protocol.md 'Covariate shift'.",
+    show_default=False)]
+SeveritiesOpt = Annotated[Optional[str], typer.Option(
+    "--severities", help="With --shift: comma-separated severities from 1 to 5 (default: all five).",
+    show_default=False)]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--num-workers", "--workers", "-j", min=0, help="DataLoader worker processes (default: 0 for in-memory data: "
     "CIFAR, SVHN, the MNIST family and the embedded sets; for image files, up to 8 of the CPUs this process may use).",
@@ -269,6 +280,8 @@ def eval_(
     model: Annotated[Optional[str], typer.Option("--model", help="Evaluate a classifier trained elsewhere: CHECKPOINT is its weights file (state_dict, .safetensors or timm checkpoint) and this its timm model name; needs --suite.", show_default=False)] = None,
     suite: Annotated[Optional[str], typer.Option("--suite", help="With --model: the suite to evaluate the foreign classifier on (its class count must match).", show_default=False)] = None,
     use_ema: Annotated[bool, typer.Option("--use-ema", help="With --model: take the timm checkpoint's state_dict_ema.")] = False,
+    shift: ShiftOpt = None,
+    severities: SeveritiesOpt = None,
 ) -> None:
     """Evaluate a checkpoint: ID accuracy and calibration, and OOD detection per detector.
 
@@ -282,6 +295,7 @@ def eval_(
         raise HaloBenchError("--model and --suite go together (a foreign classifier: eval FILE --model NAME "
                              "--suite S); --use-ema needs them.")
     ckpt = _weights_file(checkpoint) if model else checkpoint_path(checkpoint)
+    shift_tokens, shift_severities = _shift_options(shift, severities)
     reg = load_registry(registry)
     if model is not None:
         from .models.timm_names import check_model_name
@@ -289,14 +303,15 @@ def eval_(
         check_model_name(model, pretrained=True)
     # Detector names and settings, OOD set names and the datasets' presence, before torch loads.
     check_eval_request(ckpt, reg, _split(ood), _split(detectors), str(data_root) if data_root else None, tune,
-                       suite=suite)
+                       suite=suite, shift=shift_tokens, severities=shift_severities)
 
     from .evaluate.run import EvalConfig, evaluate, summarize
 
     cfg = EvalConfig(checkpoint=str(ckpt), ood=_split(ood), detectors=_split(detectors),
                      out=str(out) if out else None, device=device, batch_size=batch_size, amp=amp,
                      data_root=str(data_root) if data_root else None, num_workers=num_workers, limit=limit,
-                     model=model, suite=suite, use_ema=use_ema, cache=cache, tune=tune, data_pipeline=data_pipeline)
+                     model=model, suite=suite, use_ema=use_ema, cache=cache, tune=tune, data_pipeline=data_pipeline,
+                     shift=shift_tokens, severities=shift_severities)
     results, path = evaluate(cfg, reg)
     typer.echo(summarize(results))
     typer.echo(str(path))
@@ -364,15 +379,22 @@ def bench(
     mem_gb: Annotated[Optional[float], typer.Option("--mem-gb", help="slurm: memory per job in GB.", show_default=False)] = None,
     account: Annotated[Optional[str], typer.Option("--account", help="slurm: account to charge.", show_default=False)] = None,
     sbatch_line: Annotated[Optional[list[str]], typer.Option("--sbatch-line", help="slurm: extra sbatch option, e.g. --sbatch-line constraint=a100 (repeatable).", show_default=False)] = None,
+    shift: ShiftOpt = None,
+    severities: SeveritiesOpt = None,
 ) -> None:
     """The main job: train every loss for each seed, evaluate all, write and print the report."""
     from .bench.sweep import BenchConfig, check_bench, run_bench
 
     _single_process("bench")
+    shift_tokens, shift_severities = _shift_options(shift, severities)
+    if shift_tokens and launcher != "inline":  # the job bookkeeping finds results by a name that knows no --shift
+        raise HaloBenchError("--shift runs with --launcher inline; for cluster runs, evaluate each run "
+                             "afterwards with `halo-bench eval RUN_FOLDER --shift ...`.")
     cfg = BenchConfig(model=model, suite=suite, seeds=_seeds(seeds), losses=_losses(losses), baseline=baseline,
                       epochs=epochs, detectors=_split(detectors), out=str(out), device=device, force=force,
                       registry=str(registry) if registry else None,
-                      data_root=str(data_root) if data_root else None)
+                      data_root=str(data_root) if data_root else None, shift=shift_tokens,
+                      severities=shift_severities)
     check_bench(cfg)
     cluster = {"max_parallel": max_parallel, "partition": partition, "time": time_limit, "gpus_per_job": gpus_per_job,
                "cpus_per_job": cpus_per_job, "mem_gb": mem_gb, "account": account, "sbatch_lines": sbatch_line}
@@ -384,6 +406,18 @@ def bench(
     typer.echo(text)
     typer.echo(f"report written to {path}")
     typer.echo(f"HTML report (tables and figures, opens offline in a browser) written to {path.with_suffix('.html')}")
+
+
+def _shift_options(shift: str | None, severities: str | None) -> tuple[list[str] | None, list[int] | None]:
+    """`--shift` tokens and `--severities`, checked (severities need a shift)."""
+    from .data.shift import parse_severities
+
+    tokens = _split(shift)
+    if shift is not None and not tokens:
+        raise HaloBenchError("--shift names nothing; give all, a group or corruptions, e.g. --shift all.")
+    if severities is not None and tokens is None:
+        raise HaloBenchError("--severities selects severities of --shift; add --shift (e.g. --shift all).")
+    return tokens, (parse_severities(severities) if severities is not None else None)
 
 
 def _single_process(command: str) -> None:
