@@ -44,6 +44,17 @@ PipelineOpt = Annotated[str, typer.Option(
     "--data-pipeline", help="auto: in-memory image arrays (CIFAR, SVHN, MNIST, embedded) are held on a GPU and "
     "augmented there, the DataLoader serves the rest and everything on a CPU; device: insist on that; loader: "
     "always the DataLoader. See docs/cluster-gpu.md.")]
+ShiftOpt = Annotated[Optional[str], typer.Option(
+    "--shift", help="Also evaluate under covariate shift, on the suite's shifted ID sets (its `shift:` entry: the "
+    "published CIFAR-10-C / CIFAR-100-C / ImageNet-C files when under the data root, else generated from its ID test "
+    "split): all, standard (CIFAR-10-C's 15), a group (noise, blur, weather, digital) or comma-separated "
+    "corruptions, e.g. gaussian_noise,contrast. Per corruption and severity: ID accuracy and calibration (raw and "
+    "temperature-scaled), full-spectrum AUROC / FPR@95 and rejection rates per detector (ODIN left out); written "
+    "beside the default evaluation (results-shift*.json). See docs/protocol.md 'Covariate shift'.",
+    show_default=False)]
+SeveritiesOpt = Annotated[Optional[str], typer.Option(
+    "--severities", help="With --shift: comma-separated severities from 1 to 5 (default: all five).",
+    show_default=False)]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--num-workers", "--workers", "-j", min=0, help="DataLoader worker processes (default: 0 for in-memory data: "
     "CIFAR, SVHN, the MNIST family and the embedded sets; for image files, up to 8 of the CPUs this process may use).",
@@ -272,6 +283,8 @@ def eval_(
     model: Annotated[Optional[str], typer.Option("--model", help="Evaluate a classifier trained elsewhere: CHECKPOINT is its weights file (state_dict, .safetensors or timm checkpoint) and this its timm model name; needs --suite.", show_default=False)] = None,
     suite: Annotated[Optional[str], typer.Option("--suite", help="With --model: the suite to evaluate the foreign classifier on (its class count must match).", show_default=False)] = None,
     use_ema: Annotated[bool, typer.Option("--use-ema", help="With --model: take the timm checkpoint's state_dict_ema.")] = False,
+    shift: ShiftOpt = None,
+    severities: SeveritiesOpt = None,
 ) -> None:
     """Evaluate a checkpoint: ID accuracy and calibration, and OOD detection per detector.
 
@@ -285,6 +298,7 @@ def eval_(
         raise HaloBenchError("--model and --suite go together (a foreign classifier: eval FILE --model NAME "
                              "--suite S); --use-ema needs them.")
     ckpt = _weights_file(checkpoint) if model else checkpoint_path(checkpoint)
+    shift_tokens, shift_severities = _shift_options(shift, severities)
     reg = load_registry(registry)
     if model is not None:
         from .models.timm_names import check_model_name
@@ -292,14 +306,15 @@ def eval_(
         check_model_name(model, pretrained=True)
     # Detector names and settings, OOD set names and the datasets' presence, before torch loads.
     check_eval_request(ckpt, reg, _split(ood), _split(detectors), str(data_root) if data_root else None, tune,
-                       suite=suite)
+                       suite=suite, shift=shift_tokens, severities=shift_severities)
 
     from .evaluate.run import EvalConfig, evaluate, summarize
 
     cfg = EvalConfig(checkpoint=str(ckpt), ood=_split(ood), detectors=_split(detectors),
                      out=str(out) if out else None, device=device, batch_size=batch_size, amp=amp,
                      data_root=str(data_root) if data_root else None, num_workers=num_workers, limit=limit,
-                     model=model, suite=suite, use_ema=use_ema, cache=cache, tune=tune, data_pipeline=data_pipeline)
+                     model=model, suite=suite, use_ema=use_ema, cache=cache, tune=tune, data_pipeline=data_pipeline,
+                     shift=shift_tokens, severities=shift_severities)
     results, path = evaluate(cfg, reg)
     typer.echo(summarize(results))
     typer.echo(str(path))
@@ -374,15 +389,22 @@ def bench(
     mem_gb: Annotated[Optional[float], typer.Option("--mem-gb", help="slurm: memory per job in GB.", show_default=False)] = None,
     account: Annotated[Optional[str], typer.Option("--account", help="slurm: account to charge.", show_default=False)] = None,
     sbatch_line: Annotated[Optional[list[str]], typer.Option("--sbatch-line", help="slurm: extra sbatch option, e.g. --sbatch-line constraint=a100 (repeatable).", show_default=False)] = None,
+    shift: ShiftOpt = None,
+    severities: SeveritiesOpt = None,
 ) -> None:
     """The main job: train every loss for each seed, evaluate all, write and print the report."""
     from .bench.sweep import BenchConfig, check_bench, run_bench
 
     _single_process("bench")
+    shift_tokens, shift_severities = _shift_options(shift, severities)
+    if shift_tokens and launcher != "inline":  # the job bookkeeping finds results by a name that knows no --shift
+        raise HaloBenchError("--shift runs with --launcher inline; for cluster runs, evaluate each run "
+                             "afterwards with `halo-bench eval RUN_FOLDER --shift ...`.")
     cfg = BenchConfig(model=model, suite=suite, seeds=_seeds(seeds), losses=_losses(losses), baseline=baseline,
                       epochs=epochs, detectors=_split(detectors), out=str(out), device=device, force=force,
                       registry=str(registry) if registry else None,
-                      data_root=str(data_root) if data_root else None)
+                      data_root=str(data_root) if data_root else None, shift=shift_tokens,
+                      severities=shift_severities)
     check_bench(cfg)
     cluster = {"max_parallel": max_parallel, "partition": partition, "time": time_limit, "gpus_per_job": gpus_per_job,
                "cpus_per_job": cpus_per_job, "mem_gb": mem_gb, "account": account, "sbatch_lines": sbatch_line}
@@ -394,6 +416,18 @@ def bench(
     typer.echo(text)
     typer.echo(f"report written to {path}")
     typer.echo(f"HTML report (tables and figures, opens offline in a browser) written to {path.with_suffix('.html')}")
+
+
+def _shift_options(shift: str | None, severities: str | None) -> tuple[list[str] | None, list[int] | None]:
+    """`--shift` tokens and `--severities`, checked (severities need a shift)."""
+    from .data.shift import parse_severities
+
+    tokens = _split(shift)
+    if shift is not None and not tokens:
+        raise HaloBenchError("--shift names nothing; give all, a group or corruptions, e.g. --shift all.")
+    if severities is not None and tokens is None:
+        raise HaloBenchError("--severities selects severities of --shift; add --shift (e.g. --shift all).")
+    return tokens, (parse_severities(severities) if severities is not None else None)
 
 
 def _single_process(command: str) -> None:
@@ -491,8 +525,8 @@ def _dataset_records(reg: Any, root: Path) -> list[dict[str, Any]]:
 
 
 def _suite_records(reg: Any) -> list[dict[str, Any]]:
-    return [{"name": s.name, "id": s.id, "near": list(s.near), "far": list(s.far), "description": s.description}
-            for s in reg.suites.values()]
+    return [{"name": s.name, "id": s.id, "near": list(s.near), "far": list(s.far), "shift": list(s.shift),
+             "description": s.description} for s in reg.suites.values()]
 
 
 def _print_datasets(reg: Any, root: Path, records: list[dict[str, Any]], suites: list[dict[str, Any]]) -> None:
@@ -510,9 +544,11 @@ def _print_datasets(reg: Any, root: Path, records: list[dict[str, Any]], suites:
                   [Column("name", "name", "name"), Column("source", "source", "short"), status,
                    Column("size", "size", "short"), Column("description", "description")], rows, out)
     out.print()
-    print_listing("suites", [Column("name", "name", "name"), Column("id", "ID", "name"), Column("near", "near"),
-                             Column("far", "far"), Column("description", "description")],
-                  [{**s, "near": ", ".join(s["near"]), "far": ", ".join(s["far"])} for s in suites], out)
+    print_listing("suites (shift: the sets `eval --shift` reads, the first present)",
+                  [Column("name", "name", "name"), Column("id", "ID", "name"), Column("near", "near"),
+                   Column("far", "far"), Column("shift", "shift"), Column("description", "description")],
+                  [{**s, "near": ", ".join(s["near"]), "far": ", ".join(s["far"]), "shift": ", ".join(s["shift"]) or "-"}
+                   for s in suites], out)
     missing: dict[str, list[str]] = {}
     for r in records:
         if r["how_to_get"]:
@@ -561,7 +597,7 @@ def download(
         if fetch is not None:
             folders = SOURCES[spec.source].locate(spec, root)
             existed = {folder: folder.exists() for folder in folders}
-            console.print(f"{spec.name}: downloading into {root} (torchvision verifies the checksums)")
+            console.print(f"{spec.name}: downloading into {root} (the checksums are verified)")
             try:
                 fetch(spec, root)
             except Exception as exc:  # noqa: BLE001  (network, checksum, disk: report and go on)
@@ -571,10 +607,11 @@ def download(
                         shutil.rmtree(folder, ignore_errors=True)
                 reason = _strip_worker_traceback(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
                 console.print(f"{spec.name}: download failed ({reason}). To get it by hand:", markup=False)
-                for url, filename, md5, folder in torchvision_files(spec, root):
+                manual = SOURCES[spec.source].files or torchvision_files
+                for url, filename, md5, folder in manual(spec, root):
                     console.print(f"  {url}\n    -> {folder / filename}  (MD5 {md5})", markup=False)
                 console.print(f"  then run `halo-bench download {spec.name} --data-root {root}` again: "
-                              "torchvision verifies the files and unpacks them without a network.", markup=False)
+                              "the files are verified and unpacked without a network.", markup=False)
                 continue
             console.print(f"{spec.name}: [green]ready[/]")
         elif presence(spec, root).status in ("present", "in package"):

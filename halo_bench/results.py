@@ -3,7 +3,9 @@ reporting (which reads it). A typed, versioned document (`ResultsDoc`), the name
 evaluation's files, and the check every reader runs. No torch.
 
 Version history: 1 (halo-bench 0.1); 2 adds `evaluation` (id and name), `command` and a
-hashed `scores_file` (docs/integrity.md). Version 1 files are read as they are.
+hashed `scores_file` (docs/integrity.md). Version 1 files are read as they are. An
+`eval --shift` document (version 2) also has a `shift` section (docs/protocol.md, section 7);
+no reader requires it, so files without it read as before.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ _MAX_NAME = 60
 
 
 def evaluation_name(detectors: list[str] | None = None, ood: list[str] | None = None, limit: int | None = None,
-                    tune: bool = False, amp: bool = True) -> str:
+                    tune: bool = False, amp: bool = True, shift: str | None = None) -> str:
     """The name an evaluation's files carry: '' for the default one (every detector that
-    applies, the whole suite, full splits, no --tune, default precision), else what differs,
-    e.g. `det-knn-k10+odin`, `ood-noise`, `limit50`, `tune`. Evaluations with other
-    settings are written beside the default one, never over it (docs/integrity.md)."""
+    applies, the whole suite, full splits, no --tune, default precision, no --shift), else what
+    differs, e.g. `det-knn-k10+odin`, `ood-noise`, `limit50`, `tune`, `shift` (`shift-noise-sev5`
+    for a part of it). Evaluations with other settings are written beside the default one,
+    never over it (docs/integrity.md)."""
     parts = []
     if detectors:
         parts.append("det-" + "+".join(_slug(d) for d in detectors))
@@ -42,6 +45,8 @@ def evaluation_name(detectors: list[str] | None = None, ood: list[str] | None = 
         parts.append("tune")
     if not amp:
         parts.append("noamp")
+    if shift:
+        parts.append("+".join(_slug(part) for part in shift.split("+")))
     name = "_".join(parts)
     if len(name) > _MAX_NAME:  # a long detector list: keep it readable, unique by its digest
         name = name[: _MAX_NAME - 11] + "-" + hashlib.sha256(name.encode()).hexdigest()[:10]
@@ -109,6 +114,9 @@ class ResultsDoc(TypedDict, total=False):
     timing_seconds: dict[str, float]
     versions: dict[str, Any]
     scores_file: dict[str, str]  # name, sha256 (version 1: the file name alone)
+    # `eval --shift` only (absent from other evaluations and older files): per corruption and
+    # severity of the shift set, ID metrics, rejection rates and FSOOD metrics (evaluate/shift.py)
+    shift: dict[str, Any] | None
 
 
 METRICS_CONVENTIONS = {

@@ -32,6 +32,8 @@ class BenchConfig(Runtime):
     out: str = "runs"
     force: bool = False
     registry: str | None = None
+    shift: list[str] | None = None  # --shift: every evaluation also under covariate shift
+    severities: list[int] | None = None
 
     def train_configs(self) -> list[TrainConfig]:
         """One training config per (seed, loss), seeds outermost."""
@@ -43,10 +45,12 @@ class BenchConfig(Runtime):
                 for seed in self.seeds for spec, knobs in parsed]
 
     def eval_config(self, checkpoint: str | Path) -> EvalConfig:
-        """How each run is evaluated: every detector of --detectors, the whole suite."""
+        """How each run is evaluated: every detector of --detectors, the whole suite (and with
+        --shift its shifted ID sets)."""
         from ..evaluate.run import EvalConfig
 
-        return EvalConfig(checkpoint=str(checkpoint), detectors=self.detectors, **vars(self.runtime()))
+        return EvalConfig(checkpoint=str(checkpoint), detectors=self.detectors, shift=self.shift,
+                          severities=self.severities, **vars(self.runtime()))
 
     def loss_tags(self) -> list[str]:
         return list(dict.fromkeys(cfg.loss_tag for cfg in self.train_configs()[: len(self.losses)]))
@@ -79,7 +83,7 @@ def check_bench(cfg: BenchConfig) -> None:
 
     # Detectors and datasets too: a bad --detectors must not wait for the first run to train.
     check_bench_request(registry, cfg.suite, [c.loss for c in configs[: len(cfg.losses)]], cfg.detectors,
-                        cfg.data_root)
+                        cfg.data_root, cfg.shift, cfg.severities)
 
 
 def run_bench(cfg: BenchConfig) -> tuple[str, Path]:

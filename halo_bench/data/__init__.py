@@ -1,12 +1,14 @@
 """Data: source adapters that turn registry entries into datasets of model inputs.
 
-Add a source by decorating a loader with `register_source` in a module imported here.
+Add a source by decorating a loader with `register_source` in a module imported here
+(sources.py; shift.py for the covariate-shifted ID sets).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import shift as _shift  # noqa: F401  (the shift sources)
 from . import sources as _sources  # noqa: F401  (fills SOURCES)
 from .base import (
     DATA_ROOT_ENV,

@@ -48,6 +48,8 @@ Loader = Callable[["DatasetSpec", str, dict[str, Any], LoadOptions], "Dataset"]
 Validator = Callable[["DatasetSpec", str], None]
 Locator = Callable[["DatasetSpec", Path], list[Path]]
 Downloader = Callable[["DatasetSpec", Path], None]
+# (URL, file name, MD5, folder) of each archive a user may fetch by hand
+ManualFiles = Callable[["DatasetSpec", Path], list[tuple[str, str, str, Path]]]
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,8 @@ class Source:
 
     `validate(spec, where)` checks a registry entry at load time; `locate(spec, root)`
     names the paths it reads (empty: nothing on disk); `download` is set only where
-    the data can be fetched with verification (torchvision's downloads).
+    the data can be fetched with verification (torchvision's downloads); `files` names
+    the archives to fetch by hand where a download fails (None: torchvision's own).
     """
 
     name: str
@@ -65,25 +68,28 @@ class Source:
     description: str
     locate: Locator
     download: Downloader | None = None
+    files: ManualFiles | None = None
 
 
 SOURCES: dict[str, Source] = {}
 
 
 def register_source(name: str, description: str, validate: Validator, locate: Locator,
-                    download: Downloader | None = None) -> Callable[[Loader], Loader]:
+                    download: Downloader | None = None, files: ManualFiles | None = None
+                    ) -> Callable[[Loader], Loader]:
     """Decorator: register `load(spec, split, data_config, options) -> Dataset` as the source `name`.
 
     Registry entries with `source: name` are then built by it. `validate(spec, where)` raises
     `HaloBenchError` for an entry it cannot use (`where` is the entry's path in the YAML);
     `locate(spec, root)` lists the paths the dataset occupies under the data root (empty: it
     needs none), for `halo-bench datasets`; `download(spec, root)`, where given, fetches it
-    with verification for `halo-bench download`. A missing dataset raises `DatasetMissing`
+    with verification for `halo-bench download`; `files(spec, root)` names the archives to fetch
+    by hand where it cannot. A missing dataset raises `DatasetMissing`
     whose message says how to get it.
     """
 
     def wrap(load: Loader) -> Loader:
-        SOURCES[name] = Source(name, load, validate, description, locate, download)
+        SOURCES[name] = Source(name, load, validate, description, locate, download, files)
         return load
 
     return wrap
@@ -95,7 +101,10 @@ def how_to_get(spec: DatasetSpec, data_root: Path) -> str:
         return spec.download.format(root=data_root, name=spec.name).strip()
     source = SOURCES[spec.source]
     if source.download is not None:
-        return f"Run `halo-bench download {spec.name} --data-root {data_root}` (verified download)."
+        by_hand = "".join(f" Or fetch {url} (MD5 {md5}) into {folder} and run it again: the file is checked "
+                          "and unpacked offline." for url, _, md5, folder in
+                          (source.files(spec, data_root) if source.files else []))
+        return f"Run `halo-bench download {spec.name} --data-root {data_root}` (verified download).{by_hand}"
     paths = source.locate(spec, data_root)
     if paths:
         where = f" (see {spec.homepage})" if spec.homepage else ""

@@ -44,7 +44,9 @@ DEFAULT_REGISTRY = _default_registry()
 _DATASET_KEYS = {"source", "description", "params", "splits", "classes", "generator", "homepage",
                  "download", "aliases"}
 _SUITE_KEYS = {"description", "id", "near", "far", "data_config", "recipe", "arch_variant", "train_augment",
-               "ood_val"}
+               "ood_val", "shift"}
+# The sources of covariate-shifted ID sets (data/shift.py): a suite's `shift:` names datasets of these.
+SHIFT_SOURCES = ("corrupted", "cifar-c", "imagenet-c")
 _DATA_CONFIG_KEYS = {"input_size", "mean", "std", "interpolation", "crop_pct"}
 # name -> (accepted types, check, what the check means)
 _RECIPE_FIELDS: dict[str, tuple[tuple[type, ...], Any, str]] = {
@@ -115,6 +117,8 @@ class SuiteSpec:
     # OOD-validation sets (display name -> dataset, read at its `val` split), set against the ID
     # dataset's `val` split for temperature scaling and --tune; never a test split.
     ood_val: dict[str, str] = field(default_factory=dict)
+    # Covariate-shifted ID sets for `eval --shift`, in order of preference (the first present is read).
+    shift: tuple[str, ...] = ()
 
     @property
     def has_validation(self) -> bool:
@@ -374,6 +378,7 @@ def _suite(name: str, entry: Any, where: str, datasets: dict[str, DatasetSpec]) 
             raise _fail(f"{where}.ood_val.{display}", f"{display!r} names {tested[display]!r} among the OOD test "
                         f"sets; give {key!r} another name here.")
     _one_name_each(ood_val, f"{where}.ood_val")
+    shift = _shift_sets(entry.get("shift"), f"{where}.shift", id_spec, datasets)
     if ood_val and "val" not in id_spec.splits:
         raise _fail(f"{where}.ood_val", f"OOD-validation sets need a 'val' split of the ID dataset {id_name!r}.")
     augment = entry.get("train_augment") or []
@@ -393,7 +398,28 @@ def _suite(name: str, entry: Any, where: str, datasets: dict[str, DatasetSpec]) 
         arch_variant=variant,
         train_augment=tuple(augment),
         ood_val=ood_val,
+        shift=shift,
     )
+
+
+def _shift_sets(value: Any, where: str, id_spec: DatasetSpec, datasets: dict[str, DatasetSpec]) -> tuple[str, ...]:
+    """A suite's `shift:`: a dataset name or a list of them, each a shift set whose classes (where
+    it names them) are the ID dataset's, so its labels mean the model's classes."""
+    names = [value] if isinstance(value, str) else value or []
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise _fail(where, "expected a dataset name or a list of them, in order of preference.")
+    for name in names:
+        if name not in datasets:
+            raise _fail(where, str(unknown_name("dataset", name, datasets)))
+        spec = datasets[name]
+        if spec.source not in SHIFT_SOURCES:
+            raise _fail(where, f"{name!r} is a {spec.source} dataset, not a shift set (source one of "
+                        f"{', '.join(SHIFT_SOURCES)}).")
+        if spec.classes is not None and spec.classes != id_spec.classes:
+            raise _fail(where, f"{name!r} has other classes than the ID dataset {id_spec.name!r}.")
+    if len(set(names)) != len(names):
+        raise _fail(where, "lists a dataset twice.")
+    return tuple(names)
 
 
 def _one_name_each(members: dict[str, str], where: str) -> None:

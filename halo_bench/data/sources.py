@@ -75,13 +75,14 @@ def _validate_embedded(spec: DatasetSpec, where: str) -> None:
             raise HaloBenchError(f"{where}.splits.{split}: {exc}.") from None
 
 
-def to_model_input(images: np.ndarray, data_config: dict[str, Any]) -> Tensor:
-    """uint8 (N, H, W) images in 0..16 -> normalised float (N, C, H', W') per the data config."""
+def to_model_input(images: np.ndarray, data_config: dict[str, Any], max_level: float = EMBEDDED_MAX_LEVEL) -> Tensor:
+    """uint8 (N, H, W) images in 0..max_level (the embedded sets' 16; a corrupted copy's 255) ->
+    normalised float (N, C, H', W') per the data config."""
     import torch
     import torch.nn.functional as F
 
     channels, height, width = data_config["input_size"]
-    x = torch.from_numpy(images).float().div_(EMBEDDED_MAX_LEVEL).unsqueeze(1)
+    x = torch.from_numpy(images).float().div_(max_level).unsqueeze(1)
     if x.shape[-2:] != (height, width):
         x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
     x = x.expand(-1, channels, -1, -1)
@@ -97,9 +98,16 @@ def to_model_input(images: np.ndarray, data_config: dict[str, Any]) -> Tensor:
     locate=lambda spec, root: [],
 )
 def load_embedded(spec: DatasetSpec, split: str, data_config: dict[str, Any], options: LoadOptions) -> Dataset:
-    import numpy as np
     import torch
     from torch.utils.data import TensorDataset
+
+    images, labels = embedded_split(spec, split)
+    return TensorDataset(to_model_input(images, data_config), torch.from_numpy(labels).long())
+
+
+def embedded_split(spec: DatasetSpec, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """An embedded split as generated: uint8 (N, 8, 8) images in 0..16 and class indices."""
+    import numpy as np
 
     from .embedded import generate
 
@@ -111,7 +119,7 @@ def load_embedded(spec: DatasetSpec, split: str, data_config: dict[str, Any], op
         index = {name: i for i, name in enumerate(spec.classes)}
         if all(str(v) in index for v in set(labels.tolist())):
             labels = np.array([index[str(v)] for v in labels.tolist()], dtype=np.int64)
-    return TensorDataset(to_model_input(images, data_config), torch.from_numpy(labels).long())
+    return images, labels
 
 
 # --------------------------------------------------------------------------- torchvision

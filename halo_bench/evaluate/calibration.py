@@ -43,6 +43,12 @@ def temperature_scaled_metrics(val_logits: Tensor, val_labels: Tensor, test_logi
                                test_labels: Tensor, num_classes: int) -> dict[str, Any]:
     """`ts_temperature` fitted on validation, and ECE / NLL / Brier of the scaled test softmax."""
     t = fit_temperature(val_logits, val_labels)
-    probs = (test_logits.double() / t).softmax(dim=1).numpy()
-    scaled = metrics.id_metrics(probs, test_labels.numpy().astype(np.int64), num_classes)
-    return {"ts_temperature": t, **{f"ts_{m}": scaled[m] for m in CALIBRATION_METRICS}}
+    return {"ts_temperature": t, **scaled_metrics(t, test_logits, test_labels, num_classes)}
+
+
+def scaled_metrics(temperature: float, logits: Tensor, labels: Tensor, num_classes: int,
+                   keys: tuple[str, ...] = CALIBRATION_METRICS) -> dict[str, float]:
+    """`ts_<key>` of the ID metrics of softmax(logits / temperature), for each of `keys`."""
+    probs = (logits.double() / temperature).softmax(dim=1).numpy()
+    scaled = metrics.id_metrics(probs, labels.numpy().astype(np.int64), num_classes)
+    return {f"ts_{m}": scaled[m] for m in keys}

@@ -25,6 +25,8 @@ __all__ = [
     "aupr_in",
     "aupr_out",
     "ood_metrics",
+    "fsood_metrics",
+    "rejection_rate",
     "ece",
     "aece",
     "nll",
@@ -253,6 +255,25 @@ def ood_metrics(score_id: np.ndarray, score_ood: np.ndarray) -> dict[str, float]
         "aupr_out": _aupr(-sood, -sid),
     }
     return {key: 100.0 * values[key] for key in OOD_METRICS}
+
+
+FSOOD_METRICS: tuple[str, ...] = ("auroc", "fpr95", "fpr95_openood")
+
+
+def fsood_metrics(score_id: np.ndarray, score_shifted: np.ndarray, score_ood: np.ndarray) -> dict[str, float]:
+    """Full-spectrum OOD metrics (OpenOOD v1.5's FSOOD), in percent: the clean and the
+    covariate-shifted ID samples together are ID (positive), `score_ood` is OOD."""
+    sid = np.concatenate([_scores(score_id, "score_id"), _scores(score_shifted, "score_shifted")])
+    sood = _scores(score_ood, "score_ood")
+    values = {"auroc": _auroc(sid, sood), "fpr95": _fpr_at_tpr(sid, sood, 0.95),
+              "fpr95_openood": _fpr_at_tpr(-sood, -sid, 0.95)}
+    return {key: 100.0 * values[key] for key in FSOOD_METRICS}
+
+
+def rejection_rate(score_id: np.ndarray, score_shifted: np.ndarray, tpr: float = 0.95) -> float:
+    """Percent of `score_shifted` below the threshold that keeps `tpr` of the clean ID scores
+    (the threshold of `fpr95`: the largest one keeping >= 95% of them); a score equal to it is kept."""
+    return 100.0 * (1.0 - _fpr_at_tpr(_scores(score_id, "score_id"), _scores(score_shifted, "score_shifted"), tpr))
 
 
 # --------------------------------------------------------------------------- #

@@ -35,7 +35,8 @@ def loss_abstains(loss: str) -> bool:
 
 
 def check_eval_request(checkpoint: Path, registry: Any, ood: list[str] | None, detectors: list[str] | None,
-                       data_root: str | None, tune: bool, suite: str | None = None) -> None:
+                       data_root: str | None, tune: bool, suite: str | None = None,
+                       shift: list[str] | None = None, severities: list[int] | None = None) -> None:
     """Everything `eval` can check before torch loads. `suite` is given for a foreign
     classifier; a halo-bench checkpoint's suite, loss and data root come from its config.json
     (without one, evaluation checks them once the checkpoint is read)."""
@@ -43,6 +44,8 @@ def check_eval_request(checkpoint: Path, registry: Any, ood: list[str] | None, d
     if suite is None:
         if config is None:
             check_detectors(detectors, None)
+            if shift:
+                check_shift_tokens(shift)
             return
         try:
             suite, loss = config["suite"]["name"], config["loss"]["name"]
@@ -65,6 +68,37 @@ def check_eval_request(checkpoint: Path, registry: Any, ood: list[str] | None, d
     if tune:
         needed += list(spec.ood_val.values())
     check_present(registry, needed, root)
+    if shift:
+        check_shift_request(registry, spec, shift, severities, (config or {}).get("data_config") or spec.data_config,
+                            root)
+
+
+def check_shift_tokens(tokens: list[str]) -> None:
+    """`--shift` names only groups and corruptions halo-bench knows (the suite is not known yet)."""
+    from ..core.errors import unknown_name
+    from ..data.shift import PUBLISHED, SELECTIONS
+
+    for token in tokens:
+        if token not in (*SELECTIONS, *PUBLISHED):
+            raise unknown_name("corruption or group (--shift)", token, (*SELECTIONS, *PUBLISHED))
+
+
+def check_shift_request(registry: Any, suite: Any, shift: list[str], severities: list[int] | None,
+                        data_config: dict[str, Any], root: Path) -> None:
+    """The suite has a shift set under `root` (its files, or generated) with every corruption
+    `--shift` names, and the severities are 1-5."""
+    from ..data.shift import (
+        available_corruptions,
+        choose_shift_set,
+        parse_severities,
+        select_corruptions,
+    )
+
+    check_shift_tokens(shift)
+    parse_severities(",".join(map(str, severities)) if severities else None)
+    family = choose_shift_set(registry, suite, root)
+    available = available_corruptions(family, registry.dataset(suite.id), data_config, root)
+    select_corruptions(shift, available, repr(family.name), family.source == "corrupted")
 
 
 def check_present(registry: Any, names: list[str], root: Path) -> None:
@@ -83,8 +117,10 @@ def check_present(registry: Any, names: list[str], root: Path) -> None:
 
 
 def check_bench_request(registry: Any, suite: str, losses: list[str], detectors: list[str] | None,
-                        data_root: str | None) -> None:
-    """`bench`'s detectors against every benched loss's head, and its suite's datasets on disk."""
+                        data_root: str | None, shift: list[str] | None = None,
+                        severities: list[int] | None = None) -> None:
+    """`bench`'s detectors against every benched loss's head, and its suite's datasets on disk
+    (with --shift, its shift set too)."""
     from ..data import resolve_data_root
 
     for loss in losses:
@@ -94,5 +130,7 @@ def check_bench_request(registry: Any, suite: str, losses: list[str], detectors:
         except HaloBenchError as exc:
             raise HaloBenchError(f"--detectors for the {loss} runs: {exc}") from None
     spec = registry.suite(suite)
-    check_present(registry, [spec.id, *(key for _, key in spec.ood_sets().values())],
-                  resolve_data_root(data_root))
+    root = resolve_data_root(data_root)
+    check_present(registry, [spec.id, *(key for _, key in spec.ood_sets().values())], root)
+    if shift:
+        check_shift_request(registry, spec, shift, severities, spec.data_config, root)

@@ -9,6 +9,9 @@ passes (cached), the detectors (and `--tune`), the metrics, and the results docu
 Writes `results.json` (numbers plus what produced them: checkpoint hash, suite,
 datasets, detector settings, versions, command) and `scores.csv.gz` (one row per
 sample, one column per detector) so every number can be recomputed from the scores.
+With `shift` (eval --shift), the suite's covariate-shifted ID sets are evaluated too
+(evaluate/shift.py) into the document's `shift` section; their per-sample scores are not
+written (a CIFAR-10-C evaluation would add 700,000 rows), their passes are in the feature cache.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import gzip
 import io
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -67,6 +71,7 @@ from ..results import (
 )
 from . import metrics
 from .calibration import temperature_scaled_metrics
+from .shift import ShiftPlan, clean_scores, evaluate_shift, plan_shift, summary_lines
 from .tune import ValidationData, tune_detector
 
 
@@ -86,6 +91,8 @@ class EvalConfig(Runtime):
     use_ema: bool = False  # a foreign timm checkpoint's state_dict_ema
     cache: bool = True  # read and write forward passes in <checkpoint folder>/feature-cache
     tune: bool = False  # add NAME[tuned] rows: hyperparameters chosen on the suite's validation sets
+    shift: list[str] | None = None  # also the shifted ID sets: all, standard, a family, corruption names
+    severities: list[int] | None = None  # with shift: these severities (default 1-5)
 
     @property
     def foreign(self) -> Foreign | None:
@@ -105,6 +112,7 @@ class Plan:
     data_config: dict[str, Any]
     options: LoadOptions
     out_dir: Path
+    shift: ShiftPlan | None = None
 
 
 @dataclass
@@ -131,6 +139,7 @@ class Passes:
     validation: ValidationData | None
     cache: FeatureCache
     timing: dict[str, float] = field(default_factory=dict)
+    run: Callable[[DatasetSpec, str, Any, str], SplitOutputs] | None = None  # (spec, split, dataset, what): cached
 
 
 def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[ResultsDoc, Path]:
@@ -144,7 +153,8 @@ def evaluate(cfg: EvalConfig, registry: Registry | None = None) -> tuple[Results
                           batch_size=cfg.batch_size, num_workers=place.workers, amp_dtype=place.dtype,
                           memory_format=place.memory_format, pipeline=cfg.data_pipeline, train=passes.train)
     scores = score_detectors(cfg, plan, passes, ctx)
-    doc = results_document(cfg, plan, loaded, place, passes, scores, registry)
+    shift = shift_section(cfg, plan, loaded, passes, scores, ctx)
+    doc = results_document(cfg, plan, loaded, place, passes, scores, registry, shift)
     return doc, write_results(plan, doc, _scores_bytes(passes, scores, loaded.model.num_classes))
 
 
@@ -172,18 +182,21 @@ def plan_evaluation(cfg: EvalConfig, loaded: LoadedModel, registry: Registry) ->
             "with validation sets (digits, cifar10-openood, cifar100-openood) or drop --tune."
         )
     ood_sets = registry.resolve_ood(suite, cfg.ood)
+    # Default: $HALO_BENCH_DATA, else the data root the run was trained from if it is here, else ./data.
+    trained_from = meta.get("data_root") if meta.get("data_root") and Path(meta["data_root"]).is_dir() else None
+    options = LoadOptions(resolve_data_root(cfg.data_root, fallback=trained_from))
+    shift = (plan_shift(cfg.shift, cfg.severities, registry, suite, meta["data_config"], options.data_root)
+             if cfg.shift else None)
     # Other detectors, sets, limits or settings: written beside the default evaluation, never over it.
     name = evaluation_name(cfg.detectors, None if ood_sets == suite.ood_sets() else list(ood_sets), cfg.limit,
-                           cfg.tune, cfg.amp)
+                           cfg.tune, cfg.amp, shift.name if shift else None)
     if cfg.limit:
         console.print(f"[yellow]partial evaluation:[/] only the first {cfg.limit} images of each split (--limit); "
                       "the results are marked partial and kept out of reports' tables.")
-    # Default: $HALO_BENCH_DATA, else the data root the run was trained from if it is here, else ./data.
-    trained_from = meta.get("data_root") if meta.get("data_root") and Path(meta["data_root"]).is_dir() else None
     out_dir = (Path(cfg.out) if cfg.out else Path("runs") / meta["run"] if cfg.model
                else loaded.checkpoint.parent)
     return Plan(suite, id_spec, ood_sets, detectors_for(cfg.detectors, loaded.model.abstain), name,
-                meta["data_config"], LoadOptions(resolve_data_root(cfg.data_root, fallback=trained_from)), out_dir)
+                meta["data_config"], options, out_dir, shift)
 
 
 def place_model(model: Any, cfg: EvalConfig, id_spec: DatasetSpec) -> Placement:
@@ -219,15 +232,17 @@ def run_passes(cfg: EvalConfig, plan: Plan, loaded: LoadedModel, place: Placemen
     # A --limit smoke run neither reads nor writes the cache: its passes cover part of a split.
     cache = FeatureCache(loaded.checkpoint.parent / CACHE_DIR if cfg.cache and not cfg.limit else None)
 
-    def one_pass(key: str, split: str, dataset: Any, description: str) -> SplitOutputs:
-        spec = registry.dataset(key)
+    def run(spec: DatasetSpec, split: str, dataset: Any, description: str) -> SplitOutputs:
         source = {"source": spec.source, "generator": spec.generator, "params": spec.split_params(split)}
-        cache_key = CacheKey(loaded.sha256, key, split, source, str(plan.options.data_root), plan.data_config,
+        cache_key = CacheKey(loaded.sha256, spec.name, split, source, str(plan.options.data_root), plan.data_config,
                              place.precision)
         return cache.get(cache_key, lambda: forward_pass(
             loaded.model, dataset, place.device, cfg.batch_size, place.dtype, description, place.workers,
             data_config=plan.data_config, pipeline=cfg.data_pipeline, memory_format=place.memory_format),
             len(dataset))
+
+    def one_pass(key: str, split: str, dataset: Any, description: str) -> SplitOutputs:
+        return run(registry.dataset(key), split, dataset, description)
 
     started = time.perf_counter()
     outputs = {name: one_pass(_dataset_key(name, plan), "test", dataset, f"forward {name}")
@@ -246,7 +261,7 @@ def run_passes(cfg: EvalConfig, plan: Plan, loaded: LoadedModel, place: Placemen
                 ood_val[display] = (one_pass(key, "val", ds, f"forward {display} (val)"), ds)
         validation = ValidationData(one_pass(plan.suite.id, "val", id_val, f"forward {plan.suite.id} (val)"),
                                     id_val, ood_val)
-    return Passes(splits, outputs, train, validation, cache, {"forward_passes": time.perf_counter() - started})
+    return Passes(splits, outputs, train, validation, cache, {"forward_passes": time.perf_counter() - started}, run)
 
 
 def score_detectors(cfg: EvalConfig, plan: Plan, passes: Passes, ctx: DetectorContext
@@ -275,6 +290,22 @@ def score_detectors(cfg: EvalConfig, plan: Plan, passes: Passes, ctx: DetectorCo
     return scores
 
 
+def shift_section(cfg: EvalConfig, plan: Plan, loaded: LoadedModel, passes: Passes,
+                  scores: dict[str, dict[str, np.ndarray]], ctx: DetectorContext) -> dict[str, Any] | None:
+    """The covariate-shift section (`eval --shift`, evaluate/shift.py), its timing into `passes`."""
+    if plan.shift is None:
+        return None
+    assert passes.run is not None
+    validation = passes.validation.id_outputs if passes.validation is not None else None
+    clean = clean_scores(passes.outputs, scores, plan.suite.id, plan.ood_sets, loaded.model.num_classes, validation)
+    section, timing = evaluate_shift(
+        plan.shift, plan.id_spec, plan.detectors, ctx, clean,
+        lambda spec, dataset: passes.run(spec, "test", dataset, f"forward {spec.name}"), plan.options,
+        lambda dataset: _first(dataset, cfg.limit))
+    passes.timing.update(timing)
+    return section
+
+
 def id_metrics(passes: Passes, suite_id: str, num_classes: int) -> dict[str, float]:
     """Accuracy and calibration on the ID test set, raw and after temperature scaling
     fitted on ID validation (where the suite has it)."""
@@ -300,11 +331,12 @@ def ood_metrics(plan: Plan, scores: dict[str, dict[str, np.ndarray]]) -> dict[st
 
 
 def results_document(cfg: EvalConfig, plan: Plan, loaded: LoadedModel, place: Placement, passes: Passes,
-                     scores: dict[str, dict[str, np.ndarray]], registry: Registry) -> ResultsDoc:
+                     scores: dict[str, dict[str, np.ndarray]], registry: Registry,
+                     shift: dict[str, Any] | None = None) -> ResultsDoc:
     """The results contract (`results.ResultsDoc`): the numbers and what produced them."""
     meta, suite, validation = loaded.meta, plan.suite, passes.validation
     model = meta["model"]
-    return ResultsDoc(
+    doc = ResultsDoc(
         schema=RESULTS_SCHEMA, schema_version=RESULTS_VERSION, created=utc_now(), run=meta["run"],
         evaluation={"id": uuid.uuid4().hex, "name": plan.name or "default"},
         command=command_line(),
@@ -337,6 +369,9 @@ def results_document(cfg: EvalConfig, plan: Plan, loaded: LoadedModel, place: Pl
         versions=environment(place.device),
         scores_file={"name": scores_file(plan.name), "sha256": ""},
     )
+    if shift is not None:  # only an `eval --shift` has the section: every other document stays as it was
+        doc["shift"] = shift
+    return doc
 
 
 def write_results(plan: Plan, doc: ResultsDoc, scores_bytes: bytes) -> Path:
@@ -423,4 +458,6 @@ def summarize(results: ResultsDoc) -> str:
         chosen = results.get("detectors", {}).get(name, {}).get("tuning", {}).get("chosen")
         parts += [", ".join(f"{k}={v:g}" for k, v in chosen.items())] if chosen else []
         lines.append(f"  {name:<14} " + "  ".join(parts))
+    if results.get("shift"):
+        lines += summary_lines(results["shift"], results.get("timing_seconds", {}))
     return "\n".join(lines)
