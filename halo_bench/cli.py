@@ -631,7 +631,14 @@ def detectors(format: ListFormatOpt = "table") -> None:
     """List the OOD detectors, their defaults and what they need."""
     from rich.text import Text
 
-    from .core.console import Column, check_list_format, print_listing, print_records, print_wrapped, stdout_console
+    from .core.console import (
+        Column,
+        check_list_format,
+        print_listing,
+        print_records,
+        print_wrapped,
+        stdout_console,
+    )
     from .detectors import DETECTORS, format_value
 
     check_list_format(format)

@@ -111,8 +111,9 @@ def test_report_on_runs_not_yet_evaluated_says_to_run_eval(unfinished_and_finish
     import shutil
 
     shutil.copytree(unfinished_and_finished / "digits-test_resnet-halo-s1", tmp_path / "run")
-    for name in ("results.json", "scores.csv.gz"):
-        (tmp_path / "run" / name).unlink(missing_ok=True)
+    for pattern in ("results*.json", "scores*.csv.gz"):  # every evaluation another test may have written
+        for path in (tmp_path / "run").glob(pattern):
+            path.unlink()
     _fails("report", "--runs", str(tmp_path), match="have not been evaluated yet: run `halo-bench eval")
 
 

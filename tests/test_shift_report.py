@@ -162,7 +162,7 @@ def test_figures_draw_the_numbers_with_labelled_axes_and_no_overlaps(results) ->
             if ax.get_visible():
                 assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
         assert _overlaps(plot.figure) == [], plot.name
-        assert plot.png()[:4] == b"\x89PNG"
+        assert b"<svg" in plot.svg()[:2000]
     # the check itself sees a clash: two long tick labels on top of each other
     from matplotlib.figure import Figure
 

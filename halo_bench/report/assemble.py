@@ -13,6 +13,7 @@ from ..core.errors import HaloBenchError
 from .deltas import compute_deltas
 from .findings import ALPHA, Findings, report_findings, survivor_keys
 from .provenance import Provenance, provenance
+from .shift import shift_tables
 from .tables import integrity_notes, tables
 from .tidy import DEFAULT_BASELINE, UNFINISHED, select, tidy
 
@@ -27,7 +28,7 @@ class Report:
     table: pd.DataFrame  # tidy.tidy
     deltas: pd.DataFrame  # deltas.compute_deltas
     findings: Findings
-    tables: list[Table]
+    tables: list[Table]  # the clean tables, then (with eval --shift results) the shift tables
     provenance: Provenance
     notes: list[str]  # integrity notes: evaluations left out, scores files that do not belong
 
@@ -49,7 +50,7 @@ def build_report(results: list[dict[str, Any]], baseline: str | None = None, inc
     baseline = _baseline(baseline, list(dict.fromkeys(table["loss"])), table.attrs["labels"])
     deltas = compute_deltas(table, baseline)
     found = report_findings(deltas, baseline, adjust, alpha)
-    shown = tables(table, baseline, deltas, survivor_keys(found))
+    shown = tables(table, baseline, deltas, survivor_keys(found)) + shift_tables(kept, baseline, include_incomplete=True)
     return Report(kept, left_out, baseline, table, deltas, found, shown, provenance(kept, table),
                   integrity_notes(table))
 

@@ -24,7 +24,10 @@ def paired_differences(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Per key and loss: the mean of per-seed differences to `baseline`, its 95% t interval
     (none for a single seed) and the two-sided paired t-test's p-value (`findings.t_test_p`,
     here for every cell at once)."""
-    from scipy.special import stdtr, stdtrit  # the t distribution, without scipy.stats' second of imports
+    from scipy.special import (  # the t distribution, without scipy.stats' second of imports
+        stdtr,
+        stdtrit,
+    )
 
     base = table[table["loss"] == baseline][[*KEYS, "seed", "value"]]
     others = table[table["loss"] != baseline]

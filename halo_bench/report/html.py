@@ -11,8 +11,10 @@ import re
 from typing import Any
 
 from .assemble import Report
+from .figure import Plot
 from .findings import ADJUSTMENT_NAMES
-from .plots import Plot, figures
+from .plots import figures
+from .shift import NOTES as SHIFT_NOTES
 from .tables import notes_text
 
 STYLE = """
@@ -128,6 +130,8 @@ def render_html(report: Report, plots: list[Plot] | None = None) -> str:
         body.append("</section>")
     toc.append(("notes", "Notes", 0))
     body.append(f'<section id="notes"><h2>Notes</h2><p class="notes">{_e(notes_text(report.findings))}</p>')
+    if any("under shift" in title for title, _, _ in report.tables):
+        body.append(f'<p class="notes">{_e(SHIFT_NOTES)}</p>')
     if report.left_out:
         body.append("<p>Left out of the tables:</p><ul>" + "".join(f"<li>{_e(line)}</li>" for line in report.left_out)
                     + "</ul>")

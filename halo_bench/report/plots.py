@@ -20,14 +20,10 @@ Import this module only when figures are asked for: it imports matplotlib.
 
 from __future__ import annotations
 
-import base64
 import functools
-import io
 import os
-import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,49 +40,13 @@ from ..core.cpus import usable_cpus  # noqa: E402
 from ..core.errors import HaloBenchError  # noqa: E402
 from ..core.io import atomic_write_bytes  # noqa: E402
 from .assemble import Report  # noqa: E402
+from .figure import COLORS, Plot, slug  # noqa: E402
+from .shift import shift_figure_jobs  # noqa: E402
 from .stats import CONFIDENCE_COLUMN, reliability_bins, run_scores  # noqa: E402
 from .tidy import ID_METRICS, OOD_HEADLINE, TUNED  # noqa: E402
 
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 GROUP_COLORS = {"id": "#1f77b4", "near": "#ff7f0e", "far": "#d62728"}
 matplotlib.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9})
-
-
-@dataclass
-class Plot:
-    name: str  # file stem: letters, digits, '-', '_'
-    title: str  # the caption: says only what is drawn
-    figure: Figure | None  # None once rendered in a worker process: its SVG (and PDF) came back instead
-    data: dict[str, Any] = field(default_factory=dict)  # what was drawn, for tests and captions
-    _svg: bytes | None = None
-    _pdf: bytes | None = None
-
-    def svg(self) -> bytes:
-        """The figure as SVG, rendered once (the HTML page and --plots share it)."""
-        if self._svg is None:
-            self._svg = _render(self.figure, "svg")
-        return self._svg
-
-    def pdf(self) -> bytes:
-        if self._pdf is None:
-            self._pdf = _render(self.figure, "pdf")
-        return self._pdf
-
-    def data_uri(self) -> str:
-        return "data:image/svg+xml;base64," + base64.b64encode(self.svg()).decode("ascii")
-
-
-def _render(figure: Figure | None, fmt: str) -> bytes:
-    assert figure is not None, "a figure rendered elsewhere was asked for a format it was not rendered to"
-    buffer = io.BytesIO()
-    meta = {"Date": None, "Creator": None} if fmt == "svg" else {"Creator": None, "Producer": None,
-                                                                 "CreationDate": None}
-    figure.savefig(buffer, format=fmt, metadata=meta)
-    return buffer.getvalue()
-
-
-def _slug(*parts: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", "-".join(parts)).strip("_")
 
 
 Job = tuple[Callable[..., Any], tuple[Any, ...], str]  # (maker, its arguments, where)
@@ -178,7 +138,7 @@ def _jobs(report: Report) -> list[Job]:
                  (_per_seed, (part, suite, model, losses, labels, color), where),
                  (_distributions, (frames, suite, model, runs, labels, detectors), where),
                  (_rocs, (frames, suite, model, runs, labels, color, detectors), where)]
-    return jobs
+    return jobs + shift_figure_jobs(report.results, report.baseline, include_incomplete=True)
 
 
 def _label(labels: dict[str, str], loss: str) -> str:
@@ -237,7 +197,7 @@ def _forest(report: Report, suite: str, model: str, loss: str, detectors: list[s
                "FPR@95, with 95% intervals (t over seeds, or bootstrap over samples for one seed). Filled green: "
                "survives the multiple-comparisons control; dark hollow: excludes 0 before it only; grey: "
                "includes 0. Arrows: intervals clipped at ±100 points.")
-    return Plot(_slug(suite, model, "forest", loss), caption, fig, data)
+    return Plot(slug(suite, model, "forest", loss), caption, fig, data)
 
 
 def _reliability(part: pd.DataFrame, frames: dict[tuple[str, int], pd.DataFrame | None], suite: str, model: str,
@@ -280,7 +240,7 @@ def _reliability(part: pd.DataFrame, frames: dict[tuple[str, int], pd.DataFrame 
     caption = (f"{suite} / {model}: reliability diagrams on the ID test set (15 equal-width bins; bars pooled "
                "over the seeds); the numbers beneath are the samples in each bin (log scale), and the title's "
                "ECE is the per-seed mean ± std the tables show.")
-    return Plot(_slug(suite, model, "reliability"), caption, fig, {**data, "kind": "reliability diagrams"})
+    return Plot(slug(suite, model, "reliability"), caption, fig, {**data, "kind": "reliability diagrams"})
 
 
 def _published(suite: str) -> dict[tuple[str, str, str], dict[str, float]]:
@@ -387,7 +347,7 @@ def _per_seed(part: pd.DataFrame, suite: str, model: str, losses: list[str], lab
     fig.legend(handles, names, loc="upper right", ncols=len(names), fontsize=7, frameon=False)
     caption = f"{suite} / {model}: per-seed values (dots) and their means (bars)" + (
         "; stars: the published reference numbers" if data.get("published") else "") + "."
-    return Plot(_slug(suite, model, "per-seed"), caption, fig, {**data, "kind": "per-seed values"})
+    return Plot(slug(suite, model, "per-seed"), caption, fig, {**data, "kind": "per-seed values"})
 
 
 def _group_scores(frames: dict[tuple[str, int], pd.DataFrame | None], loss: str, seeds: list[int], det: str
@@ -460,7 +420,7 @@ def _distributions(frames: dict[tuple[str, int], pd.DataFrame | None], suite: st
                "test set and the near and far OOD sets (each group's sets pooled), one line style per loss, "
                "pooled over seeds; one x range per detector for every loss (its pooled 0.5-99.5% quantiles; "
                "values beyond are counted in the end bins); sample counts on a log scale.")
-    return Plot(_slug(suite, model, "distributions"), caption, fig, {**data, "kind": "score distributions"})
+    return Plot(slug(suite, model, "distributions"), caption, fig, {**data, "kind": "score distributions"})
 
 
 def roc_curve(sid: np.ndarray, sood: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -511,7 +471,7 @@ def _rocs(frames: dict[tuple[str, int], pd.DataFrame | None], suite: str, model:
     caption = (f"{suite} / {model}: ROC curves (ID positive) of each detector against the near and the far OOD "
                "sets (each group's sets pooled), one colour per loss, pooled over seeds; grey line: TPR 95%, "
                "where FPR@95 is read.")
-    return Plot(_slug(suite, model, "roc"), caption, fig, {"detectors": dets, "kind": "ROC curves"})
+    return Plot(slug(suite, model, "roc"), caption, fig, {"detectors": dets, "kind": "ROC curves"})
 
 
 def write_plots(plots: list[Plot], folder: str | Path) -> list[Path]:

@@ -16,6 +16,7 @@ from ..results import REPORT_FORMATS, check_report_format
 from .assemble import Report, build_report
 from .latex import escape
 from .latex import render_table as render_latex_table
+from .shift import NOTES as SHIFT_NOTES
 from .tables import notes_text
 from .tidy import KEYS, aggregate
 
@@ -55,6 +56,8 @@ def _render_markdown(report: Report) -> str:
     for title, header, rows in report.tables:
         parts += [f"## {title}", "", tabulate(rows, header, tablefmt="github", disable_numparse=True), ""]
     parts += ["## Notes", "", notes_text(report.findings), ""]
+    if any("under shift" in title for title, _, _ in report.tables):
+        parts += [SHIFT_NOTES, ""]
     if report.left_out:
         parts += ["Left out of the tables:", "", *(f"- {line}" for line in report.left_out), ""]
     parts += [f"{line}\n" for line in report.notes]

@@ -1,6 +1,6 @@
 """The report's covariate-shift part, from the `shift` sections of `eval --shift` results
 (evaluate/shift.py): tables as `(title, header, rows)` like `tables.tables()`, and figures as
-`plots.Plot` (matplotlib is imported by `shift_figures` only).
+`figure.Plot` (matplotlib is imported when a figure is drawn).
 
 Per run (loss, seed), each metric is first averaged over the corruptions every run of the
 group has, per severity (0 = the clean ID test set, and "1-5" = the mean over every
@@ -274,41 +274,47 @@ def _per_corruption(table: pd.DataFrame, key: tuple, group: _Group, corruptions:
 
 
 def shift_figures(results: list[dict[str, Any]], baseline: str = "cce", include_incomplete: bool = False) -> list[Any]:
-    """`plots.Plot`s: accuracy and ECE by severity per loss (box plots over corruptions, Ovadia et
+    """`figure.Plot`s: accuracy and ECE by severity per loss (box plots over corruptions, Ovadia et
     al. 2019's figure), and rejection rate and full-spectrum AUROC by severity per detector."""
+    jobs = shift_figure_jobs(results, baseline, include_incomplete)
+    return [plot for maker, args, _ in jobs if (plot := maker(*args)) is not None]
+
+
+def shift_figure_jobs(results: list[dict[str, Any]], baseline: str = "cce", include_incomplete: bool = False
+                      ) -> list[tuple[Any, tuple[Any, ...], str]]:
+    """The shift figures as (maker, arguments, suite / model) to draw, as `plots.figures` draws
+    every figure of a report."""
     table = shift_tidy(results, include_incomplete)
     if table.empty:
         return []
     runs = per_run(table)
-    out = []
+    jobs: list[tuple[Any, tuple[Any, ...], str]] = []
     for key, part in table.groupby(["suite", "model", "shift"], sort=False):
+        where = f"{key[0]} / {key[1]}"
         losses = sorted(dict.fromkeys(part["loss"]), key=lambda loss: (loss != baseline, loss))
         labels = {loss: table.attrs["labels"].get(loss, loss) for loss in losses}
         common = runs.attrs["corruptions"][key]
-        out.append(_boxes(part[(part["severity"] == 0) | part["corruption"].isin(common)], key, losses, labels))
+        jobs.append((_boxes, (part[(part["severity"] == 0) | part["corruption"].isin(common)], key, losses, labels),
+                     where))
         mine = runs[(runs["suite"] == key[0]) & (runs["model"] == key[1]) & (runs["shift"] == key[2])
                     & (runs["severity"] != ALL)]
         for metric, title, ylabel in (("rejection", "shifted ID rejected at the clean 95%-TPR threshold",
                                        "rejected (%)"),
                                       ("auroc", "full-spectrum AUROC, far-OOD mean", "AUROC (%)")):
-            plot = _lines(mine, key, losses, labels, metric, title, ylabel)
-            if plot is not None:
-                out.append(plot)
-    return out
+            jobs.append((_lines, (mine, key, losses, labels, metric, title, ylabel), where))
+    return jobs
 
 
 def _figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure
+    from .figure import new_figure
 
-    from . import plots  # noqa: F401  (selects the Agg backend)
-
-    return Figure(figsize=(width, height), layout="constrained")
+    return new_figure(width, height, layout="constrained")
 
 
 def _boxes(part: pd.DataFrame, key: tuple, losses: list[str], labels: dict[str, str]) -> Any:
     """Accuracy and ECE at each severity: per loss a box over corruptions (each corruption's value
     the mean over seeds); severity 0 is the clean set, one value per loss."""
-    from .plots import COLORS, Plot, _slug
+    from .figure import COLORS, Plot, slug
 
     fig = _figure(5.2 * 2, 3.8)
     axes = fig.subplots(1, 2)
@@ -332,7 +338,7 @@ def _boxes(part: pd.DataFrame, key: tuple, losses: list[str], labels: dict[str, 
         ax.set_xticks(range(6), ["clean", "1", "2", "3", "4", "5"])
         ax.set(xlabel="corruption severity", ylabel=name, title=f"{name} under shift")
         ax.legend(fontsize=8, loc="best")
-    return Plot(_slug(*map(str, key), "shift-acc-ece"), f"{key[0]} / {key[1]}: accuracy and ECE by severity under "
+    return Plot(slug(*map(str, key), "shift-acc-ece"), f"{key[0]} / {key[1]}: accuracy and ECE by severity under "
                 f"{key[2]} (box: spread over corruptions of the mean over seeds; clean: the unshifted test set)",
                 fig, data)
 
@@ -341,7 +347,7 @@ def _lines(part: pd.DataFrame, key: tuple, losses: list[str], labels: dict[str, 
            ylabel: str) -> Any:
     """Per detector a panel: the metric by severity, one line per loss (`per_run` values: the mean
     over corruptions, then over seeds; bars: ± std over seeds)."""
-    from .plots import COLORS, Plot, _slug
+    from .figure import COLORS, Plot, slug
 
     rows = part[(part["metric"] == metric) & part["group"].isin(["rejection", "far"])]
     rows = rows.assign(severity=rows["severity"].astype(int))
@@ -369,5 +375,5 @@ def _lines(part: pd.DataFrame, key: tuple, losses: list[str], labels: dict[str, 
         ax.legend(fontsize=7, loc="best")
     for ax in axes[len(detectors):]:
         ax.set_visible(False)
-    return Plot(_slug(*map(str, key), "shift", metric), f"{key[0]} / {key[1]}: {title} by severity under {key[2]} "
+    return Plot(slug(*map(str, key), "shift", metric), f"{key[0]} / {key[1]}: {title} by severity under {key[2]} "
                 "(mean over corruptions and seeds; bars: ± std over seeds)", fig, data)
