@@ -266,12 +266,19 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 def package_versions() -> dict[str, str]:
     """Versions of Python, the platform and the packages whose behaviour the numbers depend on."""
+    from .provenance import __version__, source_commit
+
     out = {"python": platform.python_version(), "platform": platform.platform()}
     for name in _PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
+    # The running code's own version (an editable install's metadata keeps the version it was installed at).
+    out["halo-bench"] = __version__
+    commit = source_commit()
+    if commit:
+        out["halo-bench commit"] = commit
     return out
 
 
