@@ -39,3 +39,17 @@ def tiny_runs(tmp_path_factory: pytest.TempPathFactory, registry) -> dict[str, P
         result = train(TrainConfig(model=TINY_MODEL, loss=loss, epochs=2, out=str(out)), registry)
         runs[loss] = result.checkpoint
     return runs
+
+
+@pytest.fixture(scope="session")
+def names_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A fresh timm model-name cache, written once for the session (the first write imports timm):
+    the environment that points halo-bench at it."""
+    import subprocess
+    import sys
+
+    folder = tmp_path_factory.mktemp("names-cache")
+    env = {"HALO_BENCH_CACHE": str(folder)}
+    subprocess.run([sys.executable, "-c", "from halo_bench.models.timm_names import model_names; model_names()"],
+                   check=True, timeout=120, env={**os.environ, **env})
+    return env

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from blocktorch import PRELUDE
+from blocktorch import PRELUDE, run_many_without_torch
 from clirun import cli_fails as _fails
 from clirun import cli_ok as _ok
 from clirun import results_in, runner
@@ -29,17 +29,7 @@ def _run_without_torch(*args: str, env: dict[str, str] | None = None) -> subproc
                           env={**os.environ, **(env or {})})
 
 
-@pytest.fixture(scope="module")
-def names_cache(tmp_path_factory) -> dict[str, str]:
-    """A fresh model-name cache, written once (that first write imports timm)."""
-    folder = tmp_path_factory.mktemp("cache")
-    env = {"HALO_BENCH_CACHE": str(folder)}
-    subprocess.run([sys.executable, "-c", "from halo_bench.models.timm_names import model_names; model_names()"],
-                   check=True, timeout=120, env={**os.environ, **env})
-    return env
-
-
-@pytest.mark.parametrize("args,message", [
+BAD_COMMANDS = [
     (["train", "resnet18", "--loss", "focal"], "unknown loss 'focal'"),
     (["train", "resnet18", "--loss", "halo", "--tau", "0.1"], "loss 'halo' has no knob(s) tau"),
     (["train", "resnet18", "--lr", "nan"], "--lr must be a finite number"),
@@ -55,19 +45,30 @@ def names_cache(tmp_path_factory) -> dict[str, str]:
     (["eval", "nowhere/ckpt.pt"], "does not exist"),
     (["train", "resnet18", "--data-pipeline", "gpu"], "--data-pipeline must be one of auto, device, loader"),
     (["eval", "nowhere/ckpt.pt", "--data-pipeline", "gpu"], "--data-pipeline must be one of"),
-])
-def test_bad_names_flags_and_paths_fail_before_torch_loads(names_cache, args: list[str], message: str) -> None:
-    proc = _run_without_torch(*args, env=names_cache)
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+]
+LISTINGS = [(["losses"], "logitnorm"), (["--version"], "0."), (["datasets"], "digits-6to9"),
+            (["detectors"], "halo_distance")]
 
 
-def test_listings_and_version_need_no_torch() -> None:
-    for args, expected in [(["losses"], "logitnorm"), (["--version"], "0."), (["datasets"], "digits-6to9"),
-                           (["detectors"], "halo_distance")]:
-        proc = _run_without_torch(*args)
-        assert proc.returncode == 0, proc.stderr
-        assert expected in proc.stdout + proc.stderr
+@pytest.fixture(scope="module")
+def without_torch(names_cache) -> dict[tuple, dict]:
+    """Every command of this module's torch-free checks, run in one process with torch and timm
+    unimportable (the process asserts neither was imported)."""
+    return run_many_without_torch([args for args, _ in BAD_COMMANDS + LISTINGS], env=names_cache)
+
+
+@pytest.mark.parametrize("args,message", BAD_COMMANDS)
+def test_bad_names_flags_and_paths_fail_before_torch_loads(without_torch, args: list[str], message: str) -> None:
+    proc = without_torch[tuple(args)]
+    assert proc["code"] == 2, proc["stderr"]
+    assert message in proc["stderr"] and "Traceback" not in proc["stderr"], proc["stderr"]
+
+
+def test_listings_and_version_need_no_torch(without_torch) -> None:
+    for args, expected in LISTINGS:
+        proc = without_torch[tuple(args)]
+        assert proc["code"] == 0, proc["stderr"]
+        assert expected in proc["stdout"] + proc["stderr"]
 
 
 def test_timm_flag_names_are_accepted_as_aliases() -> None:
@@ -193,20 +194,30 @@ def test_eval_names_every_missing_set_at_once(unfinished_and_finished: Path, tmp
     assert "'svhn'" in message and "'lsun-crop'" in message
 
 
-@pytest.mark.parametrize("args,message", [
+EVAL_REQUESTS = [
     (["--detectors", "nosuch"], "unknown detector 'nosuch'"),
     (["--detectors", "knn:k=0"], "knn': k must be an integer >= 1"),
     (["--detectors", "halo_abstain"], "detector 'halo_abstain' reads a HALO head"),  # a CCE run
     (["--ood", "svhn,lsun"], "2 dataset(s) missing under"),
-])
-def test_eval_request_errors_come_before_torch_loads(unfinished_and_finished: Path, tmp_path: Path,
-                                                     args: list[str], message: str) -> None:
+]
+
+
+@pytest.fixture(scope="module")
+def eval_requests(unfinished_and_finished: Path, tmp_path_factory, names_cache) -> dict[tuple, dict]:
+    ckpt = unfinished_and_finished / "digits-test_resnet-cce-s0" / "ckpt.pt"
+    empty = tmp_path_factory.mktemp("no-data")
+    commands = [["eval", str(ckpt), *args, "--data-root", str(empty)] for args, _ in EVAL_REQUESTS]
+    results = run_many_without_torch(commands, env=names_cache)
+    return {tuple(args): results[tuple(command)] for (args, _), command in zip(EVAL_REQUESTS, commands, strict=True)}
+
+
+@pytest.mark.parametrize("args,message", EVAL_REQUESTS)
+def test_eval_request_errors_come_before_torch_loads(eval_requests, args: list[str], message: str) -> None:
     """Detector names, settings, the head they need and the datasets' presence are read from the
     run's config.json: a mistake costs no torch import (and no checkpoint read)."""
-    ckpt = unfinished_and_finished / "digits-test_resnet-cce-s0" / "ckpt.pt"
-    proc = _run_without_torch("eval", str(ckpt), *args, "--data-root", str(tmp_path))
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    proc = eval_requests[tuple(args)]
+    assert proc["code"] == 2, proc["stderr"]
+    assert message in proc["stderr"] and "Traceback" not in proc["stderr"], proc["stderr"]
 
 
 def test_limit_says_on_the_console_that_the_run_is_partial(tiny_runs, tmp_path: Path) -> None:

@@ -272,22 +272,17 @@ def test_other_config_in_the_run_folder_is_refused(tiny_runs: dict[str, Path]) -
     assert sorted(p.name for p in out.rglob("*")) == before  # nothing submitted, no jobs folder
 
 
-def test_job_settings_fail_before_torch_loads(tmp_path: Path) -> None:
+def test_job_settings_fail_before_torch_loads(tmp_path: Path, names_cache: dict[str, str]) -> None:
     """As for every other flag: a mistake is reported without waiting for torch to load."""
-    import subprocess
-    import sys
+    from blocktorch import run_many_without_torch
 
-    from blocktorch import PRELUDE
-
-    cache = {"HALO_BENCH_CACHE": str(tmp_path / "cache")}  # the model-name cache (its first write needs timm)
-    subprocess.run([sys.executable, "-c", "from halo_bench.models.timm_names import model_names; model_names()"],
-                   check=True, timeout=120, env={**os.environ, **cache})
-    code = PRELUDE + "import sys; from halo_bench.cli import main; sys.argv[0] = 'halo-bench'; main()"
-    for args, message in [(["--launcher", "lokal"], "Did you mean 'local'"),
-                          (["--launcher", "slurm", "--gpus-per-job", "2"], "one training process")]:
-        proc = subprocess.run([sys.executable, "-c", code, "bench", "--out", str(tmp_path / "runs"), *args],
-                              capture_output=True, text=True, timeout=120, env={**os.environ, **cache})
-        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    cases = [(["--launcher", "lokal"], "Did you mean 'local'"),
+             (["--launcher", "slurm", "--gpus-per-job", "2"], "one training process")]
+    commands = [["bench", "--out", str(tmp_path / "runs"), *args] for args, _ in cases]
+    results = run_many_without_torch(commands, env=names_cache)
+    for command, (_, message) in zip(commands, cases, strict=True):
+        proc = results[tuple(command)]
+        assert proc["code"] == 2 and message in proc["stderr"] and "Traceback" not in proc["stderr"], proc["stderr"]
 
 
 def test_local_jobs_share_the_cpus_this_process_may_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -153,9 +153,8 @@ def test_html_parses_embeds_every_plot_and_shows_every_markdown_number(single: l
 
 def test_reliability_bin_is_recomputed_from_the_scores_file(single: list[Path]) -> None:
     from halo_bench.report import plots
-    from halo_bench.report.tidy import load_results, tidy
-
     from halo_bench.report.stats import run_scores
+    from halo_bench.report.tidy import load_results, tidy
 
     table = tidy(load_results(single))
     frames = {(loss, 0): run_scores(table.attrs["scores"][("digits", "resnet18", loss, 0)]) for loss in ("cce", "halo")}

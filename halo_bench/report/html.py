@@ -13,7 +13,7 @@ from typing import Any
 from .assemble import Report
 from .figure import Plot
 from .findings import ADJUSTMENT_NAMES
-from .plots import figures
+from . import plots as _plots  # the module, not its function: looked up when drawn
 from .shift import NOTES as SHIFT_NOTES
 from .tables import notes_text
 
@@ -95,7 +95,7 @@ def _findings(report: Report) -> list[str]:
 
 def render_html(report: Report, plots: list[Plot] | None = None) -> str:
     """The page over `report`; `plots` are its figures (drawn here when not given)."""
-    plots = figures(report) if plots is None else plots
+    plots = _plots.figures(report) if plots is None else plots
     taken: set[str] = {"contents", "findings", "provenance", "notes"}
     toc = [("findings", "Findings", 0)]
     body = ['<section id="findings"><h2>Findings</h2>', *_findings(report)]
