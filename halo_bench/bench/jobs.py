@@ -554,7 +554,7 @@ def launch_bench(cfg: BenchConfig, cluster: ClusterConfig, launcher: str, wait: 
     lines.append(f"job logs and state: {jobs_folder(cfg.out)}")
 
     if wait:
-        plans = follow(plans, cfg, live, poll_s if poll_s is not None else (2.0 if launcher == "local" else 30.0))
+        plans = follow(plans, cfg, live, poll_s if poll_s is not None else (0.5 if launcher == "local" else 30.0))
     elif todo or any(p.state == "running" for p in plans):
         lines.append("Run the same command again to see which runs finished (it resubmits failed ones and "
                      "writes the report once all are done), or add --wait to follow the jobs.")
