@@ -26,16 +26,34 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("pipeline", ["device", "loader"])
-def test_torchrun_trains_ddp_replicas_that_stay_equal_and_rank_0_writes_the_run(tmp_path: Path,
-                                                                                 pipeline: str) -> None:
+PIPELINES = ("device", "loader")
+
+
+@pytest.fixture(scope="module")
+def torchrun_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
+    """One 2-process torchrun training per input pipeline, both started at once: most of a
+    launch is its processes importing torch, which the two launches overlap."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    started = {}
+    for pipeline in PIPELINES:
+        out = tmp_path_factory.mktemp(f"ddp-{pipeline}")
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+                   "127.0.0.1", "--master-port", str(_free_port()), "-m", "halo_bench", "train", TINY, "--loss",
+                   "halo", "--epochs", "1", "--device", "cpu", "--data-pipeline", pipeline, "--out", str(out)]
+        started[pipeline] = (subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                              env=env), out, command)
+    done = {}
+    for pipeline, (proc, out, command) in started.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        done[pipeline] = (subprocess.CompletedProcess(command, proc.returncode, stdout, stderr), out)
+    return done
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_torchrun_trains_ddp_replicas_that_stay_equal_and_rank_0_writes_the_run(torchrun_runs, pipeline: str) -> None:
     """device: each rank its slice of the global batch; loader: a DataLoader per rank over its
     DistributedSampler shard, at the per-rank batch."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
-               "127.0.0.1", "--master-port", str(_free_port()), "-m", "halo_bench", "train", TINY, "--loss",
-               "halo", "--epochs", "1", "--device", "cpu", "--data-pipeline", pipeline, "--out", str(tmp_path)]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240, check=False)
+    done, tmp_path = torchrun_runs[pipeline]
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     # Every rank compared its weights and buffers with rank 0's (exactly) before leaving.

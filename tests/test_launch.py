@@ -79,6 +79,11 @@ def test_local_launcher_matches_inline_bench(tmp_path: Path) -> None:
 
     from halo_bench.bench.sweep import BenchConfig, run_bench
 
+    out = tmp_path / "jobs"
+    common = ["--seeds", "0", "--epochs", "1", "--out", str(out), "--launcher", "local"]
+    # The jobs run in the background while the same runs train inline here.
+    text = _bench(*common, "--max-parallel", "2", "--cpus-per-job", "1")
+    assert "submitted 2 job(s) as local jobs, at most 2 at a time" in text and "--wait" in text
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each local job here (--cpus-per-job 1): same float reductions
     try:
@@ -86,12 +91,8 @@ def test_local_launcher_matches_inline_bench(tmp_path: Path) -> None:
                               out=str(tmp_path / "inline"), device="cpu"))
     finally:
         torch.set_num_threads(threads)
-
-    out = tmp_path / "jobs"
-    common = ["--seeds", "0", "--epochs", "1", "--out", str(out), "--launcher", "local"]
-    text = _bench(*common, "--max-parallel", "2", "--cpus-per-job", "1", "--wait")
-    assert "submitted 2 job(s) as local jobs, at most 2 at a time" in text
-    assert "2 of 2 runs finished" in text and "report written to" in text
+    followed = _bench(*common, "--wait")  # follows the jobs still running, then writes the report
+    assert "2 of 2 runs finished" in followed and "report written to" in followed
     jobs = _jobs(out)
     assert len({j["job_id"] for j in jobs.values()}) == 2
     for loss in ("cce", "halo"):
@@ -116,7 +117,7 @@ def test_preempted_killed_and_failed_jobs(tmp_path: Path) -> None:
     out.mkdir()
     cce, halo = f"digits-{MODEL}-cce-s0", f"digits-{MODEL}-halo-s0"
     (out / halo).write_text("a file where the run folder should go")  # the HALO job fails
-    common = ["--seeds", "0", "--epochs", "5", "--out", str(out), "--launcher", "local",
+    common = ["--seeds", "0", "--epochs", "4", "--out", str(out), "--launcher", "local",
               "--max-parallel", "2", "--cpus-per-job", "1"]
     text = _bench(*common)
     assert "submitted 2 job(s)" in text and "--wait" in text
@@ -133,7 +134,7 @@ def test_preempted_killed_and_failed_jobs(tmp_path: Path) -> None:
     for pid in [*tasks, controller]:  # now a node failure: no signal handler runs
         os.kill(pid, signal.SIGKILL)
     done_at_kill = _epochs_checkpointed(out / cce)
-    assert 1 <= done_at_kill < 5, "the job finished before it could be killed"
+    assert 1 <= done_at_kill < 4, "the job finished before it could be killed"
     assert "preempted or timed out; requeued" in log.read_text()
     _wait_for(lambda: not _local_alive(jobs[halo]["job_id"]), what="the failing job")
 
@@ -142,7 +143,7 @@ def test_preempted_killed_and_failed_jobs(tmp_path: Path) -> None:
     assert f"{cce}: job {jobs[cce]['job_id']} failed (log {jobs[cce]['stderr']})" in text
     assert f"{halo}: job {jobs[halo]['job_id']} failed (log {jobs[halo]['stderr']})" in text
     assert "FileExistsError: [Errno 17] File exists" in text
-    assert f"checkpoint at epoch {done_at_kill}/5" in text and "submitted 2 job(s)" in text
+    assert f"checkpoint at epoch {done_at_kill}/4" in text and "submitted 2 job(s)" in text
     # after the wait: HALO failed again (listed with its new job), CCE finished
     again = _jobs(out)
     assert again[halo]["job_id"] != jobs[halo]["job_id"]
@@ -150,12 +151,12 @@ def test_preempted_killed_and_failed_jobs(tmp_path: Path) -> None:
     assert f"1 of 2 runs finished; not included: {halo} (failed)" in text
     assert (out / cce / RESULTS).is_file() and not (out / halo).is_dir()
     resumed_log = Path(again[cce]["stderr"]).read_text()
-    assert f"resuming after epoch {done_at_kill}/5" in resumed_log
+    assert f"resuming after epoch {done_at_kill}/4" in resumed_log
     trained = [int(line.split("epoch ")[1].split("/")[0]) for line in resumed_log.splitlines()
                if f"{cce} epoch " in line]
-    assert trained == list(range(done_at_kill + 1, 6))  # no epoch before the checkpoint again
+    assert trained == list(range(done_at_kill + 1, 5))  # no epoch before the checkpoint again
     history = [json.loads(line)["epoch"] for line in (out / cce / "metrics.jsonl").read_text().splitlines()]
-    assert history == [1, 2, 3, 4, 5]
+    assert history == [1, 2, 3, 4]
     report = (out / f"report-digits-{MODEL}-cce_halo-s0.md").read_text()
     assert f"1 of 2 runs finished; not included: {halo} (failed)" in report
     assert json.loads((out / cce / RESULTS).read_text())["checkpoint"]["complete"] is True
