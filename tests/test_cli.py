@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from io import StringIO
@@ -72,6 +73,12 @@ def test_scores_file_reproduces_every_metric(cli_runs: Path, tmp_path: Path) -> 
             again = metrics.ood_metrics(id_rows[det].to_numpy(), ood)
             for key in metrics.OOD_METRICS:
                 assert again[key] == pytest.approx(values[key], abs=1e-9), (det, name, key)
+        for group in ("near", "far"):  # the group means: unweighted over the group's sets
+            members = [values for values in det_res["sets"].values() if values["group"] == group]
+            assert members, (det, group)
+            for key in metrics.OOD_METRICS:
+                expected = math.fsum(values[key] for values in members) / len(members)
+                assert det_res[group][key] == pytest.approx(expected, abs=1e-9), (det, group, key)
 
 
 def test_eval_subset_of_sets_and_detectors(cli_runs: Path, tmp_path: Path) -> None:

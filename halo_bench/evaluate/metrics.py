@@ -27,6 +27,7 @@ __all__ = [
     "ood_metrics",
     "fsood_metrics",
     "rejection_rate",
+    "group_means",
     "ece",
     "aece",
     "nll",
@@ -395,4 +396,17 @@ def id_metrics(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[
     }
     if c == k + 1:
         out["abstain_rate"] = 100.0 * float(np.mean(np.argmax(p, axis=1) == k))
+    return out
+
+
+def group_means(per_set: dict[str, dict], groups: tuple[str, ...],
+                names: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Unweighted means of the metrics `names` over each group's sets (docs/protocol.md section 2).
+
+    `per_set` maps a set to its metrics and its "group"; a group with no set is left out."""
+    out = {}
+    for group in groups:
+        rows = [v for v in per_set.values() if v["group"] == group]
+        if rows:
+            out[group] = {m: float(np.mean([r[m] for r in rows])) for m in names}
     return out

@@ -326,7 +326,7 @@ def ood_metrics(plan: Plan, scores: dict[str, dict[str, np.ndarray]]) -> dict[st
         for display, (group, _) in plan.ood_sets.items():
             values = metrics.ood_metrics(scores[plan.suite.id][det.label], scores[display][det.label])
             per_set[display] = {"group": group, **values}
-        out[det.label] = {"sets": per_set, **_group_means(per_set)}
+        out[det.label] = {"sets": per_set, **metrics.group_means(per_set, GROUPS, metrics.OOD_METRICS)}
     return out
 
 
@@ -413,16 +413,6 @@ def _first(dataset: Any, limit: int | None) -> Any:
 
 def _dataset_key(name: str, plan: Plan) -> str:
     return plan.suite.id if name == plan.suite.id else plan.ood_sets[name][1]
-
-
-def _group_means(per_set: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Unweighted means of each metric over the near and far sets (docs/protocol.md section 2)."""
-    out = {}
-    for group in GROUPS:
-        rows = [v for v in per_set.values() if v["group"] == group]
-        if rows:
-            out[group] = {m: float(np.mean([r[m] for r in rows])) for m in metrics.OOD_METRICS}
-    return out
 
 
 def _scores_bytes(passes: Passes, scores: dict[str, dict[str, np.ndarray]], num_classes: int) -> bytes:

@@ -151,7 +151,7 @@ def split_metrics(outputs: SplitOutputs, scores: dict[str, np.ndarray], clean: C
         per_set = {name: {"group": group, **metrics.fsood_metrics(clean.id_scores[label], values,
                                                                   clean.ood_scores[name][label])}
                    for name, group in clean.groups.items()}
-        fsood[label] = {"sets": per_set, **group_means(per_set)}
+        fsood[label] = {"sets": per_set, **metrics.group_means(per_set, GROUPS, metrics.FSOOD_METRICS)}
     out["fsood"] = fsood
     return out
 
@@ -171,15 +171,6 @@ def clean_reference(clean: CleanScores, scored: list[Detector]) -> dict[str, Any
             "rejection": {d.label: metrics.rejection_rate(clean.id_scores[d.label], clean.id_scores[d.label])
                           for d in scored}}
 
-
-def group_means(per_set: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Unweighted means of each FSOOD metric over the near and over the far sets."""
-    out = {}
-    for group in GROUPS:
-        rows = [v for v in per_set.values() if v["group"] == group]
-        if rows:
-            out[group] = {m: float(np.mean([r[m] for r in rows])) for m in metrics.FSOOD_METRICS}
-    return out
 
 
 def mean_over_corruptions(splits: dict[str, dict[str, Any]], severities: list[int]) -> dict[str, Any]:
