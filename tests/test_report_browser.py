@@ -66,6 +66,10 @@ def test_report_reads_in_a_real_browser(browser, page_file: Path, width: int, he
     assert page.evaluate("document.documentElement.scrollWidth") <= width
     assert page.evaluate("Math.max(...[...document.querySelectorAll('main > *, section > *')]"
                          ".map(e => e.getBoundingClientRect().right))") <= width + 0.5
+    # Figures keep their text readable: never drawn under 80% of their own width (on a phone
+    # they scroll sideways in their box instead of shrinking to 3-pixel labels).
+    scales = page.eval_on_selector_all("figure img", "els => els.map(e => e.clientWidth / e.naturalWidth)")
+    assert scales and min(scales) >= 0.79, scales
     # Body text is readable without zooming: the page is laid out at the device's width.
     assert page.evaluate("parseFloat(getComputedStyle(document.body).fontSize)") >= 15
     # Every contents link lands on an element of the page.

@@ -5,6 +5,7 @@ from the scores files beside them (halo_bench.report.synthetic)."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -87,6 +88,10 @@ def test_findings_counts_match_a_direct_computation(bench: list[Path]) -> None:
     assert doc["findings"]["survived"] == found.survived and doc["findings"]["tested"] == found.tested
     rows = pd.DataFrame(doc["rows"])
     assert int(rows["survives"].sum()) == found.survived and int(rows["tested"].sum()) == found.tested
+    # every tested cell has its adjusted p (not only those that exclude zero): statsmodels' values
+    adjusted = rows[rows["tested"]]["p_adjusted"].to_numpy(float)
+    assert np.sort(adjusted) == pytest.approx(np.sort(multipletests(p, alpha=0.05, method="fdr_bh")[1]), abs=1e-9)
+    assert len(doc["findings"]["cells"]) == found.tested
 
 
 def test_forest_interval_is_recomputed_from_the_scores(bench: list[Path]) -> None:
@@ -124,6 +129,9 @@ def test_mixed_versions_and_seed_sets_are_warned(tmp_path: Path) -> None:
     assert "the losses were run with different seeds (CCE 0,1; HALO 0,1,2)" in warnings
     markdown = render(load_results(paths), "markdown", baseline="cce")
     assert markdown.count("**warning:**") == len(report.provenance.warnings) >= 3
+    # the Δ columns pair 2 seeds where HALO's title states 3: every paired cell says so
+    deltas = [line.split("|")[-2] for line in markdown.splitlines() if line.startswith("| acc")]
+    assert deltas and all("(2 of 3 pairs)" in cell for cell in deltas), deltas
     # The same runs under one version and one seed set: no warning.
     clean = build_report(load_results(paths[:4]), "cce")
     assert clean.provenance.warnings == []
@@ -162,3 +170,72 @@ def test_intervals_past_a_metrics_range_are_clipped_and_marked(tmp_path: Path) -
     line = next(line for line in render(load_results(paths), "markdown").splitlines()
                 if line.startswith("| msp") and "(clipped)" in line)
     assert re.search(r"\+0\.00 \[-100\.00, \+100\.00\] \(clipped\)", line)
+
+
+@pytest.mark.parametrize(("centre", "spread"), [(3.0, 1.5), (20.0, 20.0)])
+def test_score_panels_share_a_range_unless_a_loss_would_pile_into_a_few_bins(centre: float, spread: float) -> None:
+    """One range per detector for every loss, unless one loss's central 99% would span under a
+    quarter of it: then one panel per loss, each on that loss's own 0.5-99.5% quantiles."""
+    from halo_bench.report.plots import COMPARABLE_SPAN, distribution_panels
+
+    rng = np.random.default_rng(int(spread))
+    scores = {("energy", "cce"): {"id": rng.normal(2, 1, 400), "far": rng.normal(0, 1, 300)},
+              ("energy", "halo"): {"id": rng.normal(centre, spread, 400), "far": rng.normal(0, spread, 300)}}
+    panels = distribution_panels(scores, ["energy"], ["cce", "halo"])
+
+    def central(*arrays: np.ndarray) -> tuple[float, float]:
+        return tuple(np.quantile(np.concatenate(arrays), [0.005, 0.995]))
+
+    own = {loss: central(*scores[("energy", loss)].values()) for loss in ("cce", "halo")}
+    shared = central(*scores[("energy", "cce")].values(), *scores[("energy", "halo")].values())
+    narrowest = min(hi - lo for lo, hi in own.values()) / (shared[1] - shared[0])
+    if narrowest >= COMPARABLE_SPAN:
+        assert spread == 1.5  # the two losses' scores overlap enough to share an axis
+        assert [(d, losses, own_range) for d, losses, _, own_range in panels] == [("energy", ["cce", "halo"], False)]
+        assert panels[0][2] == pytest.approx(shared)
+    else:
+        assert spread == 20.0
+        assert [(d, losses, own_range) for d, losses, _, own_range in panels] == [
+            ("energy", ["cce"], True), ("energy", ["halo"], True)]
+        assert panels[0][2] == pytest.approx(own["cce"]) and panels[1][2] == pytest.approx(own["halo"])
+
+
+def test_one_shared_seed_says_its_intervals_are_bootstraps_and_every_tested_cell_is_flagged(tmp_path: Path) -> None:
+    paths = write_bench(tmp_path, ("cce",), (0,), **SMALL) + [write_run(tmp_path, "halo", 0, 2.5, **SMALL)]
+    results = load_results(paths)
+    found = build_report(results, "cce").findings
+    assert found.tested > 0 and found.bootstrapped == found.tested == len(found.cells)
+    assert all(c.interval == "bootstrap over samples" for c in found.cells)
+    findings = render(results, "markdown", baseline="cce").split("## Findings")[1].split("## How")[0]
+    assert f"{found.tested} of the {found.tested} cells rest on one seed shared with the baseline" in findings
+    rows = pd.read_csv(io.StringIO(render(results, "csv", baseline="cce")))
+    tested = rows[rows["tested"]]
+    assert len(tested) == found.tested and tested["p"].notna().all() and tested["p_adjusted"].notna().all()
+    # ID cells the bootstrap gives no p-value (NLL, Brier, ...) are shown but not counted as tested
+    untested = rows[(rows["group"] == "id") & ~rows["tested"] & rows["delta"].notna() & (rows["loss"] == "halo")]
+    assert len(untested) > 0 and untested["p"].isna().all()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_no_survivor_wording_follows_a_binomial_tail(seed: int) -> None:
+    """'More than chance' exactly where P(X >= unadjusted) < alpha for X ~ Bin(tested, alpha)."""
+    from halo_bench.report.findings import Findings
+
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        tested = int(rng.integers(1, 300))
+        unadjusted = int(rng.integers(0, min(tested, 40) + 1))
+        found = Findings("bh", 0.05, tested, unadjusted, 0, [])
+        expected = unadjusted > 0 and stats.binom.sf(unadjusted - 1, tested, 0.05) < 0.05
+        assert found.more_than_chance == expected, (tested, unadjusted)
+
+
+def test_runs_evaluated_at_different_commits_are_warned(tmp_path: Path) -> None:
+    versions = {"halo-bench": "0.2.0", "torch": "2.15.0", "timm": "1.0.31", "torchvision": "0.29.2",
+                "device": "cpu", "torch_threads": 2}
+    paths = [write_run(tmp_path, loss, 0, 1.0, **SMALL, versions={**versions, "halo-bench commit": commit})
+             for loss, commit in (("cce", "abc123"), ("halo", "def456+dirty"))]
+    report = build_report(load_results(paths), "cce")
+    assert dict(report.provenance.lines)["evaluated with halo-bench"] == (
+        "0.2.0, commit abc123 (1 runs); 0.2.0, commit def456+dirty (1 runs)")
+    assert any("different evaluated with halo-bench" in w for w in report.provenance.warnings)

@@ -5,12 +5,14 @@ and accuracy falling with severity for strong corruptions."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from clirun import cli_fails, cli_ok
 
@@ -124,6 +126,14 @@ def test_eval_shift_end_to_end_and_cached(tiny_runs, tmp_path: Path, calls) -> N
     shifted = [label for label in again["feature_cache"]["read"] if label.startswith("cifar-c-style/")]
     assert len(shifted) == 15 and again["feature_cache"]["computed"] == []
     assert again["shift"]["splits"] == shift["splits"]
+    # CSV and JSON carry the shift tables' cells too
+    table = pd.read_csv(io.StringIO(cli_ok("report", tmp_path / "a", "--format", "csv")))
+    shifted = table[table["section"] == "shift"]
+    ece5 = shifted[(shifted["group"] == "id") & (shifted["metric"] == "ece") & (shifted["severity"].astype(str) == "5")]
+    assert len(ece5) == 1 and ece5["mean"].iloc[0] == pytest.approx(mean)
+    assert set(shifted["group"]) == {"id", "far", "rejection"} and set(table["section"]) == {"clean", "shift"}
+    rows = json.loads(cli_ok("report", tmp_path / "a", "--format", "json"))["rows"]
+    assert sum(r["section"] == "shift" for r in rows) == len(shifted)
 
 
 def test_shift_options_are_checked_before_work(tiny_runs) -> None:

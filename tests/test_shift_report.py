@@ -114,6 +114,28 @@ def test_ood_rejection_and_per_corruption_tables(results) -> None:
     assert _row(rows, "contrast")[1] == f"{np.mean(contrast):.2f} ± {np.std(contrast, ddof=1):.2f}"
 
 
+def test_a_delta_interval_past_the_metrics_range_is_clipped_and_marked(results) -> None:
+    """Full-spectrum FPR@95 differences that vary wildly over seeds: the t interval runs past -100
+    points, the most FPR@95 can fall; the table cuts it there and says so."""
+    from scipy import stats
+
+    halo_fpr = {0: 5.0, 1: 95.0, 2: 10.0}
+    varied = copy.deepcopy(results)
+    for doc in varied:
+        if doc["loss"]["tag"] == "halo":
+            for by in doc["shift"]["splits"].values():
+                for split in by.values():
+                    split["fsood"]["msp"]["far"]["fpr95"] = halo_fpr[doc["seed"]]
+    cce = [np.mean([100 - (90.0 - 2 * v + s) for _ in CORRUPTIONS for v in range(1, 6)]) for s in (0, 1, 2)]
+    diffs = np.subtract([halo_fpr[s] for s in (0, 1, 2)], cce)
+    ci = stats.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
+    assert ci.low < -100 < ci.high  # the case this test is about
+    tables = shift_tables(varied, baseline="cce")
+    _, header, rows = _table(tables, "full-spectrum FPR@95 (%), ID positive ↓, near / far means")
+    cell = _row(rows, "msp", "1-5 (mean)")[header.index("far Δ HALO−CCE")]
+    assert cell == f"{diffs.mean():+.2f} [{max(ci.low, -100):+.2f}, {min(ci.high, 100):+.2f}] (clipped)"
+
+
 def test_results_without_shift_give_nothing_and_the_largest_evaluation_counts(results) -> None:
     plain = [{k: v for k, v in doc.items() if k != "shift"} for doc in results]
     assert shift_tables(plain) == [] and shift_figures(plain) == []

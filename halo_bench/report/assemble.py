@@ -13,7 +13,7 @@ from ..core.errors import HaloBenchError
 from .deltas import compute_deltas
 from .findings import ALPHA, Findings, report_findings, survivor_keys
 from .provenance import Provenance, provenance
-from .shift import shift_tables
+from .shift import shift_section
 from .tables import integrity_notes, tables
 from .tidy import DEFAULT_BASELINE, UNFINISHED, select, tidy
 
@@ -31,6 +31,7 @@ class Report:
     tables: list[Table]  # the clean tables, then (with eval --shift results) the shift tables
     provenance: Provenance
     notes: list[str]  # integrity notes: evaluations left out, scores files that do not belong
+    shift_cells: pd.DataFrame  # shift.summarise: the shift tables' cells (empty without eval --shift results)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -50,9 +51,10 @@ def build_report(results: list[dict[str, Any]], baseline: str | None = None, inc
     baseline = _baseline(baseline, list(dict.fromkeys(table["loss"])), table.attrs["labels"])
     deltas = compute_deltas(table, baseline)
     found = report_findings(deltas, baseline, adjust, alpha)
-    shown = tables(table, baseline, deltas, survivor_keys(found)) + shift_tables(kept, baseline, include_incomplete=True)
+    shifted, shift_cells = shift_section(kept, baseline, include_incomplete=True)
+    shown = tables(table, baseline, deltas, survivor_keys(found)) + shifted
     return Report(kept, left_out, baseline, table, deltas, found, shown, provenance(kept, table),
-                  integrity_notes(table))
+                  integrity_notes(table), shift_cells)
 
 
 def _baseline(asked: str | None, losses: list[str], labels: dict[str, str]) -> str:

@@ -33,6 +33,13 @@ class Plot:
             self._pdf = _render(self.figure, "pdf")
         return self._pdf
 
+    def width_px(self) -> float:
+        """The SVG's own width in CSS pixels (matplotlib writes it in points, 96 px per 72 pt)."""
+        found = re.search(rb'<svg[^>]*?\swidth="([0-9.]+)(pt|px)?"', self.svg()[:4096])
+        if not found:
+            return 0.0
+        return float(found.group(1)) * (96 / 72 if found.group(2) in (None, b"pt") else 1.0)
+
     def data_uri(self) -> str:
         return "data:image/svg+xml;base64," + base64.b64encode(self.svg()).decode("ascii")
 

@@ -25,8 +25,8 @@ ADJUSTMENT_NAMES = {"bh": "Benjamini-Hochberg (false discovery rate)", "holm": "
 ALPHA = 0.05
 # Largest possible |Δ| of a metric: an interval past it is clipped there and marked.
 DELTA_RANGE = {"acc": 100.0, "abstain_rate": 100.0, "auroc": 100.0, "fpr95": 100.0, "fpr95_openood": 100.0,
-               "aupr_in": 100.0, "aupr_out": 100.0, "ece": 1.0, "aece": 1.0, "ts_ece": 1.0, "aurc": 1.0,
-               "brier": 2.0, "ts_brier": 2.0}
+               "aupr_in": 100.0, "aupr_out": 100.0, "rejection": 100.0, "ece": 1.0, "aece": 1.0, "ts_ece": 1.0,
+               "ts_aece": 1.0, "aurc": 1.0, "ts_aurc": 1.0, "brier": 2.0, "ts_brier": 2.0}
 
 
 def t_test_p(diffs: np.ndarray) -> float:
@@ -112,6 +112,7 @@ class Finding:
     better: bool | None  # None: the metric has no better direction (the fitted temperature)
     decimals: int = 2
     keys: dict[str, Any] = field(default_factory=dict)
+    interval: str = "t over seeds"  # or "bootstrap over samples" (one shared seed; deltas.with_bootstrap)
 
     @property
     def excludes_zero(self) -> bool:
@@ -136,7 +137,8 @@ class Findings:
     tested: int
     unadjusted: int
     survived: int
-    findings: list[Finding]
+    findings: list[Finding]  # the cells that exclude zero, survivors first
+    cells: list[Finding] = field(default_factory=list)  # every tested cell (finite p), in the family's order
 
     @property
     def expected_by_chance(self) -> float:
@@ -150,6 +152,22 @@ class Findings:
                 f"{self.expected_by_chance:.1f} would by chance alone if no loss differed; {self.survived} "
                 f"survive {method} at {self.alpha:g}.")
 
+    @property
+    def more_than_chance(self) -> bool:
+        """Whether this many cells excluding zero is itself unlikely by chance (binomial tail
+        P(X >= unadjusted) < alpha with X ~ Bin(tested, alpha)); cells are not independent, so
+        this is a rough guide for the wording, never a finding."""
+        if not self.tested or not self.unadjusted:
+            return False
+        from scipy.special import bdtrc
+
+        return bool(bdtrc(self.unadjusted - 1, self.tested, self.alpha) < self.alpha)
+
+    @property
+    def bootstrapped(self) -> int:
+        """How many tested cells rest on one shared seed (a bootstrap over test samples)."""
+        return sum(c.interval != "t over seeds" for c in self.cells)
+
 
 def collect(cells: list[Finding], method: str = "bh", alpha: float = ALPHA) -> Findings:
     """Adjust the family `cells` (each with its raw p) and count what survives."""
@@ -158,9 +176,10 @@ def collect(cells: list[Finding], method: str = "bh", alpha: float = ALPHA) -> F
     for cell, r, a in zip(cells, reject, adjusted, strict=True):
         cell.survives, cell.p_adjusted = bool(r and cell.excludes_zero), float(a)
     tested = int(np.isfinite(p).sum())
-    shown = [c for c in cells if c.excludes_zero and math.isfinite(c.p)]
+    family = [c for c in cells if math.isfinite(c.p)]
+    shown = [c for c in family if c.excludes_zero]
     shown.sort(key=lambda c: (not c.survives, c.p))
-    return Findings(method, alpha, tested, len(shown), sum(c.survives for c in shown), shown)
+    return Findings(method, alpha, tested, len(shown), sum(c.survives for c in shown), shown, family)
 
 
 # Words for the report's sentences.
@@ -198,7 +217,8 @@ def family_cells(deltas: Any, baseline: str, several_groups: bool) -> list[Findi
         cells.append(Finding(row.loss, baseline, what, row.metric, float(row.delta), float(row.delta_lo),
                              float(row.delta_hi), p, math.nan, False, better, decimals,
                              {"suite": row.suite, "model": row.model, "detector": row.detector,
-                              "dataset": row.dataset, "group": row.group}))
+                              "dataset": row.dataset, "group": row.group},
+                             str(getattr(row, "interval", "t over seeds"))))
     return cells
 
 

@@ -32,6 +32,7 @@ th, td { border: 1px solid #ccc; padding: 0.2rem 0.45rem; text-align: right; whi
 th { background: #f3f3f3; position: sticky; top: 0; }
 td:first-child, th:first-child { text-align: left; }
 figure { margin: 1rem 0 2rem; }
+.figure-box { margin: 0; }
 figure img { display: block; width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.9rem; color: #444; margin-top: 0.35rem; }
 .summary { font-size: 1.02rem; }
@@ -65,9 +66,15 @@ def _table(anchor: str, title: str, header: list[str], rows: list[list[str]]) ->
     return "\n".join(parts)
 
 
+# A figure is never drawn narrower than this share of its own width (its text would shrink below
+# ~6 px on a phone): on a narrow screen it scrolls sideways in its box instead.
+MIN_FIGURE_SCALE = 0.8
+
+
 def _figure(anchor: str, plot: Plot) -> str:
-    return (f'<figure id="{anchor}"><img alt="{_e(plot.title)}" src="{plot.data_uri()}">'
-            f"<figcaption>{_e(plot.title)}</figcaption></figure>")
+    least = f' style="min-width: {MIN_FIGURE_SCALE * plot.width_px():.0f}px"' if plot.width_px() else ""
+    return (f'<figure id="{anchor}"><div class="scroll figure-box"><img alt="{_e(plot.title)}"{least} '
+            f'src="{plot.data_uri()}"></div><figcaption>{_e(plot.title)}</figcaption></figure>')
 
 
 def _findings(report: Report) -> list[str]:

@@ -382,44 +382,72 @@ def _grid(n: int, cols: int, width: float, row_height: float) -> tuple[Figure, l
     return fig, axes[:n]
 
 
+def _central(values: list[np.ndarray]) -> tuple[float, float]:
+    """The 0.5-99.5% quantiles of the pooled `values` (a unit range where they are all equal)."""
+    pooled = np.concatenate(values) if values else np.empty(0)
+    lo, hi = (float(q) for q in np.quantile(pooled, [0.005, 0.995])) if pooled.size else (0.0, 1.0)
+    return lo, hi if hi > lo else lo + 1.0
+
+
+# A loss whose central range spans less than this share of the detector's shared range would be
+# drawn in a bin or two there: such a detector gets one panel per loss, each on its own range.
+COMPARABLE_SPAN = 0.25
+
+
+def distribution_panels(scores: dict[tuple[str, str], dict[str, np.ndarray]], detectors: list[str],
+                        losses: list[str]) -> list[tuple[str, list[str], tuple[float, float], bool]]:
+    """(detector, losses drawn, x range, own range) per panel: one panel per detector on the range
+    shared by every loss, or, where one loss's scores would pile into a few bins of it (its central
+    range under `COMPARABLE_SPAN` of the shared one), one panel per loss on its own range."""
+    panels = []
+    for det in detectors:
+        own = {loss: _central(list(scores[(det, loss)].values())) for loss in losses if scores[(det, loss)]}
+        shared = _central([v for loss in own for v in scores[(det, loss)].values()])
+        span = shared[1] - shared[0]
+        if all(hi - lo >= COMPARABLE_SPAN * span for lo, hi in own.values()):
+            panels.append((det, list(own), shared, False))
+        else:
+            panels += [(det, [loss], own[loss], True) for loss in own]
+    return panels
+
+
 def _distributions(frames: dict[tuple[str, int], pd.DataFrame | None], suite: str, model: str,
                    runs: dict[str, list[int]], labels: dict[str, str], detectors: list[str]) -> Plot | None:
     scores = {(det, loss): _group_scores(frames, loss, seeds, det) for det in detectors for loss, seeds in runs.items()}
-    dets = [d for d in detectors if any(scores[(d, loss)] for loss in runs)]
-    if not dets:
-        return None
     losses = list(runs)
-    fig, axes = _grid(len(dets), 3, 9.0, 1.9)
+    panels = distribution_panels(scores, detectors, losses)
+    if not panels:
+        return None
+    style = dict(zip(losses, LOSS_STYLES * 4, strict=False))
+    fig, axes = _grid(len(panels), 3, 9.0, 1.9)
     data: dict[str, Any] = {}
-    for ax, det in zip(axes, dets, strict=True):
-        pooled = np.concatenate([v for loss in losses for v in scores[(det, loss)].values()])
-        lo, hi = np.quantile(pooled, [0.005, 0.995]) if pooled.size else (0.0, 1.0)
-        hi = hi if hi > lo else lo + 1.0
+    for ax, (det, drawn, (lo, hi), own) in zip(axes, panels, strict=True):
         bins = np.linspace(lo, hi, 31)
-        data[det] = {"range": (float(lo), float(hi))}
-        for loss, style in zip(losses, LOSS_STYLES * 4, strict=False):
+        for loss in drawn:
+            data[f"{det}|{loss}"] = {"range": (lo, hi), "own_range": own}
             for group, values in scores[(det, loss)].items():
                 counts, _ = np.histogram(np.clip(values, lo, hi), bins=bins)
-                ax.stairs(counts, bins, color=GROUP_COLORS[group], lw=1.0, ls=style)
+                ax.stairs(counts, bins, color=GROUP_COLORS[group], lw=1.0, ls=style[loss])
         ax.set_yscale("log")
         ax.yaxis.set_minor_locator(NullLocator())  # minor log ticks: slow to draw, nothing to read
         ax.set_xlim(lo, hi)
         ax.locator_params(axis="x", nbins=4)
         ax.tick_params(labelsize=6.5)
-        ax.set_title(det, fontsize=8, pad=2)
+        ax.set_title(f"{det}: {_label(labels, drawn[0])}, own range" if own else det, fontsize=8, pad=2)
         ax.set_xlabel("score", fontsize=7, labelpad=1)
         ax.set_ylabel("samples", fontsize=7, labelpad=1)
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=GROUP_COLORS[g], label=name)
                for g, name in (("id", "ID test"), ("near", "near OOD"), ("far", "far OOD"))]
-    handles += [Line2D([], [], color="#555555", ls=style, label=_label(labels, loss))
-                for loss, style in zip(losses, LOSS_STYLES * 4, strict=False)]
+    handles += [Line2D([], [], color="#555555", ls=style[loss], label=_label(labels, loss)) for loss in losses]
     fig.legend(handles=handles, loc="upper center", ncols=len(handles), fontsize=7, frameon=False)
     caption = (f"{suite} / {model}: score distributions (higher = more in-distribution) per detector: the ID "
                "test set and the near and far OOD sets (each group's sets pooled), one line style per loss, "
-               "pooled over seeds; one x range per detector for every loss (its pooled 0.5-99.5% quantiles; "
-               "values beyond are counted in the end bins); sample counts on a log scale.")
+               "pooled over seeds; x range: the pooled 0.5-99.5% quantiles (values beyond are counted in the end "
+               "bins), one range per detector for every loss, except where one loss's central 99% would span under "
+               f"{COMPARABLE_SPAN:.0%} of it: then one panel per loss on its own range ('own range'); sample counts "
+               "on a log scale.")
     return Plot(slug(suite, model, "distributions"), caption, fig, {**data, "kind": "score distributions"})
 
 

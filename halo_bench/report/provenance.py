@@ -43,7 +43,7 @@ def provenance(results: list[dict[str, Any]], table: Any) -> Provenance:
              ("halo-bench", __version__ + (f", commit {commit}" if commit else ""))]
     warnings = []
     checks = [
-        ("evaluated with halo-bench", lambda r: r["versions"]["halo-bench"]),
+        ("evaluated with halo-bench", _evaluated_with),
         *((f"{pkg}", lambda r, pkg=pkg: r["versions"][pkg]) for pkg in KEY_PACKAGES[1:]),
         ("device", lambda r: r["versions"].get("gpu") or r.get("device")),
         ("torch threads", lambda r: r["versions"]["torch_threads"]),
@@ -69,6 +69,14 @@ def provenance(results: list[dict[str, Any]], table: Any) -> Provenance:
                             + "; ".join(f"{labels.get(loss, loss)} {','.join(map(str, s))}" for loss, s in seeds.items())
                             + "); Δ columns pair only the seeds both have, and say how many.")
     return Provenance(lines, warnings)
+
+
+def _evaluated_with(result: dict[str, Any]) -> str:
+    """The halo-bench version an evaluation ran, with its source commit where it was recorded (an
+    unreleased version changes between commits)."""
+    versions = result["versions"]
+    commit = versions.get("halo-bench commit")
+    return versions["halo-bench"] + (f", commit {commit}" if commit else "")
 
 
 def _detector_warnings(results: list[dict[str, Any]]) -> list[str]:

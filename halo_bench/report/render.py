@@ -29,14 +29,23 @@ def findings_lines(report: Report) -> list[str]:
         return ["No paired difference could be tested: the report has one loss, or no seed is shared with the "
                 "baseline and no scores files give a bootstrap."]
     lines = [found.summary(), ""]
+    if found.bootstrapped:
+        lines += [f"{found.bootstrapped} of the {found.tested} cells rest on one seed shared with the baseline: their "
+                  "intervals and p-values are bootstraps over test samples, which cover the test sets' sampling but "
+                  "not the variation between training runs (another seed may well not repeat them).", ""]
     survivors = [c for c in found.findings if c.survives]
     others = [c for c in found.findings if not c.survives]
     if survivors:
         lines += ["Differences that survive the adjustment:", ""]
         lines += [f"- **{c.sentence(report.labels)}** (adjusted p = {c.p_adjusted:.3g})" for c in survivors]
+    elif found.more_than_chance:
+        lines.append(f"No difference survives the adjustment. Yet {found.unadjusted} cells exclude zero before it, "
+                     f"more than the {found.expected_by_chance:.1f} chance alone would give: some of these "
+                     "differences are probably real, but none is clear enough at this number of seeds to be named.")
     else:
-        lines.append("No difference survives the adjustment: the tested cells show no difference between the losses "
-                     "that can be told from chance.")
+        lines.append(f"No difference survives the adjustment, and the {found.unadjusted} cells that exclude zero "
+                     f"before it are about as many as chance alone gives ({found.expected_by_chance:.1f}): the tested "
+                     "cells show no difference between the losses that can be told from chance.")
     if others:
         lines += ["", f"Excluding zero before the adjustment only (not findings: of {found.tested} cells, about "
                   f"{found.expected_by_chance:.1f} would by chance alone):", ""]
@@ -94,24 +103,22 @@ def _latex_findings(report: Report) -> str:
 
 
 def _frame(report: Report) -> pd.DataFrame:
-    """Every cell with its mean, std, seeds and Δ, interval, p-values and the survivors."""
+    """Every cell with its mean, std, seeds and Δ, interval, p-values and the survivors; then,
+    with `eval --shift` results, the shift tables' cells (`section` shift, with `shift` set and
+    `severity`)."""
     out = aggregate(report.table).merge(report.deltas, on=[*KEYS, "loss"], how="left")
-    adjusted = {(c.keys["suite"], c.keys["model"], c.keys["detector"], c.keys["dataset"], c.keys["group"], c.metric,
-                 c.loss): (c.p_adjusted, c.survives) for c in report.findings.findings}
-    tested = {(c.keys["suite"], c.keys["model"], c.keys["detector"], c.keys["dataset"], c.keys["group"], c.metric,
-               c.loss) for c in _family(report)}
+    family = {(c.keys["suite"], c.keys["model"], c.keys["detector"], c.keys["dataset"], c.keys["group"], c.metric,
+               c.loss): c for c in report.findings.cells}
     keys = list(zip(*(out[k] for k in [*KEYS, "loss"]), strict=True))
-    out["tested"] = [k in tested for k in keys]
-    out["p_adjusted"] = [adjusted.get(k, (float("nan"), False))[0] for k in keys]
-    out["survives"] = [adjusted.get(k, (0.0, False))[1] for k in keys]
+    out["tested"] = [k in family for k in keys]
+    out["p_adjusted"] = [family[k].p_adjusted if k in family else float("nan") for k in keys]
+    out["survives"] = [family[k].survives if k in family else False for k in keys]
+    out.insert(0, "section", "clean")
+    if not report.shift_cells.empty:
+        shift = report.shift_cells.rename(columns={"shift": "dataset"}).assign(section="shift", tested=False,
+                                                                                survives=False)
+        out = pd.concat([out, shift], ignore_index=True)
     return out
-
-
-def _family(report: Report) -> list[Any]:
-    from .findings import family_cells
-
-    several = report.table[["suite", "model"]].drop_duplicates().shape[0] > 1
-    return family_cells(report.deltas, report.baseline, several)
 
 
 def _render_csv(report: Report) -> str:
@@ -125,9 +132,11 @@ def _render_json(report: Report) -> str:
     found = report.findings
     findings = {"method": found.method, "alpha": found.alpha, "tested": found.tested, "unadjusted": found.unadjusted,
                 "survived": found.survived, "expected_by_chance": found.expected_by_chance,
+                "bootstrapped": found.bootstrapped,
                 "cells": [{"loss": c.loss, "baseline": c.baseline, "what": c.what, "metric": c.metric, **c.keys,
-                           "delta": c.delta, "lo": c.lo, "hi": c.hi, "p": c.p, "p_adjusted": c.p_adjusted,
-                           "survives": c.survives, "sentence": c.sentence(report.labels)} for c in found.findings]}
+                           "delta": c.delta, "lo": c.lo, "hi": c.hi, "interval": c.interval, "p": c.p,
+                           "p_adjusted": c.p_adjusted, "excludes_zero": c.excludes_zero, "survives": c.survives,
+                           "sentence": c.sentence(report.labels)} for c in found.cells]}
     return json.dumps({"schema": "halo-bench/report", "baseline": report.baseline, "findings": findings,
                        "provenance": dict(report.provenance.lines), "warnings": report.provenance.warnings,
                        "runs": runs, "left_out": report.left_out, "notes": report.notes, "rows": records},

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .findings import clip_interval
+
 CONFIDENCE = 0.95
 ALL = "1-5"  # the row averaging every severity
 # ID metric -> (label, higher is better, decimals); ts_*: after the temperature fitted on clean ID val
@@ -37,7 +39,9 @@ NOTES = (
     "severity); then mean ± sample standard deviation over seeds. Full-spectrum: clean + shifted ID test samples "
     "count as ID against each OOD set (OpenOOD v1.5's FSOOD), near/far means. Rejection: percent of shifted ID "
     "samples below the detector's clean 95%-TPR threshold. Δ: mean of per-seed differences to the baseline, 95% t "
-    "interval over seeds, * where it excludes 0. Generated sets are CIFAR-10-C-style, not the published files."
+    "interval over seeds (cut at the metric's range and marked clipped), * where it excludes 0 (not adjusted for "
+    "multiple comparisons: these cells are outside the Findings' family). Generated sets are CIFAR-10-C-style, "
+    "not the published files."
 )
 
 
@@ -144,9 +148,10 @@ def summarise(runs: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
         if n > 1:
             sd = float(diffs.std(ddof=1))
             half = float(st.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / np.sqrt(n) if sd > 0 else 0.0
-        deltas.append({**dict(zip([*keys, "loss"], key, strict=True)), "delta": mean, "delta_lo": mean - half,
-                       "delta_hi": mean + half, "pairs": n})
-    deltas_frame = pd.DataFrame(deltas, columns=[*keys, "loss", "delta", "delta_lo", "delta_hi", "pairs"])
+        lo, hi, clipped = clip_interval(key[5], mean - half, mean + half)  # key[5]: the metric
+        deltas.append({**dict(zip([*keys, "loss"], key, strict=True)), "delta": mean, "delta_lo": lo,
+                       "delta_hi": hi, "pairs": n, "clipped": clipped})
+    deltas_frame = pd.DataFrame(deltas, columns=[*keys, "loss", "delta", "delta_lo", "delta_hi", "pairs", "clipped"])
     return agg.merge(deltas_frame, on=[*keys, "loss"], how="left")
 
 
@@ -159,15 +164,19 @@ def _cell(row: dict[str, Any] | None, decimals: int, seeds: int) -> str:
     return text + (f" ({int(row['n'])} of {seeds} seeds)" if row["n"] < seeds else "")
 
 
-def _delta(row: dict[str, Any] | None, decimals: int) -> str:
+def _delta(row: dict[str, Any] | None, decimals: int, expected: int = 0) -> str:
+    """Δ with its interval; fewer pairs than the `expected` (the seeds the titles state) are said."""
     if row is None or np.isnan(row["delta"]):
         return "–"
     text = f"{row['delta']:+.{decimals}f}"
     if row["pairs"] > 1:
         lo, hi = row["delta_lo"], row["delta_hi"]
         text += f" [{lo:+.{decimals}f}, {hi:+.{decimals}f}]" + ("*" if lo > 0 or hi < 0 else "")
+        text += " (clipped)" if row.get("clipped") is True else ""
     else:
         text += " (1 pair)"
+    if 1 < row["pairs"] < expected:
+        text += f" ({int(row['pairs'])} of {expected} pairs)"
     return text
 
 
@@ -207,7 +216,8 @@ class _Group:
 
         cells = [_cell(get(loss), decimals, len(self.seeds[loss])) for loss in self.losses]
         if self.baseline:
-            cells += [_delta(get(loss), decimals) for loss in self.losses if loss != self.baseline]
+            cells += [_delta(get(loss), decimals, max(len(self.seeds[loss]), len(self.seeds[self.baseline])))
+                      for loss in self.losses if loss != self.baseline]
         return cells
 
     def title(self, corruptions: list[str]) -> str:
@@ -222,11 +232,23 @@ def shift_tables(results: list[dict[str, Any]], baseline: str = "cce", include_i
     """(title, header, rows) of every shift table: ID metrics by severity, full-spectrum AUROC
     and FPR@95 by severity per detector (near / far), rejection rates by severity, and accuracy
     and ECE per corruption (mean over severities). Empty without shift results."""
+    return shift_section(results, baseline, include_incomplete)[0]
+
+
+def shift_section(results: list[dict[str, Any]], baseline: str = "cce", include_incomplete: bool = False
+                  ) -> tuple[list[tuple[str, list[str], list[list[str]]]], pd.DataFrame]:
+    """The shift tables (`shift_tables`) and the cells behind them (`summarise` output: per key,
+    severity and loss the mean, std, seeds and the Δ with its interval), for CSV and JSON."""
     table = shift_tidy(results, include_incomplete)
     if table.empty:
-        return []
+        return [], pd.DataFrame()
     runs = per_run(table)
     stats = summarise(runs, baseline if baseline in set(runs["loss"]) else None)
+    return _tables(table, runs, stats, baseline), stats
+
+
+def _tables(table: pd.DataFrame, runs: pd.DataFrame, stats: pd.DataFrame, baseline: str
+            ) -> list[tuple[str, list[str], list[list[str]]]]:
     out = []
     for key in dict.fromkeys(zip(runs["suite"], runs["model"], runs["shift"], strict=True)):
         group = _Group(stats, runs, key, baseline, table.attrs["labels"])
@@ -333,11 +355,12 @@ def _boxes(part: pd.DataFrame, key: tuple, losses: list[str], labels: dict[str, 
                              patch_artist=True, manage_ticks=False, flierprops={"markersize": 3})
             for patch in box["boxes"]:
                 patch.set(facecolor=color, alpha=0.55)
-            ax.plot([], [], color=color, lw=6, alpha=0.55, label=labels[loss])
+            if metric == "acc":  # one legend for the figure, drawn from the first panel's entries
+                ax.plot([], [], color=color, lw=6, alpha=0.55, label=labels[loss])
             data[f"{metric}|{loss}"] = {s: v.tolist() for s, v in enumerate(per_severity) if v.size}
         ax.set_xticks(range(6), ["clean", "1", "2", "3", "4", "5"])
         ax.set(xlabel="corruption severity", ylabel=name, title=f"{name} under shift")
-        ax.legend(fontsize=8, loc="best")
+    fig.legend(loc="outside upper center", ncols=len(losses), fontsize=8, frameon=False)  # off the data
     return Plot(slug(*map(str, key), "shift-acc-ece"), f"{key[0]} / {key[1]}: accuracy and ECE by severity under "
                 f"{key[2]} (box: spread over corruptions of the mean over seeds; clean: the unshifted test set)",
                 fig, data)
@@ -368,12 +391,16 @@ def _lines(part: pd.DataFrame, key: tuple, losses: list[str], labels: dict[str, 
                 continue
             mean, std = seeds.mean(axis=1), seeds.std(axis=1, ddof=1).fillna(0.0)
             ax.errorbar(mean.index, mean.to_numpy(), yerr=std.to_numpy(), color=COLORS[i % len(COLORS)],
-                        marker="o", ms=3, capsize=2, label=labels[loss])
+                        marker="o", ms=3, capsize=2)
             data[f"{det}|{loss}"] = dict(zip(map(int, mean.index), mean.to_numpy().tolist(), strict=True))
         ax.set_xticks(range(6), ["clean", "1", "2", "3", "4", "5"])
         ax.set(xlabel="corruption severity", ylabel=ylabel, title=det)
-        ax.legend(fontsize=7, loc="best")
     for ax in axes[len(detectors):]:
         ax.set_visible(False)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=COLORS[i % len(COLORS)], marker="o", ms=3, label=labels[loss])
+               for i, loss in enumerate(losses)]
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(losses), fontsize=8, frameon=False)
     return Plot(slug(*map(str, key), "shift", metric), f"{key[0]} / {key[1]}: {title} by severity under {key[2]} "
                 "(mean over corruptions and seeds; bars: ± std over seeds)", fig, data)

@@ -43,7 +43,7 @@ def _delta(stats: Cells, deltas: Cells, key: tuple, decimals: int, loss: str,
     """Paired mean difference with its 95% interval: `*` where the interval excludes 0, `**`
     where it also survives the report's multiple-comparisons control (`survivors`); an interval
     cut at the metric's range says `(clipped)`. Without shared seeds, the difference of the
-    means, marked unpaired. Fewer pairs than the seeds both columns share are said in the cell."""
+    means, marked unpaired. Fewer pairs than the seeds the columns' titles state are said in the cell."""
     if (*key, loss) in deltas:
         row = deltas[(*key, loss)]
         text = f"{row['delta']:+.{decimals}f}"
@@ -84,12 +84,12 @@ def _columns(losses: list[str], labels: dict[str, str], baseline: str | None, st
     header += [f"{prefix}Δ {labels.get(loss, loss)}−{labels.get(baseline, baseline)}" for loss in others] \
         if baseline else []
 
-    def shared(loss: str) -> int:
-        return len(seeds.get(loss, set()) & seeds.get(baseline or "", set()))
+    def pairs_expected(loss: str) -> int:  # as many pairs as the column titles state seeds
+        return max(len(seeds.get(loss, ())), len(seeds.get(baseline or "", ())))
 
     def cells(key: tuple, decimals: int) -> list[str]:
         values = [_cell(stats, key, loss, decimals, len(seeds.get(loss, ()))) for loss in losses]
-        return values + [_delta(stats, deltas, key, decimals, loss, baseline, shared(loss), survivors)
+        return values + [_delta(stats, deltas, key, decimals, loss, baseline, pairs_expected(loss), survivors)
                          for loss in others] if baseline else values
 
     return header, cells
@@ -261,5 +261,6 @@ def notes_text(found: Findings) -> str:
     """The notes under every report: what the numbers are, and what its marks mean."""
     return NOTES + (f" ** marks a Δ whose interval excludes 0 and that survives {ADJUSTMENT_NAMES[found.method]} "
                     f"at {found.alpha:g} over the {found.tested} tested cells (the Findings section); * one that "
-                    "excludes 0 before the adjustment only. An interval cut at the largest possible difference "
-                    "of its metric says (clipped).")
+                    "excludes 0 before the adjustment only. Per-OOD-set cells are outside the tested family and "
+                    "carry * at most, even where a set is its group's only one and its cell equals the tested "
+                    "group mean. An interval cut at the largest possible difference of its metric says (clipped).")
