@@ -351,5 +351,41 @@ def test_report_of_results_without_scores_hash_still_reads(tmp_path: Path) -> No
     pd.DataFrame({"dataset": ["digits"], "group": ["id"], "label": [0], "pred": [0], "msp": [0.9]}).to_csv(
         tmp_path / "scores.csv.gz", index=False)
     table = tidy(load_results([tmp_path / "results.json"]))
-    assert table.attrs["scores"][("digits", "resnet18", "cce", 0)] == (str(tmp_path / "scores.csv.gz"), None)
+    assert table.attrs["scores"][("digits", "resnet18", "cce", 0)] == [(str(tmp_path / "scores.csv.gz"), None)]
     assert scores_mismatch(table.attrs["scores"]) == []
+
+
+def test_a_later_narrower_evaluation_keeps_the_default_evaluations_scores_in_the_report(tmp_path: Path) -> None:
+    """`eval RUN --detectors knn` after a bench: the report's intervals and figures still read
+    every other detector's scores from the default evaluation's file, beside the new one's."""
+    import gzip
+
+    from halo_bench.core.io import sha256_bytes
+    from halo_bench.report.assemble import build_report
+    from halo_bench.report.synthetic import write_run
+
+    small = {"sets": {"near-a": ("near", 120), "far-a": ("far", 100)}, "detectors": ("msp", "energy", "knn"),
+             "n_id": 150}
+    paths = [write_run(tmp_path, loss, 0, 1.0 + i, **small) for i, loss in enumerate(("cce", "halo"))]
+
+    def bootstrapped() -> set[tuple]:
+        deltas = build_report(load_results(paths), "cce").deltas
+        rows = deltas[deltas["interval"] == "bootstrap over samples"]
+        return set(zip(rows["detector"], rows["dataset"], rows["metric"], strict=True))
+
+    before = bootstrapped()
+    assert ("", "digits", "ece") in before and ("energy", "far mean", "auroc") in before
+    run = paths[1].parent  # HALO: a newer evaluation with knn only, its own results and scores files
+    doc = json.loads(paths[1].read_text())
+    scores = pd.read_csv(run / "scores.csv.gz")[["dataset", "group", "index", "label", "pred", "knn"]]
+    data = gzip.compress(scores.to_csv(index=False, float_format="%.17g").encode(), mtime=0)
+    (run / "scores-det-knn.csv.gz").write_bytes(data)
+    doc.update(created="2026-11-29T00:00:00+00:00", evaluation={"id": "later", "name": "det-knn"},
+               ood={"knn": doc["ood"]["knn"]}, detectors={"knn": doc["detectors"]["knn"]},
+               scores_file={"name": "scores-det-knn.csv.gz", "sha256": sha256_bytes(data)})
+    (run / "results-det-knn.json").write_text(json.dumps(doc))
+    paths = [paths[0], *find_results([run])]
+    assert sorted(p.name for p in paths) == ["results-det-knn.json", "results.json", "results.json"]
+    assert bootstrapped() == before  # nothing lost: ECE, msp, energy still from the default file
+    # and both runs have every detector: no warning that some were evaluated on some runs only
+    assert not any("some runs only" in w for w in build_report(load_results(paths), "cce").provenance.warnings)

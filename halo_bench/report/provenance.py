@@ -83,8 +83,14 @@ def _detector_warnings(results: list[dict[str, Any]]) -> list[str]:
     """Detectors (other than the ones only a HALO head has) that some runs lack, or whose settings
     differ between runs."""
     # HALO's own detectors exist on HALO runs only; NAME[tuned] settings differ by design (chosen per run).
-    per_run = [{d: s for d, s in (r.get("detectors") or {}).items() if not s.get("halo_only") and "[tuned]" not in d}
-               for r in results]
+    # A run's several evaluations (eval --detectors after a bench) count together, newest first.
+    runs: dict[tuple, dict[str, Any]] = {}
+    for r in sorted(results, key=lambda r: str(r.get("created", "")), reverse=True):
+        mine = runs.setdefault((r.get("suite"), r.get("run"), r.get("seed")), {})
+        for d, s in (r.get("detectors") or {}).items():
+            if not s.get("halo_only") and "[tuned]" not in d:
+                mine.setdefault(d, s)
+    per_run = list(runs.values())
     names = set().union(*per_run) if per_run else set()
     out = []
     missing = sorted(d for d in names if any(d not in run for run in per_run))

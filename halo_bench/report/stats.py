@@ -66,12 +66,40 @@ def confidence(msp: np.ndarray) -> np.ndarray:
     return np.exp(msp) if (msp <= 0).all() else msp
 
 
-def run_scores(entry: tuple[str, str | None] | None) -> pd.DataFrame | None:
-    """The per-sample scores a run's results file names (`report.tidy`'s attrs["scores"]
-    entry: path, recorded SHA-256), or None when the file is absent or is not the one its
-    results were computed with (`scores_mismatch` says which)."""
-    if not entry:
+Entry = tuple[str, "str | None"]  # a scores file's path and the SHA-256 its results file recorded
+SAMPLE_COLUMNS = ["dataset", "group", "index", "label", "pred"]
+
+
+def run_scores(entries: list[Entry] | Entry | None) -> pd.DataFrame | None:
+    """The per-sample scores of a run (`report.tidy`'s attrs["scores"] entry: the scores files of
+    the run's evaluations of its current checkpoint, newest first, each with its recorded
+    SHA-256): the file with the most samples (the newest among equals), plus every detector
+    column it lacks from the others over exactly the same samples, so a later `eval --detectors`
+    adds its columns and never hides the default evaluation's. Files absent or not the ones
+    their results were computed with (`scores_mismatch` says which) are left out; None when no
+    file is left."""
+    if not entries:
         return None
+    frames = [frame for entry in ([entries] if isinstance(entries, tuple) else entries)
+              if (frame := _scores_of(entry)) is not None]
+    if not frames:
+        return None
+    base = max(frames, key=len)  # the first of the largest: newest first
+    merged = base
+    for frame in frames:
+        extra = [c for c in frame.columns if c not in merged.columns]
+        if frame is base or not extra or not _same_samples(base, frame):
+            continue
+        merged = pd.concat([merged, frame[extra].set_axis(merged.index)], axis=1)
+    return merged
+
+
+def _same_samples(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    keys = [c for c in SAMPLE_COLUMNS if c in a.columns and c in b.columns]
+    return len(a) == len(b) and all((a[c].to_numpy() == b[c].to_numpy()).all() for c in keys)
+
+
+def _scores_of(entry: Entry) -> pd.DataFrame | None:
     path = Path(entry[0])
     try:
         stat = path.stat()
@@ -88,12 +116,13 @@ def _verified_scores(path: str, sha256: str | None, mtime_ns: int, size: int) ->
     return read_scores(path, data)
 
 
-def scores_mismatch(entries: dict[tuple, tuple[str, str | None]]) -> list[str]:
+def scores_mismatch(entries: dict[tuple, list[Entry] | Entry]) -> list[str]:
     """One line per scores file that is present but differs from the hash its results file
     recorded: a copy from another run, or a kill between the two writes. Such files are
     never used for intervals or figures."""
     out = []
-    for path, sha in dict.fromkeys(entries.values()):
+    files = [entry for value in entries.values() for entry in ([value] if isinstance(value, tuple) else value)]
+    for path, sha in dict.fromkeys(files):
         file = Path(path)
         if sha is None or not file.is_file():
             continue

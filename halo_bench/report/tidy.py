@@ -178,15 +178,16 @@ def tidy(results: list[dict[str, Any]]) -> pd.DataFrame:
         labels[_loss_tag(res)] = _loss_display(res)
         evaluations.setdefault((res["suite"], model, _loss_tag(res), res["seed"]), []).append(res)
     dropped = 0
-    scores: dict[tuple[str, str, str, int], tuple[str, str | None]] = {}
+    scores: dict[tuple[str, str, str, int], list[tuple[str, str | None]]] = {}
     for (suite, model, loss, seed), docs in evaluations.items():
         docs = sorted(docs, key=lambda r: r["created"], reverse=True)
         newest = docs[0]
         current = [r for r in docs if r.get("checkpoint", {}).get("sha256") == newest.get("checkpoint", {}).get("sha256")]
         dropped += len(docs) - len(current)
         base = {"suite": suite, "model": model, "loss": loss, "seed": seed}
-        path, sha = scores_reference(newest, newest.get("_path", ""))
-        scores[(suite, model, loss, seed)] = (str(path), sha)
+        # every evaluation's scores file, newest first: stats.run_scores merges their columns
+        scores[(suite, model, loss, seed)] = [(str(path), sha) for path, sha in
+                                              (scores_reference(r, r.get("_path", "")) for r in current)]
         for metric, value in newest["id_metrics"].items():
             rows.append({**base, "detector": "", "dataset": newest["id_dataset"], "group": "id",
                          "metric": metric, "value": value})
@@ -200,7 +201,7 @@ def tidy(results: list[dict[str, Any]]) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=["suite", "model", "loss", "seed", *KEYS[2:], "value"])
     table.attrs["dropped"] = dropped
     table.attrs["labels"] = Shared(labels)
-    table.attrs["scores"] = Shared(scores)  # each run's scores file and its recorded hash (stats.run_scores)
+    table.attrs["scores"] = Shared(scores)  # each run's scores files and their recorded hashes (stats.run_scores)
     return table
 
 
