@@ -242,6 +242,29 @@ def test_foreign_classifier_gives_timms_logits_and_evaluates(tmp_path) -> None:
     _fails("eval", path, "--model", TINY, match="--model and --suite go together")
 
 
+def test_a_foreign_files_ema_weights_have_features_of_their_own_and_nan_weights_are_refused(tmp_path) -> None:
+    """One file, two models (its weights and its EMA weights): the second eval must not read the
+    first one's cached features. Non-finite weights are refused before anything runs."""
+    plain, ema = _tiny(1, 6, 5), _tiny(1, 6, 5)
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.add_(torch.randn_like(p))
+    path = tmp_path / "two.pth.tar"
+    torch.save({"state_dict": plain.state_dict(), "state_dict_ema": ema.state_dict()}, path)
+    common = ("--model", TINY, "--suite", "digits", "--device", "cpu", "--ood", "near", "--detectors", "msp,energy")
+    _ok("eval", path, *common, "--out", tmp_path / "plain")
+    _ok("eval", path, *common, "--use-ema", "--out", tmp_path / "ema")
+    first, second = results_in(tmp_path / "plain"), results_in(tmp_path / "ema")
+    assert first["feature_cache"]["read"] == [] and second["feature_cache"]["read"] == []  # both computed
+    assert first["id_metrics"] != second["id_metrics"]
+    state = plain.state_dict()
+    state["fc.weight"] = torch.full_like(state["fc.weight"], float("nan"))
+    torch.save({"state_dict": state}, tmp_path / "nan.pth.tar")
+    cached = sorted(tmp_path.rglob("*.pt"))
+    _fails("eval", tmp_path / "nan.pth.tar", *common, "--out", tmp_path / "nan", match="holds non-finite weights")
+    assert sorted(tmp_path.rglob("*.pt")) == cached  # nothing computed, nothing cached
+
+
 def test_new_flags_are_checked_before_torch_loads(tmp_path) -> None:
     code = PRELUDE + (
         "from halo_bench.cli import app\n"

@@ -86,3 +86,22 @@ def test_cache_key_separates_checkpoints(tiny_runs, tmp_path: Path, calls) -> No
     assert len(list((ckpt.parent / CACHE_DIR).glob("*.pt"))) == 6  # (ID test, noise, ID val) x 2 checkpoints
     assert res["feature_cache"]["read"] == [] and calls["backbone"] > 0
     assert torch.load(next((ckpt.parent / CACHE_DIR).glob("*.pt")), weights_only=True)["key"]["checkpoint_sha256"]
+
+
+@pytest.mark.parametrize("field", ["logits", "features", "penultimate"])
+def test_non_finite_outputs_are_refused_and_never_cached(tmp_path: Path, field: str) -> None:
+    from halo_bench.core.errors import HaloBenchError
+    from halo_bench.features.cache import CacheKey, FeatureCache
+    from halo_bench.features.passes import SplitOutputs
+
+    outputs = {"logits": torch.randn(4, 3), "features": torch.randn(4, 5), "penultimate": torch.randn(4, 7),
+               "labels": torch.arange(4)}
+    outputs[field][2, 1] = float("nan")
+    cache = FeatureCache(tmp_path / CACHE_DIR)
+    key = CacheKey("abc", "digits", "test", {}, "/data", {}, None)
+    with pytest.raises(HaloBenchError, match=f"the model's {field} on digits/test hold NaN or inf"):
+        cache.get(key, lambda: SplitOutputs(**outputs), 4)
+    assert not cache.path(key).exists() and cache.misses == []
+    outputs[field][2, 1] = 0.0  # finite: computed and cached
+    cache.get(key, lambda: SplitOutputs(**outputs), 4)
+    assert cache.path(key).is_file()

@@ -69,6 +69,30 @@ def test_re_evaluation_with_other_detectors_is_written_beside(tiny_runs, tmp_pat
     assert "partial evaluation (--limit 20)" in markdown
 
 
+def test_an_evaluation_on_other_data_is_written_beside_and_reported_apart(tiny_runs, tmp_path: Path) -> None:
+    """Another registry whose `noise` set differs: not the same settings, so the earlier results
+    stay, and the report never averages the two noises under one label."""
+    import yaml
+
+    from halo_bench.data import load_registry
+    from halo_bench.data.registry import DEFAULT_REGISTRY
+
+    ckpt = _copy_run(tiny_runs["cce"], tmp_path / "run")
+    first, first_path = _eval(ckpt, ["msp"])
+    before = first_path.read_bytes()
+    data = yaml.safe_load(DEFAULT_REGISTRY.read_text())
+    data["datasets"]["uniform-noise"]["params"]["seed"] = 9
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(data))
+    second, second_path = evaluate(EvalConfig(checkpoint=str(ckpt), detectors=["msp"], device="cpu", ood=["noise"]),
+                                   load_registry(other))
+    assert second_path != first_path and first_path.read_bytes() == before
+    assert second_path.name.startswith(first_path.stem + "_data-")
+    assert second["ood"]["msp"]["far"] != first["ood"]["msp"]["far"]  # other noise images, other numbers
+    labels = set(tidy(load_results(find_results([tmp_path / "run"])))["model"])
+    assert len(labels) == 2 and any("registry=" in label for label in labels), labels
+
+
 def _doc(loss: str, seed: int, detectors: dict[str, float], created: str = "2026-01-01", sha: str = "a") -> dict:
     ood = {d: {"sets": {"noise": {"group": "far", "auroc": v, "fpr95": 100 - v}},
                "far": {"auroc": v, "fpr95": 100 - v}} for d, v in detectors.items()}
@@ -263,15 +287,51 @@ def test_full_disk_in_every_command_is_one_message(tiny_runs, tmp_path: Path, mo
     assert leftovers == []
 
 
+def test_full_disk_while_taking_a_run_folders_lock_is_one_message(tiny_runs, tmp_path: Path, monkeypatch) -> None:
+    """The first thing train and eval write is the folder's lock file: a full disk there too is
+    one line, exit 2, no traceback."""
+    import builtins
+
+    class Full:  # a lock file whose writes the disk refuses
+        def __init__(self, handle) -> None:
+            self.handle = handle
+
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name: str):
+            return getattr(self.handle, name)
+
+    monkeypatch.setattr(hio, "open", lambda *a, **k: Full(builtins.open(*a, **k)), raising=False)
+    cli_fails("train", "test_resnet", "--epochs", "1", "--out", tmp_path / "t",
+              match=".halo-bench.lock: No space left on device; nothing in")
+    ckpt = _copy_run(tiny_runs["cce"], tmp_path / "run")
+    cli_fails("eval", ckpt, "--detectors", "msp", "--ood", "noise", "--device", "cpu", "--out", tmp_path / "e",
+              match=".halo-bench-eval.lock: No space left on device; nothing in")
+    assert not (tmp_path / "t").exists() or not any((tmp_path / "t").rglob("*.pt"))
+
+
 # 8. bench checks its detectors before anything trains ----------------------------------------------
 
 @pytest.mark.parametrize(("spec", "match"), [("bogus", "unknown detector 'bogus'"),
-                                             ("knn:k=0", "knn': k must be an integer >= 1")])
+                                             ("knn:k=0", "knn': k must be an integer >= 1"),
+                                             ("knn:k=100000", "knn: k=100000 exceeds the neighbours that the 650 "
+                                                              "ID-train samples give")])
 def test_bench_refuses_bad_detectors_before_training(tmp_path: Path, monkeypatch, spec: str, match: str) -> None:
     import halo_bench.train.loop
 
     monkeypatch.setattr(halo_bench.train.loop, "train", lambda *a, **k: pytest.fail("trained before checking"))
     cli_fails("bench", "--model", "test_resnet", "--epochs", "1", "--detectors", spec, "--out", tmp_path, match=match)
+
+
+def test_eval_refuses_a_knn_k_past_the_train_split_before_any_forward_pass(tiny_runs, tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    import halo_bench.evaluate.run
+
+    monkeypatch.setattr(halo_bench.evaluate.run, "forward_pass", lambda *a, **k: pytest.fail("ran a forward pass"))
+    ckpt = _copy_run(tiny_runs["cce"], tmp_path / "run")
+    cli_fails("eval", ckpt, "--detectors", "msp,knn:k=650", "--device", "cpu", "--no-cache",
+              match="knn: k=650 exceeds the neighbours that the 650 ID-train samples give (k must be below 650)")
 
 
 def test_bench_refuses_a_halo_detector_for_cce_runs(tmp_path: Path) -> None:

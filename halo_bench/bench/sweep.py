@@ -94,6 +94,9 @@ def run_bench(cfg: BenchConfig) -> tuple[str, Path]:
 
     check_bench(cfg)
     registry = load_registry(cfg.registry)
+    from ..evaluate.preflight import check_fit_sizes
+
+    check_fit_sizes(registry, cfg.suite, cfg.detectors, cfg.data_root)  # e.g. knn:k past the train split
     started = time.perf_counter()
     result_paths = []
     for tcfg in cfg.train_configs():

@@ -303,9 +303,13 @@ def folder_lock(folder: str | os.PathLike[str], what: str, lock_name: str = LOCK
     import fcntl
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / lock_name
-    handle = open(path, "a+")  # noqa: SIM115  (held for the whole block)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")  # noqa: SIM115  (held for the whole block)
+    except OSError as exc:
+        _lock_write_failed(exc, path)
+        raise
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -321,21 +325,48 @@ def folder_lock(folder: str | os.PathLike[str], what: str, lock_name: str = LOCK
         if previous:  # a holder that never released it: killed
             _warn(f"took over the lock of {folder} left by a process that ended without releasing it "
                   f"({_holder(path, previous)}).")
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
-                                 "command": " ".join(sys.argv), "since": utc_now()}) + "\n")
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
+                                     "command": " ".join(sys.argv), "since": utc_now()}) + "\n")
+            handle.flush()
+        except OSError as exc:
+            _release(handle, folder, path)
+            _lock_write_failed(exc, path)
+            raise
         try:
             yield
         finally:
-            handle.seek(0)
-            handle.truncate()
-            handle.flush()
-            _remove_if_only(folder, path)  # nothing was written (e.g. the run failed to build)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            _release(handle, folder, path)
     finally:
-        handle.close()
+        try:
+            handle.close()
+        except OSError:  # a buffer that a full disk would not take: the lock file holds nothing that matters
+            pass
+
+
+def _release(handle: IO[Any], folder: Path, path: Path) -> None:
+    """Empty the lock file (best effort: a full disk must not hide the real error), remove it
+    where the folder holds nothing else, and release the lock."""
+    import fcntl
+
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.flush()
+    except OSError:
+        pass
+    _remove_if_only(folder, path)  # nothing was written (e.g. the run failed to build)
+    fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock_write_failed(exc: OSError, path: Path) -> None:
+    """A full disk while taking a folder's lock: one message naming the file (nothing else was
+    written yet); other errors go on up."""
+    if exc.errno in _NO_SPACE:
+        raise HaloBenchError(f"could not write {path}: {exc.strerror or 'no space left on device'}; nothing "
+                             f"in {path.parent} was changed. Free some space and run the command again.") from None
 
 
 def _remove_if_only(folder: Path, lock: Path) -> None:

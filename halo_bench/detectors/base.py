@@ -117,6 +117,10 @@ class Detector:
     def float_param(self, key: str) -> float:
         return float(self.params[key])
 
+    def check_fit_size(self, n: int) -> None:
+        """Refuse settings that `n` ID-train samples cannot serve (called before any forward pass;
+        e.g. knn's explicit k); nothing to check by default."""
+
     def fit(self, ctx: DetectorContext) -> None:
         """Fit on `ctx.train` (only called when `needs_train`)."""
 

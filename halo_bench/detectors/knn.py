@@ -50,19 +50,23 @@ class KNN(Detector):
     reads = "penultimate"
     needs_train = True
 
+    def check_fit_size(self, n: int) -> None:
+        # The N-th neighbour is the farthest train sample and beyond it there is none: a k that
+        # reaches N no longer measures a neighbourhood, so it must never run silently.
+        k = self.int_param("k")
+        if n < 2:
+            raise HaloBenchError(f"knn needs at least 2 ID-train samples, and the split has {n}; "
+                                 "leave knn out of --detectors.")
+        if k >= n and "k" in self.explicit:
+            raise HaloBenchError(f"knn: k={k} exceeds the neighbours that the {n} ID-train samples give "
+                                 f"(k must be below {n}); pass a smaller k, e.g. --detectors knn:k={n - 1}.")
+
     def fit(self, ctx: DetectorContext) -> None:
         assert ctx.train is not None
         bank = _normalise(penultimate(ctx.train, self.name)).float()
         k, n = self.int_param("k"), len(bank)
-        # The N-th neighbour is the farthest train sample and beyond it there is none: a k that
-        # reaches N no longer measures a neighbourhood, so it must never run silently.
-        if n < 2:
-            raise HaloBenchError(f"knn needs at least 2 ID-train samples, and the split has {n}; "
-                                 "leave knn out of --detectors.")
+        self.check_fit_size(n)
         if k >= n:
-            if "k" in self.explicit:
-                raise HaloBenchError(f"knn: k={k} exceeds the neighbours that the {n} ID-train samples give "
-                                     f"(k must be below {n}); pass a smaller k, e.g. --detectors knn:k={n - 1}.")
             console.print(f"[yellow]warning:[/] knn: the default k={k} exceeds the neighbours that the {n} "
                           f"ID-train samples give (e.g. under --limit); using k={n - 1}, recorded as k_used.")
             k = n - 1

@@ -28,6 +28,26 @@ def check_detectors(specs: list[str] | None, abstain: bool | None) -> list[Any]:
     return detectors_for(specs, True if abstain is None else abstain)
 
 
+def check_fit_sizes(registry: Any, suite_name: str, specs: list[str] | None, data_root: str | None) -> None:
+    """Settings of the requested detectors that the suite's ID-train split cannot serve (knn's
+    explicit k at or past its size), checked on the split itself before anything trains. Loads
+    the split: call it where the data are about to be read anyway."""
+    if not specs:
+        return
+    from ..detectors import Detector, detectors_for
+
+    dets = [d for d in detectors_for(specs, True) if type(d).check_fit_size is not Detector.check_fit_size]
+    if not dets:
+        return
+    from ..data import LoadOptions, load_split, resolve_data_root
+
+    suite = registry.suite(suite_name)
+    options = LoadOptions(resolve_data_root(data_root))
+    n = len(load_split(registry.dataset(suite.id), "train", suite.data_config, options))
+    for det in dets:
+        det.check_fit_size(n)
+
+
 def loss_abstains(loss: str) -> bool:
     from ..losses import get_loss
 

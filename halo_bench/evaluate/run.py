@@ -17,7 +17,9 @@ written (a CIFAR-10-C evaluation would add 700,000 rows), their passes are in th
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -187,9 +189,10 @@ def plan_evaluation(cfg: EvalConfig, loaded: LoadedModel, registry: Registry) ->
     options = LoadOptions(resolve_data_root(cfg.data_root, fallback=trained_from))
     shift = (plan_shift(cfg.shift, cfg.severities, registry, suite, meta["data_config"], options.data_root)
              if cfg.shift else None)
-    # Other detectors, sets, limits or settings: written beside the default evaluation, never over it.
+    # Other detectors, sets, limits, settings or data: written beside the default evaluation, never over it.
     name = evaluation_name(cfg.detectors, None if ood_sets == suite.ood_sets() else list(ood_sets), cfg.limit,
-                           cfg.tune, cfg.amp, shift.name if shift else None)
+                           cfg.tune, cfg.amp, shift.name if shift else None,
+                           _other_data(cfg, meta, registry, options.data_root))
     if cfg.limit:
         console.print(f"[yellow]partial evaluation:[/] only the first {cfg.limit} images of each split (--limit); "
                       "the results are marked partial and kept out of reports' tables.")
@@ -197,6 +200,22 @@ def plan_evaluation(cfg: EvalConfig, loaded: LoadedModel, registry: Registry) ->
                else loaded.checkpoint.parent)
     return Plan(suite, id_spec, ood_sets, detectors_for(cfg.detectors, loaded.model.abstain), name,
                 meta["data_config"], options, out_dir, shift)
+
+
+def _other_data(cfg: EvalConfig, meta: dict[str, Any], registry: Registry, data_root: Any) -> str | None:
+    """A short digest where the data differ from what the run was trained with (another registry
+    file, or a --data-root other than the training one), else None."""
+    other = {}
+    if registry.sha256 != meta.get("registry", {}).get("sha256"):
+        other["another registry"] = registry.sha256
+    trained = meta.get("data_root")
+    if cfg.data_root and trained and Path(cfg.data_root).resolve() != Path(trained).resolve():
+        other["another data root"] = str(Path(data_root).resolve())
+    if not other:
+        return None
+    console.print(f"note: evaluating with {' and '.join(other)} than the run was trained with; written beside "
+                  "its default evaluation.")
+    return hashlib.sha256(json.dumps(other, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def place_model(model: Any, cfg: EvalConfig, id_spec: DatasetSpec) -> Placement:
@@ -234,7 +253,7 @@ def run_passes(cfg: EvalConfig, plan: Plan, loaded: LoadedModel, place: Placemen
 
     def run(spec: DatasetSpec, split: str, dataset: Any, description: str) -> SplitOutputs:
         source = {"source": spec.source, "generator": spec.generator, "params": spec.split_params(split)}
-        cache_key = CacheKey(loaded.sha256, spec.name, split, source, str(plan.options.data_root), plan.data_config,
+        cache_key = CacheKey(loaded.model_key, spec.name, split, source, str(plan.options.data_root), plan.data_config,
                              place.precision)
         return cache.get(cache_key, lambda: forward_pass(
             loaded.model, dataset, place.device, cfg.batch_size, place.dtype, description, place.workers,
@@ -244,13 +263,17 @@ def run_passes(cfg: EvalConfig, plan: Plan, loaded: LoadedModel, place: Placemen
     def one_pass(key: str, split: str, dataset: Any, description: str) -> SplitOutputs:
         return run(registry.dataset(key), split, dataset, description)
 
+    train_set = None
+    if any(d.needs_train for d in plan.detectors):  # eval transform: the fits read clean features
+        train_set = _first(load_split(plan.id_spec, "train", plan.data_config, plan.options), cfg.limit)
+        for det in plan.detectors:  # settings the split cannot serve fail before any pass
+            det.check_fit_size(len(train_set))
     started = time.perf_counter()
     outputs = {name: one_pass(_dataset_key(name, plan), "test", dataset, f"forward {name}")
                for name, (_, dataset) in splits.items()}
     train = None
-    if any(d.needs_train for d in plan.detectors):  # eval transform: the fits read clean features
-        dataset = _first(load_split(plan.id_spec, "train", plan.data_config, plan.options), cfg.limit)
-        train = one_pass(plan.suite.id, "train", dataset, f"forward {plan.suite.id} (train)")
+    if train_set is not None:
+        train = one_pass(plan.suite.id, "train", train_set, f"forward {plan.suite.id} (train)")
     validation = None
     if "val" in plan.id_spec.splits:  # temperature scaling always; --tune also reads the OOD-val sets
         id_val = load_split(plan.id_spec, "val", plan.data_config, plan.options)
@@ -390,8 +413,6 @@ def write_results(plan: Plan, doc: ResultsDoc, scores_bytes: bytes) -> Path:
 
 def _note_replaced(path: Path, checkpoint_sha: str) -> None:
     """Say what an evaluation of the same name, about to be replaced, was."""
-    import json
-
     try:
         old = json.loads(path.read_text())
         old_sha, created = old["checkpoint"]["sha256"], old["created"]

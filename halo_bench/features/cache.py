@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..core.errors import HaloBenchError
 from ..core.io import atomic_write_bytes, content_digest, torch_bytes
 from .passes import SplitOutputs
 
@@ -33,7 +34,7 @@ _FIELDS = ("logits", "features", "penultimate", "labels")
 
 @dataclass(frozen=True)
 class CacheKey:
-    checkpoint_sha256: str
+    checkpoint_sha256: str  # of the bytes loaded (LoadedModel.model_key: a foreign file adds its arch and EMA choice)
     dataset: str
     split: str
     source: dict[str, Any]  # the registry entry's source, generator and parameters for this split
@@ -73,6 +74,7 @@ class FeatureCache:
                 self.hits.append(label)
                 return cached
         outputs = compute()
+        check_finite(outputs, label)
         self.misses.append(label)
         if self.folder is not None:
             self.save(key, outputs)
@@ -101,6 +103,17 @@ class FeatureCache:
 
 
 _DIGEST = "content_sha256"
+
+
+def check_finite(outputs: SplitOutputs, label: str) -> None:
+    """Refuse a forward pass whose outputs hold NaN or inf (never cached: every later eval would
+    read them back and fail in a detector)."""
+    bad = [name for name in ("logits", "features", "penultimate")
+           if getattr(outputs, name).is_floating_point() and not bool(torch.isfinite(getattr(outputs, name)).all())]
+    if bad:
+        raise HaloBenchError(f"the model's {' and '.join(bad)} on {label} hold NaN or inf: its weights or its "
+                             "precision cannot represent these inputs. Check the weights file, or evaluate with "
+                             "--no-amp.")
 
 
 def _invalid(state: Any, key: CacheKey, n: int) -> str:

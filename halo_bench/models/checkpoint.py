@@ -87,6 +87,17 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 
+def refuse_non_finite(state: dict[str, Any], path: Any, advice: str) -> None:
+    """A HaloBenchError naming the first weights of `state` that hold NaN or inf, if any do."""
+    bad = [name for name, value in state.items()
+           if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise HaloBenchError(
+            f"{path} holds non-finite weights (NaN or inf in {', '.join(bad[:3])}"
+            f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}): it cannot be evaluated. {advice}"
+        )
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[Classifier, dict[str, Any]]:
     """Rebuild the model a checkpoint describes and load its weights (on the CPU).
 
@@ -95,14 +106,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[Classifier, dict[str,
     """
     state = read_checkpoint(path)
     meta = {**state["meta"], "checkpoint_sha256": state["sha256"]}
-    bad = [name for name, value in state["model"].items()
-           if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
-    if bad:
-        raise HaloBenchError(
-            f"{path} holds non-finite weights (NaN or inf in {', '.join(bad[:3])}"
-            f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}): it cannot be evaluated. Use a checkpoint "
-            "of a run that trained without diverging."
-        )
+    refuse_non_finite(state["model"], path, "Use a checkpoint of a run that trained without diverging.")
     try:
         model = model_from_meta(meta)
         model.load_state_dict(state["model"])

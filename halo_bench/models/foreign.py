@@ -30,6 +30,7 @@ def foreign_classifier(path: str | os.PathLike[str], arch: str, num_classes: int
     from torch import nn
 
     from ..losses import LinearHead
+    from .checkpoint import refuse_non_finite
     from .classifier import Classifier
 
     path = Path(path).expanduser()
@@ -37,6 +38,7 @@ def foreign_classifier(path: str | os.PathLike[str], arch: str, num_classes: int
     if kind == "halo-bench":
         raise HaloBenchError(f"{path} is a halo-bench checkpoint: evaluate it without --model/--suite.")
     state, kind = select_state_dict(obj, path, use_ema)
+    refuse_non_finite(state, path, "Use weights of a run that trained without diverging.")
     file_classes, file_chans = file_classes_and_chans(arch, state)
     if file_classes is None:
         raise HaloBenchError(f"{path} holds no classifier for timm model {arch!r} (no "

@@ -32,6 +32,10 @@ class LoadedModel:
     meta: dict[str, Any]
     checkpoint: Path
     sha256: str
+    model_key: str = ""  # what the feature cache is keyed by: the hash, and for a foreign file how it was read
+
+    def __post_init__(self) -> None:
+        self.model_key = self.model_key or self.sha256
 
 
 def load_model(path: str | os.PathLike[str], registry: Any, foreign: Foreign | None = None) -> LoadedModel:
@@ -42,7 +46,9 @@ def load_model(path: str | os.PathLike[str], registry: Any, foreign: Foreign | N
 
         model, meta = foreign_run(ckpt, foreign.arch, foreign.suite, registry, foreign.use_ema)
         console.print(model.weights_report.summary(), markup=False)
-        return LoadedModel(model, meta, ckpt, model.weights_report.sha256)
+        # One file gives other models by architecture and by --use-ema: each has features of its own.
+        key = f"{model.weights_report.sha256}:{foreign.arch}:{'ema' if foreign.use_ema else 'weights'}"
+        return LoadedModel(model, meta, ckpt, model.weights_report.sha256, key)
     from .checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(ckpt)

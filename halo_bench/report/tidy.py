@@ -138,8 +138,12 @@ def _recipe(res: dict[str, Any]) -> dict[str, Any]:
     # Numbers compare by value: a registry's `grad_clip: 5` and a flag's 5.0 are one recipe.
     config = {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
               for k, v in res.get("train_config", {}).items() if k not in _NOT_RECIPE}
+    # The registry the evaluation read its data from: runs evaluated on other data (e.g. another
+    # `noise` set) are never averaged together.
+    registry = (res.get("registry") or {}).get("sha256")
     return {**config, "ood_sets": ",".join(sorted(d for d, v in res.get("datasets", {}).items()
-                                                     if v.get("group") != "id"))}
+                                                     if v.get("group") != "id")),
+            "registry": registry[:8] if registry else None}
 
 
 def _variants(results: list[dict[str, Any]]) -> list[str]:
