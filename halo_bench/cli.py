@@ -174,7 +174,7 @@ LossKnobHelp = "(see `halo-bench losses`)"
 
 def _print_version(value: bool) -> None:
     if value:
-        from . import __version__
+        from .core.provenance import __version__
 
         typer.echo(f"halo-bench {__version__}")
         raise typer.Exit()

@@ -167,7 +167,7 @@ def scores_reference(doc: dict[str, Any], results_path: str | Path) -> tuple[Pat
     return Path(results_path).with_name(SCORES_FILE), None
 
 
-# What `halo-bench report --format` writes (halo_bench/report.py renders each); named here so
+# What `halo-bench report --format` writes (halo_bench/report/render.py renders each); named here so
 # the CLI checks a format before pandas and the renderers load.
 REPORT_FORMATS = ("markdown", "csv", "json", "latex", "html")
 # How a report controls its multiple comparisons (report/findings.py): Benjamini-Hochberg, Holm, none.

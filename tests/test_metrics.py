@@ -1,4 +1,4 @@
-"""halo_bench.metrics against independent references.
+"""halo_bench.evaluate.metrics against independent references.
 
 scikit-learn is the reference for the ranking metrics, NLL and Brier; ECE, AECE
 and AURC are checked against plain-Python loops written here from the

@@ -177,7 +177,7 @@ def test_reliability_bin_is_recomputed_from_the_scores_file(single: list[Path]) 
 
 
 def _reference_bootstrap(base: dict, other: dict, resamples: int, seed: int) -> dict[str, tuple[float, float]]:
-    """Written from the protocol in halo_bench/stats.py's docstring, with scikit-learn's metrics."""
+    """Written from the protocol in halo_bench/report/stats.py's docstring, with scikit-learn's metrics."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     def fpr95(sid: np.ndarray, sood: np.ndarray) -> float:

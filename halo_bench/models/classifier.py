@@ -81,7 +81,7 @@ def build_model(
     embed_dim = num_classes if embed_dim is None else embed_dim
     torch.manual_seed(seed)
     report, halo_state = None, None
-    if pretrained or init_from:  # weights in, timm's way (halo_bench/weights.py)
+    if pretrained or init_from:  # weights in, timm's way (halo_bench/models/weights.py)
         from .weights import backbone_from_file, create_pretrained
 
         if init_from:

@@ -67,7 +67,7 @@ class TrainConfig(Runtime):
     loss_knobs: dict[str, Any] = field(default_factory=dict)
     compile: bool = False
     out: str = "runs"
-    # Bring your own model (halo_bench/weights.py, halo_bench/finetune.py); all change what is trained.
+    # Bring your own model (halo_bench/models/weights.py, halo_bench/models/finetune.py); all change what is trained.
     pretrained: bool = False  # timm's pretrained weights for `model` (name or name.tag)
     init_from: str | None = None  # a local weights file: state_dict, timm checkpoint, halo-bench ckpt
     use_ema: bool = False  # take a timm checkpoint's state_dict_ema
