@@ -363,16 +363,30 @@ def test_plots_are_written_atomically(tmp_path: Path, monkeypatch) -> None:
     good = (tmp_path / "one.pdf").read_bytes()
     assert good.startswith(b"%PDF")
 
-    def killed(self, fname, *args, **kwargs):  # the process dies while drawing
+    savefig = Figure.savefig
+
+    def killed(self, fname, *args, **kwargs):  # the process dies half-way through writing the PDF
+        if kwargs.get("format") != "pdf" and not str(fname).endswith(".pdf"):
+            return savefig(self, fname, *args, **kwargs)
+        if hasattr(fname, "write"):
+            fname.write(b"%PDF-1.4 half")
+        else:
+            Path(fname).write_bytes(b"%PDF-1.4 half")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Figure, "savefig", killed)
     with pytest.raises(KeyboardInterrupt):
         write_plots([Plot("one", "One", fig)], tmp_path)
-    assert (tmp_path / "one.pdf").read_bytes() == good
+    assert (tmp_path / "one.pdf").read_bytes() == good  # the earlier PDF, whole
+    assert (tmp_path / "one.svg").read_bytes().endswith(b"</svg>\n")  # the new SVG, whole
 
 
-def test_kill_before_the_final_checkpoint_keeps_every_epoch_line(registry, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_kill_around_the_final_checkpoint_keeps_every_epoch_line_once(registry, tmp_path: Path, monkeypatch,
+                                                                        when: str) -> None:
+    """Killed just before or just after the final checkpoint is written: the finished run's
+    metrics.jsonl has every epoch's line, once (a line written before a checkpoint that never
+    came is replaced when the epoch is trained again)."""
     import halo_bench.train.loop as tr
 
     cfg = tr.TrainConfig(model="test_resnet", loss="cce", epochs=2, out=str(tmp_path))
@@ -380,7 +394,9 @@ def test_kill_before_the_final_checkpoint_keeps_every_epoch_line(registry, tmp_p
 
     def killed_at_the_end(path, model, meta, train_state=None):
         if meta.get("complete"):
-            raise KeyboardInterrupt  # kill -9 between the epoch's two writes
+            if when == "after":
+                original(path, model, meta, train_state)
+            raise KeyboardInterrupt  # kill -9 beside the epoch's last write
         return original(path, model, meta, train_state)
 
     monkeypatch.setattr(tr, "save_checkpoint", killed_at_the_end)
