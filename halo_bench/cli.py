@@ -55,6 +55,10 @@ ShiftOpt = Annotated[Optional[str], typer.Option(
 SeveritiesOpt = Annotated[Optional[str], typer.Option(
     "--severities", help="With --shift: comma-separated severities from 1 to 5 (default: all five).",
     show_default=False)]
+AmpOpt = Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (bf16 where supported); "
+                                     "ignored on the CPU.")]
+ChannelsLastOpt = Annotated[bool, typer.Option("--channels-last/--no-channels-last",
+                                               help="channels-last memory format on CUDA.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--num-workers", "--workers", "-j", min=0, help="DataLoader worker processes (default: 0 for in-memory data: "
     "CIFAR, SVHN, the MNIST family and the embedded sets; for image files, up to 8 of the CPUs this process may use).",
@@ -209,8 +213,8 @@ def train(
     embed_dim: Annotated[Optional[int], typer.Option("--embed-dim", help="Embedding size D fed to the head (default: number of classes K).", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", help="Parent folder of the run directory <suite>-<model>-<loss>-s<seed>.")] = Path("runs"),
     device: DeviceOpt = "auto",
-    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA (bf16 where supported); ignored on the CPU.")] = True,
-    channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="channels-last memory format on CUDA.")] = True,
+    amp: AmpOpt = True,
+    channels_last: ChannelsLastOpt = True,
     compile: Annotated[bool, typer.Option("--compile", "--torchcompile", help="torch.compile the backbone.")] = False,
     num_workers: WorkersOpt = None,
     data_pipeline: PipelineOpt = "auto",
@@ -271,7 +275,8 @@ def eval_(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Evaluation batch size.")] = 256,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Evaluate only the first N images of each split (a smoke run: the results are marked partial and stay out of a report's tables).", show_default=False)] = None,
     device: DeviceOpt = "auto",
-    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA for the forward passes.")] = True,
+    amp: AmpOpt = True,
+    channels_last: ChannelsLastOpt = True,
     num_workers: WorkersOpt = None,
     data_pipeline: PipelineOpt = "auto",
     data_root: Annotated[Optional[Path], typer.Option(
@@ -312,6 +317,7 @@ def eval_(
 
     cfg = EvalConfig(checkpoint=str(ckpt), ood=_split(ood), detectors=_split(detectors),
                      out=str(out) if out else None, device=device, batch_size=batch_size, amp=amp,
+                     channels_last=channels_last,
                      data_root=str(data_root) if data_root else None, num_workers=num_workers, limit=limit,
                      model=model, suite=suite, use_ema=use_ema, cache=cache, tune=tune, data_pipeline=data_pipeline,
                      shift=shift_tokens, severities=shift_severities)
@@ -375,6 +381,10 @@ def bench(
     detectors: Annotated[Optional[str], typer.Option("--detectors", help="Comma-separated detectors (default: all).", show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for the runs and the report.")] = Path("runs"),
     device: DeviceOpt = "auto",
+    amp: AmpOpt = True,
+    channels_last: ChannelsLastOpt = True,
+    num_workers: WorkersOpt = None,
+    data_pipeline: PipelineOpt = "auto",
     force: Annotated[bool, typer.Option("--force", help="Retrain runs that are already complete.")] = False,
     data_root: DataRootOpt = None,
     registry: RegistryOpt = None,
@@ -388,7 +398,7 @@ def bench(
     cpus_per_job: Annotated[Optional[int], typer.Option("--cpus-per-job", help="local/slurm: CPU cores (and torch threads) per job (default: SLURM's; locally the cores divided by --max-parallel).", show_default=False)] = None,
     mem_gb: Annotated[Optional[float], typer.Option("--mem-gb", help="slurm: memory per job in GB.", show_default=False)] = None,
     account: Annotated[Optional[str], typer.Option("--account", help="slurm: account to charge.", show_default=False)] = None,
-    sbatch_line: Annotated[Optional[list[str]], typer.Option("--sbatch-line", help="slurm: extra sbatch option, e.g. --sbatch-line constraint=a100 (repeatable).", show_default=False)] = None,
+    sbatch_line: Annotated[Optional[list[str]], typer.Option("--sbatch-line", metavar="OPTION", help="slurm: extra sbatch option, e.g. --sbatch-line constraint=a100 (repeatable).", show_default=False)] = None,
     shift: ShiftOpt = None,
     severities: SeveritiesOpt = None,
 ) -> None:
@@ -396,12 +406,14 @@ def bench(
     from .bench.sweep import BenchConfig, check_bench, run_bench
 
     _single_process("bench")
+    check_data_pipeline(data_pipeline)
     shift_tokens, shift_severities = _shift_options(shift, severities)
     if shift_tokens and launcher != "inline":  # the job bookkeeping finds results by a name that knows no --shift
         raise HaloBenchError("--shift runs with --launcher inline; for cluster runs, evaluate each run "
                              "afterwards with `halo-bench eval RUN_FOLDER --shift ...`.")
     cfg = BenchConfig(model=model, suite=suite, seeds=_seeds(seeds), losses=_losses(losses), baseline=baseline,
-                      epochs=epochs, detectors=_split(detectors), out=str(out), device=device, force=force,
+                      epochs=epochs, detectors=_split(detectors), out=str(out), device=device, amp=amp,
+                      channels_last=channels_last, num_workers=num_workers, data_pipeline=data_pipeline, force=force,
                       registry=str(registry) if registry else None,
                       data_root=str(data_root) if data_root else None, shift=shift_tokens,
                       severities=shift_severities)

@@ -186,3 +186,27 @@ def test_interrupt_exits_130_and_says_how_to_resume(monkeypatch, tmp_path: Path)
     monkeypatch.setattr(halo_bench.train.loop, "train", interrupted)
     result = runner.invoke(app, ["train", "test_resnet", "--out", str(tmp_path)])
     assert result.exit_code == 130 and "resumes from its last checkpoint" in result.output
+
+
+def test_runtime_flags_reach_every_run_and_evaluation_of_a_bench(monkeypatch, tmp_path: Path) -> None:
+    """train, eval and bench take the same runtime flags (one core.runtime.Runtime), and a bench
+    hands them to each run's training and evaluation."""
+    import halo_bench.bench.sweep as sweep
+
+    seen = {}
+
+    def fake_run_bench(cfg):
+        seen["train"] = cfg.train_configs()
+        seen["eval"] = cfg.eval_config(tmp_path / "ckpt.pt")
+        return "report", tmp_path / "report.md"
+
+    monkeypatch.setattr(sweep, "run_bench", fake_run_bench)
+    _ok("bench", "--model", "test_resnet", "--seeds", "0", "--losses", "cce", "--out", tmp_path, "--device", "cpu",
+        "--no-amp", "--no-channels-last", "-j", "0", "--data-pipeline", "loader")
+    wanted = {"device": "cpu", "amp": False, "channels_last": False, "num_workers": 0, "data_pipeline": "loader"}
+    for cfg in [*seen["train"], seen["eval"]]:
+        assert {k: getattr(cfg, k) for k in wanted} == wanted, cfg
+    for command in ("train", "eval", "bench"):
+        text = _ok(command, "--help")
+        assert all(flag in text for flag in ("--amp", "--no-channels-last", "--num-workers", "--data-pipeline",
+                                             "--device", "--data-root")), command
