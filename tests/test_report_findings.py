@@ -208,6 +208,14 @@ def test_one_shared_seed_says_its_intervals_are_bootstraps_and_every_tested_cell
     assert all(c.interval == "bootstrap over samples" for c in found.cells)
     findings = render(results, "markdown", baseline="cce").split("## Findings")[1].split("## How")[0]
     assert f"{found.tested} of the {found.tested} cells rest on one seed shared with the baseline" in findings
+    from html import escape
+
+    from halo_bench.report.html import render_html
+
+    page = render_html(build_report(results, "cce"), [])  # the page says the same, without figures
+    assert escape(found.bootstrap_note()) in page
+    assert escape(found.no_survivor_note()) in page or "survive the adjustment:" in page
+    assert "rest on one seed shared with the baseline" in render(results, "latex", baseline="cce")  # its caption
     rows = pd.read_csv(io.StringIO(render(results, "csv", baseline="cce")))
     tested = rows[rows["tested"]]
     assert len(tested) == found.tested and tested["p"].notna().all() and tested["p_adjusted"].notna().all()

@@ -163,6 +163,24 @@ class Findings:
 
         return bool(bdtrc(self.unadjusted - 1, self.tested, self.alpha) < self.alpha)
 
+    def bootstrap_note(self) -> str | None:
+        """What a finding resting on one shared seed can and cannot show (None when none does)."""
+        if not self.bootstrapped:
+            return None
+        return (f"{self.bootstrapped} of the {self.tested} cells rest on one seed shared with the baseline: their "
+                "intervals and p-values are bootstraps over test samples, which cover the test sets' sampling but "
+                "not the variation between training runs (another seed may well not repeat them).")
+
+    def no_survivor_note(self) -> str:
+        """The sentence for a family where nothing survives, worded by `more_than_chance`."""
+        if self.more_than_chance:
+            return (f"No difference survives the adjustment. Yet {self.unadjusted} cells exclude zero before it, "
+                    f"more than the {self.expected_by_chance:.1f} chance alone would give: some of these "
+                    "differences are probably real, but none is clear enough at this number of seeds to be named.")
+        return (f"No difference survives the adjustment, and the {self.unadjusted} cells that exclude zero before "
+                f"it are about as many as chance alone gives ({self.expected_by_chance:.1f}): the tested cells show "
+                "no difference between the losses that can be told from chance.")
+
     @property
     def bootstrapped(self) -> int:
         """How many tested cells rest on one shared seed (a bootstrap over test samples)."""

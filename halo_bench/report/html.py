@@ -83,6 +83,8 @@ def _findings(report: Report) -> list[str]:
         return ['<p class="summary">No paired difference could be tested: the report has one loss, or no seed is '
                 "shared with the baseline and no scores files give a bootstrap.</p>"]
     out = [f'<p class="summary">{_e(found.summary())}</p>']
+    if found.bootstrap_note():
+        out.append(f"<p>{_e(found.bootstrap_note())}</p>")
     survivors = [c for c in found.findings if c.survives]
     others = [c for c in found.findings if not c.survives]
     if survivors:
@@ -90,8 +92,7 @@ def _findings(report: Report) -> list[str]:
             f'<li class="survives">{_e(c.sentence(report.labels))} (adjusted p = {c.p_adjusted:.3g})</li>'
             for c in survivors) + "</ul>")
     else:
-        out.append("<p>No difference survives the adjustment: the tested cells show no difference between the "
-                   "losses that can be told from chance.</p>")
+        out.append(f"<p>{_e(found.no_survivor_note())}</p>")
     if others:
         out.append(f"<p>Excluding zero before the adjustment only (not findings: of {found.tested} cells, about "
                    f"{found.expected_by_chance:.1f} would by chance alone):</p><ul>" + "".join(

@@ -29,23 +29,15 @@ def findings_lines(report: Report) -> list[str]:
         return ["No paired difference could be tested: the report has one loss, or no seed is shared with the "
                 "baseline and no scores files give a bootstrap."]
     lines = [found.summary(), ""]
-    if found.bootstrapped:
-        lines += [f"{found.bootstrapped} of the {found.tested} cells rest on one seed shared with the baseline: their "
-                  "intervals and p-values are bootstraps over test samples, which cover the test sets' sampling but "
-                  "not the variation between training runs (another seed may well not repeat them).", ""]
+    if found.bootstrap_note():
+        lines += [found.bootstrap_note(), ""]
     survivors = [c for c in found.findings if c.survives]
     others = [c for c in found.findings if not c.survives]
     if survivors:
         lines += ["Differences that survive the adjustment:", ""]
         lines += [f"- **{c.sentence(report.labels)}** (adjusted p = {c.p_adjusted:.3g})" for c in survivors]
-    elif found.more_than_chance:
-        lines.append(f"No difference survives the adjustment. Yet {found.unadjusted} cells exclude zero before it, "
-                     f"more than the {found.expected_by_chance:.1f} chance alone would give: some of these "
-                     "differences are probably real, but none is clear enough at this number of seeds to be named.")
     else:
-        lines.append(f"No difference survives the adjustment, and the {found.unadjusted} cells that exclude zero "
-                     f"before it are about as many as chance alone gives ({found.expected_by_chance:.1f}): the tested "
-                     "cells show no difference between the losses that can be told from chance.")
+        lines.append(found.no_survivor_note())
     if others:
         lines += ["", f"Excluding zero before the adjustment only (not findings: of {found.tested} cells, about "
                   f"{found.expected_by_chance:.1f} would by chance alone):", ""]
@@ -90,7 +82,8 @@ def _render_latex(report: Report) -> str:
 def _latex_findings(report: Report) -> str:
     """The findings as their own table: every difference that excludes 0, survivors first."""
     found = report.findings
-    lines = ["\\begin{table}[t]", "\\centering", f"\\caption{{{escape('Findings: ' + found.summary())}}}",
+    caption = " ".join(["Findings: " + found.summary(), found.bootstrap_note() or ""]).strip()
+    lines = ["\\begin{table}[t]", "\\centering", f"\\caption{{{escape(caption)}}}",
              "\\begin{tabular}{llrrrl}", "\\toprule",
              "comparison & cell & $\\Delta$ & 95\\% interval & adjusted $p$ & survives \\\\", "\\midrule"]
     for c in found.findings:
