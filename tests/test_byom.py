@@ -242,21 +242,38 @@ def test_foreign_classifier_gives_timms_logits_and_evaluates(tmp_path) -> None:
     _fails("eval", path, "--model", TINY, match="--model and --suite go together")
 
 
-def test_a_foreign_files_ema_weights_have_features_of_their_own_and_nan_weights_are_refused(tmp_path) -> None:
-    """One file, two models (its weights and its EMA weights): the second eval must not read the
-    first one's cached features. Non-finite weights are refused before anything runs."""
+def test_a_foreign_files_ema_weights_have_features_of_their_own_and_nan_weights_are_refused(
+        tmp_path, monkeypatch) -> None:
+    """One file, two models (its weights and its EMA weights): they must not share feature-cache
+    entries (the EMA eval read the plain weights' features). Non-finite weights are refused
+    before anything runs."""
+    from halo_bench.data import load_registry
+    from halo_bench.features.cache import FeatureCache
+    from halo_bench.models.load import Foreign, load_model
+
     plain, ema = _tiny(1, 6, 5), _tiny(1, 6, 5)
     with torch.no_grad():
         for p in ema.parameters():
             p.add_(torch.randn_like(p))
     path = tmp_path / "two.pth.tar"
     torch.save({"state_dict": plain.state_dict(), "state_dict_ema": ema.state_dict()}, path)
-    common = ("--model", TINY, "--suite", "digits", "--device", "cpu", "--ood", "near", "--detectors", "msp,energy")
+    registry = load_registry()
+    a, b = (load_model(path, registry, Foreign(TINY, "digits", use_ema)) for use_ema in (False, True))
+    assert a.sha256 == b.sha256 and a.model_key != b.model_key  # one file, two models
+    assert not torch.equal(a.model.head.fc.weight, b.model.head.fc.weight)
+    keys = []
+    get = FeatureCache.get
+
+    def recording(self, key, compute, n):  # every pass's cache key, also under --limit (no cache)
+        keys.append(key.checkpoint_sha256)
+        return get(self, key, compute, n)
+
+    monkeypatch.setattr(FeatureCache, "get", recording)
+    common = ("--model", TINY, "--suite", "digits", "--device", "cpu", "--ood", "near", "--detectors", "msp",
+              "--limit", "20")
     _ok("eval", path, *common, "--out", tmp_path / "plain")
     _ok("eval", path, *common, "--use-ema", "--out", tmp_path / "ema")
-    first, second = results_in(tmp_path / "plain"), results_in(tmp_path / "ema")
-    assert first["feature_cache"]["read"] == [] and second["feature_cache"]["read"] == []  # both computed
-    assert first["id_metrics"] != second["id_metrics"]
+    assert set(keys) == {a.model_key, b.model_key}  # every pass of each eval keyed by its own model
     state = plain.state_dict()
     state["fc.weight"] = torch.full_like(state["fc.weight"], float("nan"))
     torch.save({"state_dict": state}, tmp_path / "nan.pth.tar")
