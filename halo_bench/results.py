@@ -28,13 +28,12 @@ _MAX_NAME = 60
 
 
 def evaluation_name(detectors: list[str] | None = None, ood: list[str] | None = None, limit: int | None = None,
-                    tune: bool = False, amp: bool = True, shift: str | None = None, data: str | None = None) -> str:
+                    tune: bool = False, amp: bool = True, shift: str | None = None) -> str:
     """The name an evaluation's files carry: '' for the default one (every detector that
-    applies, the whole suite, full splits, no --tune, default precision, no --shift, the data the
-    run was trained with), else what differs, e.g. `det-knn-k10+odin`, `ood-noise`, `limit50`,
-    `tune`, `shift` (`shift-noise-sev5` for a part of it), `data-1a2b3c4d` (another registry or
-    data root: `data` is their digest). Evaluations with other settings are written beside the
-    default one, never over it (docs/integrity.md)."""
+    applies, the whole suite, full splits, no --tune, default precision, no --shift), else what
+    differs, e.g. `det-knn-k10+odin`, `ood-noise`, `limit50`, `tune`, `shift` (`shift-noise-sev5`
+    for a part of it). Evaluations with other settings are written beside the default one, never
+    over it (docs/integrity.md); one on other data, beside it too (`data_variant`)."""
     parts = []
     if detectors:
         parts.append("det-" + "+".join(_slug(d) for d in detectors))
@@ -48,12 +47,16 @@ def evaluation_name(detectors: list[str] | None = None, ood: list[str] | None = 
         parts.append("noamp")
     if shift:
         parts.append("+".join(_slug(part) for part in shift.split("+")))
-    if data:
-        parts.append(f"data-{data}")
     name = "_".join(parts)
     if len(name) > _MAX_NAME:  # a long detector list: keep it readable, unique by its digest
         name = name[: _MAX_NAME - 11] + "-" + hashlib.sha256(name.encode()).hexdigest()[:10]
     return name
+
+
+def data_variant(name: str, fingerprint: str) -> str:
+    """The name of an evaluation like `name` but on other data (datasets defined otherwise than
+    in the evaluation already written under `name`): `NAME_data-1a2b3c4d`."""
+    return "_".join(part for part in (name, f"data-{fingerprint[:8]}") if part)
 
 
 def _slug(text: str) -> str:
@@ -104,6 +107,7 @@ class ResultsDoc(TypedDict, total=False):
     data_config: dict[str, Any]
     data_root: str
     registry: dict[str, str]  # path, sha256 (this evaluation's)
+    data_fingerprint: str  # Registry.fingerprint of the datasets read (absent from older files)
     train_registry: dict[str, str]  # the one the run was trained with
     eval_config: dict[str, Any]
     datasets: dict[str, dict[str, Any]]  # display name -> group, dataset, n

@@ -70,8 +70,9 @@ def test_re_evaluation_with_other_detectors_is_written_beside(tiny_runs, tmp_pat
 
 
 def test_an_evaluation_on_other_data_is_written_beside_and_reported_apart(tiny_runs, tmp_path: Path) -> None:
-    """Another registry whose `noise` set differs: not the same settings, so the earlier results
-    stay, and the report never averages the two noises under one label."""
+    """Another registry whose `noise` set differs: not the same data, so the earlier results stay
+    and the report never averages the two noises under one label. A registry that differs only
+    elsewhere (a comment, another suite) defines the same data: nothing is split."""
     import yaml
 
     from halo_bench.data import load_registry
@@ -81,16 +82,25 @@ def test_an_evaluation_on_other_data_is_written_beside_and_reported_apart(tiny_r
     first, first_path = _eval(ckpt, ["msp"])
     before = first_path.read_bytes()
     data = yaml.safe_load(DEFAULT_REGISTRY.read_text())
+    same = tmp_path / "same.yaml"  # the same datasets, written otherwise
+    same.write_text("# a comment\n" + yaml.safe_dump(data))
     data["datasets"]["uniform-noise"]["params"]["seed"] = 9
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump(data))
-    second, second_path = evaluate(EvalConfig(checkpoint=str(ckpt), detectors=["msp"], device="cpu", ood=["noise"]),
-                                   load_registry(other))
+
+    def eval_with(registry: Path) -> tuple[dict, Path]:
+        return evaluate(EvalConfig(checkpoint=str(ckpt), detectors=["msp"], device="cpu", ood=["noise"]),
+                        load_registry(registry))
+
+    second, second_path = eval_with(other)
     assert second_path != first_path and first_path.read_bytes() == before
-    assert second_path.name.startswith(first_path.stem + "_data-")
+    assert second_path.name == f"{first_path.stem}_data-{second['data_fingerprint'][:8]}.json"
+    assert second["data_fingerprint"] != first["data_fingerprint"]
     assert second["ood"]["msp"]["far"] != first["ood"]["msp"]["far"]  # other noise images, other numbers
     labels = set(tidy(load_results(find_results([tmp_path / "run"])))["model"])
-    assert len(labels) == 2 and any("registry=" in label for label in labels), labels
+    assert len(labels) == 2 and all("data=" in label for label in labels), labels
+    third, third_path = eval_with(same)  # same data: the evaluation of the same settings, replaced
+    assert third_path == first_path and third["data_fingerprint"] == first["data_fingerprint"]
 
 
 def _doc(loss: str, seed: int, detectors: dict[str, float], created: str = "2026-01-01", sha: str = "a") -> dict:
@@ -334,6 +344,13 @@ def test_eval_refuses_a_knn_k_past_the_train_split_before_any_forward_pass(tiny_
               match="knn: k=650 exceeds the neighbours that the 650 ID-train samples give (k must be below 650)")
 
 
+def test_a_launcher_bench_refuses_a_knn_k_past_the_train_split_before_submitting(tmp_path: Path) -> None:
+    pytest.importorskip("submitit")
+    cli_fails("bench", "--model", "test_resnet", "--epochs", "1", "--seeds", "0", "--losses", "cce", "--detectors",
+              "knn:k=100000", "--launcher", "local", "--out", tmp_path, match="knn: k=100000 exceeds the neighbours")
+    assert not (tmp_path / "jobs").exists()  # nothing submitted
+
+
 def test_bench_refuses_a_halo_detector_for_cce_runs(tmp_path: Path) -> None:
     cli_fails("bench", "--model", "test_resnet", "--losses", "cce,halo", "--detectors", "msp,halo_abstain",
               "--out", tmp_path, match="--detectors for the cce runs: detector 'halo_abstain' reads a HALO head")
@@ -465,3 +482,30 @@ def test_a_later_narrower_evaluation_keeps_the_default_evaluations_scores_in_the
     assert bootstrapped() == before  # nothing lost: ECE, msp, energy still from the default file
     # and both runs have every detector: no warning that some were evaluated on some runs only
     assert not any("some runs only" in w for w in build_report(load_results(paths), "cce").provenance.warnings)
+
+
+def test_a_bench_on_other_data_counts_its_own_evaluation_as_finished(tiny_runs, tmp_path: Path) -> None:
+    """The launcher's bookkeeping finds a run's evaluation of the bench's data: the data variant
+    where the run folder already holds an evaluation of data defined otherwise."""
+    import yaml
+
+    from halo_bench.bench.jobs import finished_results, plan_runs
+    from halo_bench.bench.sweep import BenchConfig
+    from halo_bench.data import load_registry
+    from halo_bench.data.registry import DEFAULT_REGISTRY
+
+    ckpt = _copy_run(tiny_runs["cce"], tmp_path / "runs" / tiny_runs["cce"].parent.name)
+    data = yaml.safe_load(DEFAULT_REGISTRY.read_text())
+    data["datasets"]["uniform-noise"]["params"]["seed"] = 9
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(data))
+    cfg = BenchConfig(model="test_resnet", seeds=[0], losses=["cce"], epochs=2, detectors=["msp"],
+                      out=str(tmp_path / "runs"), device="cpu")
+    (plan,) = plan_runs(cfg, load_registry())
+    assert finished_results(plan, ["msp"]) is None  # not evaluated yet
+    _, default_path = evaluate(cfg.eval_config(ckpt), load_registry())
+    assert finished_results(plan, ["msp"]) == default_path
+    (plan,) = plan_runs(cfg, load_registry(other))  # the same bench on other data
+    assert finished_results(plan, ["msp"]) is None  # the folder's evaluation is of the other data
+    _, variant = evaluate(cfg.eval_config(ckpt), load_registry(other))
+    assert variant != default_path and finished_results(plan, ["msp"]) == variant

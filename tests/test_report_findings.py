@@ -247,3 +247,13 @@ def test_runs_evaluated_at_different_commits_are_warned(tmp_path: Path) -> None:
     assert dict(report.provenance.lines)["evaluated with halo-bench"] == (
         "0.2.0, commit abc123 (1 runs); 0.2.0, commit def456+dirty (1 runs)")
     assert any("different evaluated with halo-bench" in w for w in report.provenance.warnings)
+
+
+def test_runs_of_one_name_in_two_folders_are_two_runs_for_the_detector_warning(tmp_path: Path) -> None:
+    """Run names repeat across --out folders: a detector one of them lacks is still warned about."""
+    small = {k: v for k, v in SMALL.items() if k != "detectors"}
+    paths = [write_run(tmp_path / "a", "cce", 0, 1.0, detectors=("msp", "energy", "knn"), **small),
+             write_run(tmp_path / "b", "cce", 0, 1.0, detectors=("msp",), **small)]
+    assert paths[0].parent.name == paths[1].parent.name
+    warnings = build_report(load_results(paths), "cce").provenance.warnings
+    assert any("energy, knn were evaluated on some runs only" in w for w in warnings), warnings

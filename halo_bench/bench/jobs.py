@@ -201,6 +201,7 @@ class RunPlan:
     state: str = "missing"  # finished | running | failed | missing
     record: dict[str, Any] | None = None
     detail: str = ""  # failed: the error's last lines; missing: how far a checkpoint got; running: why, if unsure
+    data: str = ""  # Registry.fingerprint of the suite's datasets, which its evaluation reads
 
 
 def read_jobs(out: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
@@ -255,24 +256,33 @@ def _update_jobs(out: str | os.PathLike[str], changes: dict[str, dict[str, Any]]
 
 def plan_runs(cfg: BenchConfig, registry: Any) -> list[RunPlan]:
     """The bench's (seed, loss) runs, as the inline bench trains them, with an absolute --out."""
+    suite = registry.suite(cfg.suite)
+    data = registry.fingerprint([suite.id, *(key for _, key in registry.resolve_ood(suite, None).values())])
     plans = []
     for tcfg in cfg.train_configs():
         tcfg = replace(tcfg, out=str(Path(tcfg.out).absolute()))
-        plans.append(RunPlan(tcfg.run_name, tcfg, tcfg.resolved(registry), Path(tcfg.out) / tcfg.run_name))
+        plans.append(RunPlan(tcfg.run_name, tcfg, tcfg.resolved(registry), Path(tcfg.out) / tcfg.run_name,
+                             data=data))
     return plans
 
 
 def finished_results(plan: RunPlan, detectors: list[str] | None) -> Path | None:
-    """results.json if it evaluates this run's complete checkpoint, as configured; else None."""
+    """results.json if it evaluates this run's complete checkpoint, as configured, on the data
+    `plan.data` names (Registry.fingerprint; an evaluation of other data already there makes
+    the bench's own evaluation its data variant, beside it); else None."""
     import json
 
-    from ..results import evaluation_name, results_file
+    from ..results import data_variant, evaluation_name, results_file
 
-    path, ckpt = plan.run_dir / results_file(evaluation_name(detectors)), plan.run_dir / "ckpt.pt"
+    name = evaluation_name(detectors)
+    path, ckpt = plan.run_dir / results_file(name), plan.run_dir / "ckpt.pt"
     if not path.is_file() or not ckpt.is_file():
         return None
     try:
         doc = json.loads(path.read_text())
+        if plan.data and doc.get("data_fingerprint") not in (None, plan.data):
+            path = plan.run_dir / results_file(data_variant(name, plan.data))
+            doc = json.loads(path.read_text())
         checkpoint = doc["checkpoint"]
         same = (checkpoint.get("complete") is True and not doc.get("partial")
                 and saved_identity(doc["train_config"]) == plan.resolved.identity()
@@ -506,6 +516,9 @@ def launch_bench(cfg: BenchConfig, cluster: ClusterConfig, launcher: str, wait: 
     _require_submitit(launcher)
     check_bench(cfg)  # every name and value, before any submission
     registry = load_registry(cfg.registry)
+    from ..evaluate.preflight import check_fit_sizes
+
+    check_fit_sizes(registry, cfg.suite, cfg.detectors, cfg.data_root)  # e.g. knn:k past the train split
     plans = plan_runs(cfg, registry)
     records = read_jobs(cfg.out)
     classify(plans, cfg, JobStates([records[p.name] for p in plans if p.name in records]))

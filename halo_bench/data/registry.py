@@ -152,6 +152,17 @@ class Registry:
     path: Path
     sha256: str
 
+    def fingerprint(self, names: list[str]) -> str:
+        """A digest of what the datasets `names` are (source, generator, parameters, splits,
+        classes), whatever file defines them and whichever data root holds them: two evaluations
+        with one fingerprint read the same data."""
+        import json
+
+        entries = {self.dataset(n).name: {k: v for k, v in self.dataset(n).to_dict().items()
+                                          if k in ("source", "generator", "params", "splits", "classes")}
+                   for n in names}
+        return hashlib.sha256(json.dumps(entries, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     def dataset(self, name: str) -> DatasetSpec:
         """A dataset by name or alias (`textures` -> `dtd`)."""
         if name in self.datasets:

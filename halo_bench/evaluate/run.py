@@ -17,7 +17,6 @@ written (a CIFAR-10-C evaluation would add 700,000 rows), their passes are in th
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import time
@@ -67,6 +66,7 @@ from ..results import (
     RESULTS_SCHEMA,
     RESULTS_VERSION,
     ResultsDoc,
+    data_variant,
     evaluation_name,
     results_file,
     scores_file,
@@ -115,6 +115,7 @@ class Plan:
     options: LoadOptions
     out_dir: Path
     shift: ShiftPlan | None = None
+    data_fingerprint: str = ""  # Registry.fingerprint of every dataset the evaluation reads
 
 
 @dataclass
@@ -191,31 +192,15 @@ def plan_evaluation(cfg: EvalConfig, loaded: LoadedModel, registry: Registry) ->
              if cfg.shift else None)
     # Other detectors, sets, limits, settings or data: written beside the default evaluation, never over it.
     name = evaluation_name(cfg.detectors, None if ood_sets == suite.ood_sets() else list(ood_sets), cfg.limit,
-                           cfg.tune, cfg.amp, shift.name if shift else None,
-                           _other_data(cfg, meta, registry, options.data_root))
+                           cfg.tune, cfg.amp, shift.name if shift else None)
     if cfg.limit:
         console.print(f"[yellow]partial evaluation:[/] only the first {cfg.limit} images of each split (--limit); "
                       "the results are marked partial and kept out of reports' tables.")
     out_dir = (Path(cfg.out) if cfg.out else Path("runs") / meta["run"] if cfg.model
                else loaded.checkpoint.parent)
+    read = [suite.id, *(key for _, key in ood_sets.values()), *(suite.ood_val.values() if cfg.tune else ())]
     return Plan(suite, id_spec, ood_sets, detectors_for(cfg.detectors, loaded.model.abstain), name,
-                meta["data_config"], options, out_dir, shift)
-
-
-def _other_data(cfg: EvalConfig, meta: dict[str, Any], registry: Registry, data_root: Any) -> str | None:
-    """A short digest where the data differ from what the run was trained with (another registry
-    file, or a --data-root other than the training one), else None."""
-    other = {}
-    if registry.sha256 != meta.get("registry", {}).get("sha256"):
-        other["another registry"] = registry.sha256
-    trained = meta.get("data_root")
-    if cfg.data_root and trained and Path(cfg.data_root).resolve() != Path(trained).resolve():
-        other["another data root"] = str(Path(data_root).resolve())
-    if not other:
-        return None
-    console.print(f"note: evaluating with {' and '.join(other)} than the run was trained with; written beside "
-                  "its default evaluation.")
-    return hashlib.sha256(json.dumps(other, sort_keys=True).encode()).hexdigest()[:8]
+                meta["data_config"], options, out_dir, shift, registry.fingerprint(read))
 
 
 def place_model(model: Any, cfg: EvalConfig, id_spec: DatasetSpec) -> Placement:
@@ -372,6 +357,7 @@ def results_document(cfg: EvalConfig, plan: Plan, loaded: LoadedModel, place: Pl
         seed=meta["train_config"]["seed"], train_config=meta["train_config"], weights=meta.get("weights"),
         suite=suite.name, id_dataset=suite.id, data_config=plan.data_config, data_root=str(plan.options.data_root),
         registry={"path": str(registry.path), "sha256": registry.sha256}, train_registry=meta["registry"],
+        data_fingerprint=plan.data_fingerprint,
         eval_config={**asdict(cfg), "amp_dtype": place.precision, "num_workers": place.workers},
         datasets={name: {"group": group, "dataset": _dataset_key(name, plan), "n": len(passes.outputs[name])}
                   for name, (group, _) in passes.splits.items()},
@@ -403,12 +389,28 @@ def write_results(plan: Plan, doc: ResultsDoc, scores_bytes: bytes) -> Path:
     folder's evaluation lock."""
     doc["scores_file"]["sha256"] = sha256_bytes(scores_bytes)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
-    results_path = plan.out_dir / results_file(plan.name)
     with folder_lock(plan.out_dir, "eval", lock_name=".halo-bench-eval.lock", wait=True):
+        name = plan.name
+        if _other_data(plan.out_dir / results_file(name), plan.data_fingerprint):
+            name = data_variant(name, plan.data_fingerprint)  # beside the evaluation on the other data
+            console.print(f"note: {results_file(plan.name)} evaluates datasets defined otherwise (another "
+                          f"registry); this evaluation is written beside it as {results_file(name)}.", markup=False)
+            doc["evaluation"]["name"], doc["scores_file"]["name"] = name, scores_file(name)
+        results_path = plan.out_dir / results_file(name)
         _note_replaced(results_path, doc["checkpoint"]["sha256"])
-        atomic_write_bytes(plan.out_dir / scores_file(plan.name), scores_bytes)
+        atomic_write_bytes(plan.out_dir / scores_file(name), scores_bytes)
         atomic_write_json(results_path, doc)
     return results_path
+
+
+def _other_data(path: Path, fingerprint: str) -> bool:
+    """Whether the evaluation at `path` read datasets defined otherwise than `fingerprint` says
+    (False where there is none, or it is older than the fingerprint)."""
+    try:
+        recorded = json.loads(path.read_text()).get("data_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(recorded) and recorded != fingerprint
 
 
 def _note_replaced(path: Path, checkpoint_sha: str) -> None:

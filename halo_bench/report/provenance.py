@@ -4,6 +4,7 @@ loss, suite and data root; and warnings where the runs of one table differ in an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..core.io import utc_now
@@ -84,9 +85,11 @@ def _detector_warnings(results: list[dict[str, Any]]) -> list[str]:
     differ between runs."""
     # HALO's own detectors exist on HALO runs only; NAME[tuned] settings differ by design (chosen per run).
     # A run's several evaluations (eval --detectors after a bench) count together, newest first.
-    runs: dict[tuple, dict[str, Any]] = {}
+    runs: dict[Any, dict[str, Any]] = {}
     for r in sorted(results, key=lambda r: str(r.get("created", "")), reverse=True):
-        mine = runs.setdefault((r.get("suite"), r.get("run"), r.get("seed")), {})
+        # one run: one folder (run names repeat across --out folders and recipes)
+        where = str(Path(r["_path"]).parent) if r.get("_path") else (r.get("suite"), r.get("run"), r.get("seed"))
+        mine = runs.setdefault(where, {})
         for d, s in (r.get("detectors") or {}).items():
             if not s.get("halo_only") and "[tuned]" not in d:
                 mine.setdefault(d, s)

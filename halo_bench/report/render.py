@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
@@ -110,6 +111,8 @@ def _frame(report: Report) -> pd.DataFrame:
     if not report.shift_cells.empty:
         shift = report.shift_cells.rename(columns={"shift": "dataset"}).assign(section="shift", tested=False,
                                                                                 survives=False)
+        shift["excludes_zero"] = (shift["delta_lo"] > 0) | (shift["delta_hi"] < 0)
+        shift["interval"] = np.where(shift["pairs"].fillna(0) > 1, "t over seeds", "none")
         out = pd.concat([out, shift], ignore_index=True)
     return out
 

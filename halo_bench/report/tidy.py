@@ -138,12 +138,12 @@ def _recipe(res: dict[str, Any]) -> dict[str, Any]:
     # Numbers compare by value: a registry's `grad_clip: 5` and a flag's 5.0 are one recipe.
     config = {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
               for k, v in res.get("train_config", {}).items() if k not in _NOT_RECIPE}
-    # The registry the evaluation read its data from: runs evaluated on other data (e.g. another
-    # `noise` set) are never averaged together.
-    registry = (res.get("registry") or {}).get("sha256")
+    # What the evaluation's datasets are (Registry.fingerprint; absent from older files): runs
+    # evaluated on data defined otherwise (e.g. another `noise` set) are never averaged together.
+    data = res.get("data_fingerprint")
     return {**config, "ood_sets": ",".join(sorted(d for d, v in res.get("datasets", {}).items()
                                                      if v.get("group") != "id")),
-            "registry": registry[:8] if registry else None}
+            "data": data[:8] if data else None}
 
 
 def _variants(results: list[dict[str, Any]]) -> list[str]:
@@ -153,6 +153,10 @@ def _variants(results: list[dict[str, Any]]) -> list[str]:
     by_model: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for res, mine in zip(results, mine_all, strict=True):
         by_model.setdefault((res["suite"], res["model"]["name"]), []).append(mine)
+    for recipes in by_model.values():  # an older file's unknown data match any: split only known differences
+        if len({r["data"] for r in recipes} - {None}) <= 1:
+            for r in recipes:
+                r.pop("data")
     for res, mine in zip(results, mine_all, strict=True):
         recipes = by_model[(res["suite"], res["model"]["name"])]
         differing = sorted(k for k in set().union(*recipes) if len({json.dumps(r.get(k)) for r in recipes}) > 1)
