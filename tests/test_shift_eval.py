@@ -132,6 +132,10 @@ def test_eval_shift_end_to_end_and_cached(tiny_runs, tmp_path: Path, calls) -> N
     ece5 = shifted[(shifted["group"] == "id") & (shifted["metric"] == "ece") & (shifted["severity"].astype(str) == "5")]
     assert len(ece5) == 1 and ece5["mean"].iloc[0] == pytest.approx(mean)
     assert set(shifted["group"]) == {"id", "far", "rejection"} and set(table["section"]) == {"clean", "shift"}
+    for corruption in STRONG:  # the per-corruption table's cells: each the mean over the severities
+        row = shifted[(shifted["corruption"] == corruption) & (shifted["metric"] == "acc")]
+        expected = np.mean([shift["splits"][corruption][str(v)]["id_metrics"]["acc"] for v in range(1, 6)])
+        assert len(row) == 1 and row["mean"].iloc[0] == pytest.approx(expected), corruption
     rows = json.loads(cli_ok("report", tmp_path / "a", "--format", "json"))["rows"]
     assert sum(r["section"] == "shift" for r in rows) == len(shifted)
 

@@ -237,17 +237,20 @@ def shift_tables(results: list[dict[str, Any]], baseline: str = "cce", include_i
 
 def shift_section(results: list[dict[str, Any]], baseline: str = "cce", include_incomplete: bool = False
                   ) -> tuple[list[tuple[str, list[str], list[list[str]]]], pd.DataFrame]:
-    """The shift tables (`shift_tables`) and the cells behind them (`summarise` output: per key,
-    severity and loss the mean, std, seeds and the Δ with its interval), for CSV and JSON."""
+    """The shift tables (`shift_tables`) and the cells behind them, for CSV and JSON: `summarise`
+    output (per key, severity and loss the mean, std, seeds and the Δ with its interval; corruption
+    `mean`) and `per_corruption_cells` (severity `1-5`, one corruption each)."""
     table = shift_tidy(results, include_incomplete)
     if table.empty:
         return [], pd.DataFrame()
     runs = per_run(table)
     stats = summarise(runs, baseline if baseline in set(runs["loss"]) else None)
-    return _tables(table, runs, stats, baseline), stats
+    corrupted = per_corruption_cells(table, runs.attrs["corruptions"])
+    cells = pd.concat([stats.assign(corruption="mean"), corrupted], ignore_index=True)
+    return _tables(table, runs, stats, corrupted, baseline), cells
 
 
-def _tables(table: pd.DataFrame, runs: pd.DataFrame, stats: pd.DataFrame, baseline: str
+def _tables(table: pd.DataFrame, runs: pd.DataFrame, stats: pd.DataFrame, corrupted: pd.DataFrame, baseline: str
             ) -> list[tuple[str, list[str], list[list[str]]]]:
     out = []
     for key in dict.fromkeys(zip(runs["suite"], runs["model"], runs["shift"], strict=True)):
@@ -268,26 +271,38 @@ def _tables(table: pd.DataFrame, runs: pd.DataFrame, stats: pd.DataFrame, baseli
                 for det in group.detectors for sev in group.severities]
         out.append((f"{prefix}: shifted ID rejected at the clean 95%-TPR threshold (%) ↓",
                     ["detector", "severity", *group.header()], rows))
-        out.append(_per_corruption(table, key, group, corruptions, prefix))
+        out.append(_per_corruption(corrupted, key, group, corruptions, prefix))
     return out
 
 
-def _per_corruption(table: pd.DataFrame, key: tuple, group: _Group, corruptions: list[str], prefix: str
+def per_corruption_cells(table: pd.DataFrame, corruptions: dict[tuple, list[str]]) -> pd.DataFrame:
+    """Accuracy and ECE per corruption of each (suite, model, shift set), each run's value the mean
+    over the corruption's severities, then mean, sample std and seed count over seeds per loss;
+    the corruptions every run has (`per_run`'s attrs["corruptions"])."""
+    keys = ["suite", "model", "shift"]
+    part = table[(table["group"] == "id") & table["metric"].isin(["acc", "ece"]) & (table["severity"] > 0)]
+    part = part[[corruption in corruptions.get(key, ()) for key, corruption in
+                 zip(zip(*(part[k] for k in keys), strict=True), part["corruption"], strict=True)]]
+    runs = part.groupby([*keys, "loss", "seed", "corruption", "metric"], sort=False)["value"].mean().reset_index()
+    out = runs.groupby([*keys, "loss", "corruption", "metric"], sort=False)["value"].agg(
+        mean="mean", std=lambda v: v.std(ddof=1) if len(v) > 1 else np.nan, n="count").reset_index()
+    return out.assign(detector="", group="id", severity=ALL)
+
+
+def _per_corruption(cells: pd.DataFrame, key: tuple, group: _Group, corruptions: list[str], prefix: str
                     ) -> tuple[str, list[str], list[list[str]]]:
-    """Accuracy and ECE per corruption, each the mean over its severities, mean ± std over seeds."""
-    part = table[(table["suite"] == key[0]) & (table["model"] == key[1]) & (table["shift"] == key[2])
-                 & (table["group"] == "id") & table["metric"].isin(["acc", "ece"]) & (table["severity"] > 0)]
-    means = part.groupby(["loss", "seed", "corruption", "metric"])["value"].mean().reset_index()
+    """Accuracy and ECE per corruption (`per_corruption_cells`), mean ± std over seeds."""
+    mine = {(r.loss, r.corruption, r.metric): r for r in cells.itertuples(index=False)
+            if (r.suite, r.model, r.shift) == key}
     header = ["corruption", *(f"{m} {group.label(loss)}" for m in ("acc", "ECE") for loss in group.losses)]
     rows = []
     for corruption in corruptions:
         row = [corruption]
         for metric, decimals in (("acc", 2), ("ece", 4)):
             for loss in group.losses:
-                values = means[(means["loss"] == loss) & (means["corruption"] == corruption)
-                               & (means["metric"] == metric)]["value"].to_numpy(float)
-                row.append("–" if not values.size else f"{values.mean():.{decimals}f}" + (
-                    f" ± {values.std(ddof=1):.{decimals}f}" if values.size > 1 else ""))
+                cell = mine.get((loss, corruption, metric))
+                row.append("–" if cell is None else f"{cell.mean:.{decimals}f}" + (
+                    f" ± {cell.std:.{decimals}f}" if cell.n > 1 else ""))
         rows.append(row)
     return f"{prefix}: per corruption, mean over severities", header, rows
 
