@@ -391,34 +391,34 @@ def write_results(plan: Plan, doc: ResultsDoc, scores_bytes: bytes) -> Path:
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     with folder_lock(plan.out_dir, "eval", lock_name=".halo-bench-eval.lock", wait=True):
         name = plan.name
-        if _other_data(plan.out_dir / results_file(name), plan.data_fingerprint):
+        old = _written(plan.out_dir / results_file(name))
+        if old.get("data_fingerprint") not in (None, "", plan.data_fingerprint):
             name = data_variant(name, plan.data_fingerprint)  # beside the evaluation on the other data
             console.print(f"note: {results_file(plan.name)} evaluates datasets defined otherwise (another "
                           f"registry); this evaluation is written beside it as {results_file(name)}.", markup=False)
             doc["evaluation"]["name"], doc["scores_file"]["name"] = name, scores_file(name)
+            old = _written(plan.out_dir / results_file(name))
         results_path = plan.out_dir / results_file(name)
-        _note_replaced(results_path, doc["checkpoint"]["sha256"])
+        _note_replaced(results_path, old, doc["checkpoint"]["sha256"])
         atomic_write_bytes(plan.out_dir / scores_file(name), scores_bytes)
         atomic_write_json(results_path, doc)
     return results_path
 
 
-def _other_data(path: Path, fingerprint: str) -> bool:
-    """Whether the evaluation at `path` read datasets defined otherwise than `fingerprint` says
-    (False where there is none, or it is older than the fingerprint)."""
+def _written(path: Path) -> dict[str, Any]:
+    """The evaluation already written at `path` ({} where there is none or it cannot be read)."""
     try:
-        recorded = json.loads(path.read_text()).get("data_fingerprint")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return bool(recorded) and recorded != fingerprint
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
-def _note_replaced(path: Path, checkpoint_sha: str) -> None:
-    """Say what an evaluation of the same name, about to be replaced, was."""
+def _note_replaced(path: Path, old: dict[str, Any], checkpoint_sha: str) -> None:
+    """Say what the evaluation of the same name about to be replaced (`old`, as read) was."""
     try:
-        old = json.loads(path.read_text())
         old_sha, created = old["checkpoint"]["sha256"], old["created"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return
     same = "the same checkpoint" if old_sha == checkpoint_sha else f"an earlier checkpoint (sha256 {old_sha[:12]}...)"
     console.print(f"{path.name}: replaces the evaluation of {same} with the same settings, made {created}.",

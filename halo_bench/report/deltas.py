@@ -17,23 +17,22 @@ from .findings import clip_interval
 from .tidy import KEYS
 
 CONFIDENCE = 0.95
-COLUMNS = [*KEYS, "loss", "delta", "delta_lo", "delta_hi", "pairs", "p"]
 
 
-def paired_differences(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
+def paired_differences(table: pd.DataFrame, baseline: str, keys: list[str] = KEYS) -> pd.DataFrame:
     """Per key and loss: the mean of per-seed differences to `baseline`, its 95% t interval
     (none for a single seed) and the two-sided paired t-test's p-value (`findings.t_test_p`,
-    here for every cell at once)."""
+    here for every cell at once). `keys`: the columns that name a cell (besides loss and seed)."""
     from scipy.special import (  # the t distribution, without scipy.stats' second of imports
         stdtr,
         stdtrit,
     )
 
-    base = table[table["loss"] == baseline][[*KEYS, "seed", "value"]]
+    base = table[table["loss"] == baseline][[*keys, "seed", "value"]]
     others = table[table["loss"] != baseline]
-    merged = others.merge(base, on=[*KEYS, "seed"], suffixes=("", "_base"))
+    merged = others.merge(base, on=[*keys, "seed"], suffixes=("", "_base"))
     merged = merged.assign(diff=merged["value"] - merged["value_base"])
-    out = merged.groupby([*KEYS, "loss"], sort=False)["diff"].agg(delta="mean", sd="std", pairs="count").reset_index()
+    out = merged.groupby([*keys, "loss"], sort=False)["diff"].agg(delta="mean", sd="std", pairs="count").reset_index()
     n, mean, sd = out["pairs"].to_numpy(float), out["delta"].to_numpy(float), out["sd"].to_numpy(float)
     with np.errstate(divide="ignore", invalid="ignore"):
         df = np.maximum(n - 1, 1)
@@ -41,7 +40,15 @@ def paired_differences(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
         t = mean / (sd / np.sqrt(n))
         p = np.where(n < 2, np.nan, np.where(sd > 0, 2.0 * stdtr(df, -np.abs(t)), np.where(mean != 0, 0.0, 1.0)))
     out["delta_lo"], out["delta_hi"], out["p"] = mean - half, mean + half, p
-    return out[COLUMNS]
+    return out[[*keys, "loss", "delta", "delta_lo", "delta_hi", "pairs", "p"]]
+
+
+def clip_to_range(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame`'s intervals cut to each metric's range of differences, with `clipped` saying where."""
+    clipped = [clip_interval(m, lo, hi) for m, lo, hi in zip(frame["metric"], frame["delta_lo"], frame["delta_hi"],
+                                                              strict=True)]
+    return frame.assign(delta_lo=[c[0] for c in clipped], delta_hi=[c[1] for c in clipped],
+                        clipped=[c[2] for c in clipped])
 
 
 def with_bootstrap(deltas: pd.DataFrame, table: pd.DataFrame, baseline: str) -> pd.DataFrame:
@@ -59,11 +66,7 @@ def with_bootstrap(deltas: pd.DataFrame, table: pd.DataFrame, baseline: str) -> 
         merged.loc[single, column] = merged.loc[single, f"{column}_boot"]
     merged["interval"] = np.where(merged["pairs"] > 1, "t over seeds",
                                   np.where(single, "bootstrap over samples", "none"))
-    clipped = [clip_interval(m, lo, hi) for m, lo, hi in zip(merged["metric"], merged["delta_lo"], merged["delta_hi"],
-                                                              strict=True)]
-    merged["delta_lo"] = [c[0] for c in clipped]
-    merged["delta_hi"] = [c[1] for c in clipped]
-    merged["clipped"] = [c[2] for c in clipped]
+    merged = clip_to_range(merged)
     merged["excludes_zero"] = (merged["delta_lo"] > 0) | (merged["delta_hi"] < 0)
     return merged.drop(columns=["delta_lo_boot", "delta_hi_boot", "p_boot", "resamples"])
 

@@ -115,6 +115,12 @@ class Finding:
     interval: str = "t over seeds"  # or "bootstrap over samples" (one shared seed; deltas.with_bootstrap)
 
     @property
+    def key(self) -> tuple:
+        """(suite, model, detector, dataset, group, metric, loss): the cell in the report's tables."""
+        k = self.keys
+        return (k["suite"], k["model"], k["detector"], k["dataset"], k["group"], self.metric, self.loss)
+
+    @property
     def excludes_zero(self) -> bool:
         return bool(self.lo > 0 or self.hi < 0)
 
@@ -248,5 +254,4 @@ def report_findings(deltas: Any, baseline: str, method: str = "bh", alpha: float
 
 def survivor_keys(findings: Findings) -> frozenset[tuple]:
     """The (suite, model, detector, dataset, group, metric, loss) keys of the surviving cells."""
-    return frozenset((c.keys["suite"], c.keys["model"], c.keys["detector"], c.keys["dataset"], c.keys["group"],
-                      c.metric, c.loss) for c in findings.findings if c.survives)
+    return frozenset(c.key for c in findings.findings if c.survives)

@@ -101,8 +101,7 @@ def _frame(report: Report) -> pd.DataFrame:
     with `eval --shift` results, the shift tables' cells (`section` shift, with `shift` set and
     `severity`)."""
     out = aggregate(report.table).merge(report.deltas, on=[*KEYS, "loss"], how="left")
-    family = {(c.keys["suite"], c.keys["model"], c.keys["detector"], c.keys["dataset"], c.keys["group"], c.metric,
-               c.loss): c for c in report.findings.cells}
+    family = {c.key: c for c in report.findings.cells}
     keys = list(zip(*(out[k] for k in [*KEYS, "loss"]), strict=True))
     out["tested"] = [k in family for k in keys]
     out["p_adjusted"] = [family[k].p_adjusted if k in family else float("nan") for k in keys]

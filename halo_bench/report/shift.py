@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .findings import clip_interval
+from .tables import mean_cell
 
-CONFIDENCE = 0.95
 ALL = "1-5"  # the row averaging every severity
 # ID metric -> (label, higher is better, decimals); ts_*: after the temperature fitted on clean ID val
 SHIFT_ID_METRICS = {
@@ -130,38 +129,17 @@ def per_run(table: pd.DataFrame) -> pd.DataFrame:
 
 def summarise(runs: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
     """Per loss and key: mean, sample std and seed count over seeds, and (against `baseline`)
-    the paired Δ with its 95% t interval over the seeds both losses have."""
-    from scipy import stats as st
+    the paired Δ with its 95% t interval over the seeds both losses have (deltas.paired_differences,
+    as the other tables), cut to the metric's range."""
+    from .deltas import clip_to_range, paired_differences
 
     keys = ["suite", "model", "shift", "detector", "group", "metric", "severity"]
     agg = runs.groupby([*keys, "loss"], sort=False)["value"].agg(
         mean="mean", std=lambda v: v.std(ddof=1) if len(v) > 1 else np.nan, n="count").reset_index()
     if baseline is None:
         return agg.assign(delta=np.nan, delta_lo=np.nan, delta_hi=np.nan, pairs=0)
-    base = runs[runs["loss"] == baseline][[*keys, "seed", "value"]]
-    merged = runs[runs["loss"] != baseline].merge(base, on=[*keys, "seed"], suffixes=("", "_base"))
-    merged["diff"] = merged["value"] - merged["value_base"]
-    deltas = []
-    for key, group in merged.groupby([*keys, "loss"], sort=False):
-        diffs = group["diff"].to_numpy(float)
-        n, mean, half = len(diffs), float(diffs.mean()), np.nan
-        if n > 1:
-            sd = float(diffs.std(ddof=1))
-            half = float(st.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / np.sqrt(n) if sd > 0 else 0.0
-        lo, hi, clipped = clip_interval(key[5], mean - half, mean + half)  # key[5]: the metric
-        deltas.append({**dict(zip([*keys, "loss"], key, strict=True)), "delta": mean, "delta_lo": lo,
-                       "delta_hi": hi, "pairs": n, "clipped": clipped})
-    deltas_frame = pd.DataFrame(deltas, columns=[*keys, "loss", "delta", "delta_lo", "delta_hi", "pairs", "clipped"])
-    return agg.merge(deltas_frame, on=[*keys, "loss"], how="left")
-
-
-def _cell(row: dict[str, Any] | None, decimals: int, seeds: int) -> str:
-    if row is None:
-        return "–"
-    text = f"{row['mean']:.{decimals}f}"
-    if row["n"] > 1 and not np.isnan(row["std"]):
-        text += f" ± {row['std']:.{decimals}f}"
-    return text + (f" ({int(row['n'])} of {seeds} seeds)" if row["n"] < seeds else "")
+    deltas = clip_to_range(paired_differences(runs, baseline, keys)).drop(columns="p")
+    return agg.merge(deltas, on=[*keys, "loss"], how="left")
 
 
 def _delta(row: dict[str, Any] | None, decimals: int, expected: int = 0) -> str:
@@ -214,7 +192,7 @@ class _Group:
         def get(loss: str) -> dict[str, Any] | None:
             return self.cells.get((*self.key, detector, group, metric, severity, loss))
 
-        cells = [_cell(get(loss), decimals, len(self.seeds[loss])) for loss in self.losses]
+        cells = [mean_cell(get(loss), decimals, len(self.seeds[loss])) for loss in self.losses]
         if self.baseline:
             cells += [_delta(get(loss), decimals, max(len(self.seeds[loss]), len(self.seeds[self.baseline])))
                       for loss in self.losses if loss != self.baseline]

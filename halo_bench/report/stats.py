@@ -70,7 +70,7 @@ Entry = tuple[str, "str | None"]  # a scores file's path and the SHA-256 its res
 SAMPLE_COLUMNS = ["dataset", "group", "index", "label", "pred"]
 
 
-def run_scores(entries: list[Entry] | Entry | None) -> pd.DataFrame | None:
+def run_scores(entries: list[Entry] | None) -> pd.DataFrame | None:
     """The per-sample scores of a run (`report.tidy`'s attrs["scores"] entry: the scores files of
     the run's evaluations of its current checkpoint, newest first, each with its recorded
     SHA-256): the file with the most samples (the newest among equals), plus every detector
@@ -80,8 +80,7 @@ def run_scores(entries: list[Entry] | Entry | None) -> pd.DataFrame | None:
     file is left."""
     if not entries:
         return None
-    frames = [frame for entry in ([entries] if isinstance(entries, tuple) else entries)
-              if (frame := _scores_of(entry)) is not None]
+    frames = [frame for entry in entries if (frame := _scores_of(entry)) is not None]
     if not frames:
         return None
     base = max(frames, key=len)  # the first of the largest: newest first
@@ -116,13 +115,12 @@ def _verified_scores(path: str, sha256: str | None, mtime_ns: int, size: int) ->
     return read_scores(path, data)
 
 
-def scores_mismatch(entries: dict[tuple, list[Entry] | Entry]) -> list[str]:
+def scores_mismatch(entries: dict[tuple, list[Entry]]) -> list[str]:
     """One line per scores file that is present but differs from the hash its results file
     recorded: a copy from another run, or a kill between the two writes. Such files are
     never used for intervals or figures."""
     out = []
-    files = [entry for value in entries.values() for entry in ([value] if isinstance(value, tuple) else value)]
-    for path, sha in dict.fromkeys(files):
+    for path, sha in dict.fromkeys(entry for value in entries.values() for entry in value):
         file = Path(path)
         if sha is None or not file.is_file():
             continue

@@ -22,11 +22,10 @@ from .tidy import DEFAULT_BASELINE, ID_METRICS, KEYS, OOD_HEADLINE, TUNED, aggre
 Cells = dict[tuple, dict[str, Any]]  # (*KEYS, loss) -> a row of aggregate() or deltas.compute_deltas()
 
 
-def _cell(stats: Cells, key: tuple, loss: str, decimals: int, expected: int = 0) -> str:
-    """Mean ± std over seeds; a cell backed by fewer seeds than its column's title says so."""
-    try:
-        row = stats[(*key, loss)]
-    except KeyError:
+def mean_cell(row: dict[str, Any] | None, decimals: int, expected: int = 0) -> str:
+    """Mean ± std over seeds of an aggregated row (mean, std, n); a cell backed by fewer seeds
+    than its column's title states (`expected`) says so."""
+    if row is None:
         return "–"
     text = f"{row['mean']:.{decimals}f}"
     if row["n"] > 1 and not np.isnan(row["std"]):
@@ -88,7 +87,7 @@ def _columns(losses: list[str], labels: dict[str, str], baseline: str | None, st
         return max(len(seeds.get(loss, ())), len(seeds.get(baseline or "", ())))
 
     def cells(key: tuple, decimals: int) -> list[str]:
-        values = [_cell(stats, key, loss, decimals, len(seeds.get(loss, ()))) for loss in losses]
+        values = [mean_cell(stats.get((*key, loss)), decimals, len(seeds.get(loss, ()))) for loss in losses]
         return values + [_delta(stats, deltas, key, decimals, loss, baseline, pairs_expected(loss), survivors)
                          for loss in others] if baseline else values
 
@@ -180,7 +179,8 @@ def _tuned_table(prefix: str, part: pd.DataFrame, stats: Cells, tuned: list[str]
     for det in tuned:
         row = [det]
         for group in ("near", "far"):
-            row += [_cell(stats, (suite, model, det, f"{group} mean", group, "auroc"), loss, 2) for loss in losses]
+            row += [mean_cell(stats.get((suite, model, det, f"{group} mean", group, "auroc", loss)), 2)
+                    for loss in losses]
         params = dict.fromkeys(part[(part["detector"] == det) & (part["group"] == "tuning")]["metric"])
         for loss in losses:
             chosen = []
