@@ -158,6 +158,29 @@ class Findings:
                 f"{self.expected_by_chance:.1f} would by chance alone if no loss differed; {self.survived} "
                 f"survive {method} at {self.alpha:g}.")
 
+    def blocks(self, labels: dict[str, str]) -> list[tuple[str, Any]]:
+        """The findings section in reading order, for every format to render alike: ("summary",
+        text), ("p", text) and ("list", [(sentence, what follows it, survives)])."""
+        if not self.tested:
+            return [("summary", "No paired difference could be tested: the report has one loss, or no seed is "
+                                "shared with the baseline and no scores files give a bootstrap.")]
+        out: list[tuple[str, Any]] = [("summary", self.summary())]
+        if self.bootstrap_note():
+            out.append(("p", self.bootstrap_note()))
+        survivors = [c for c in self.findings if c.survives]
+        others = [c for c in self.findings if not c.survives]
+        if survivors:
+            out += [("p", "Differences that survive the adjustment:"),
+                    ("list", [(c.sentence(labels), f"(adjusted p = {c.p_adjusted:.3g})", True) for c in survivors])]
+        else:
+            out.append(("p", self.no_survivor_note()))
+        if others:
+            out += [("p", f"Excluding zero before the adjustment only (not findings: of {self.tested} cells, about "
+                          f"{self.expected_by_chance:.1f} would by chance alone):"),
+                    ("list", [(c.sentence(labels), f"(p = {c.p:.3g}, adjusted {c.p_adjusted:.3g})", False)
+                              for c in others])]
+        return out
+
     @property
     def more_than_chance(self) -> bool:
         """Whether this many cells excluding zero is itself unlikely by chance (binomial tail

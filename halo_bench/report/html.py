@@ -78,26 +78,14 @@ def _figure(anchor: str, plot: Plot) -> str:
 
 
 def _findings(report: Report) -> list[str]:
-    found = report.findings
-    if not found.tested:
-        return ['<p class="summary">No paired difference could be tested: the report has one loss, or no seed is '
-                "shared with the baseline and no scores files give a bootstrap.</p>"]
-    out = [f'<p class="summary">{_e(found.summary())}</p>']
-    if found.bootstrap_note():
-        out.append(f"<p>{_e(found.bootstrap_note())}</p>")
-    survivors = [c for c in found.findings if c.survives]
-    others = [c for c in found.findings if not c.survives]
-    if survivors:
-        out.append("<p>Differences that survive the adjustment:</p><ul>" + "".join(
-            f'<li class="survives">{_e(c.sentence(report.labels))} (adjusted p = {c.p_adjusted:.3g})</li>'
-            for c in survivors) + "</ul>")
-    else:
-        out.append(f"<p>{_e(found.no_survivor_note())}</p>")
-    if others:
-        out.append(f"<p>Excluding zero before the adjustment only (not findings: of {found.tested} cells, about "
-                   f"{found.expected_by_chance:.1f} would by chance alone):</p><ul>" + "".join(
-                       f"<li>{_e(c.sentence(report.labels))} (p = {c.p:.3g}, adjusted {c.p_adjusted:.3g})</li>"
-                       for c in others) + "</ul>")
+    out: list[str] = []
+    for kind, content in report.findings.blocks(report.labels):
+        if kind == "list":  # after the paragraph that introduces it
+            items = [('<li class="survives">' if survives else "<li>") + f"{_e(text)} {then}</li>"
+                     for text, then, survives in content]
+            out[-1] += "<ul>" + "".join(items) + "</ul>"
+        else:
+            out.append(f'<p class="summary">{_e(content)}</p>' if kind == "summary" else f"<p>{_e(content)}</p>")
     return out
 
 

@@ -23,26 +23,15 @@ from .tidy import KEYS, aggregate
 
 
 def findings_lines(report: Report) -> list[str]:
-    """The findings section as markdown lines: the family's counts, then the differences that
-    survive the adjustment, and apart those that exclude zero before it only."""
-    found = report.findings
-    if not found.tested:
-        return ["No paired difference could be tested: the report has one loss, or no seed is shared with the "
-                "baseline and no scores files give a bootstrap."]
-    lines = [found.summary(), ""]
-    if found.bootstrap_note():
-        lines += [found.bootstrap_note(), ""]
-    survivors = [c for c in found.findings if c.survives]
-    others = [c for c in found.findings if not c.survives]
-    if survivors:
-        lines += ["Differences that survive the adjustment:", ""]
-        lines += [f"- **{c.sentence(report.labels)}** (adjusted p = {c.p_adjusted:.3g})" for c in survivors]
-    else:
-        lines.append(found.no_survivor_note())
-    if others:
-        lines += ["", f"Excluding zero before the adjustment only (not findings: of {found.tested} cells, about "
-                  f"{found.expected_by_chance:.1f} would by chance alone):", ""]
-        lines += [f"- {c.sentence(report.labels)} (p = {c.p:.3g}, adjusted {c.p_adjusted:.3g})" for c in others]
+    """The findings section as markdown lines (`Findings.blocks`): the family's counts, then the
+    differences that survive the adjustment, and apart those that exclude zero before it only."""
+    lines: list[str] = []
+    for kind, content in report.findings.blocks(report.labels):
+        lines += [""] if lines else []
+        if kind == "list":
+            lines += [f"- **{text}** {then}" if survives else f"- {text} {then}" for text, then, survives in content]
+        else:
+            lines.append(content)
     return lines
 
 
